@@ -1,0 +1,260 @@
+"""Typed settings: TOML file + environment overrides, validated once at start.
+
+Every problem is reported as one line naming the file, the key and what is wrong
+(`ConfigError`); `python -m proxy` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+REGIONS: Final = ("global", "eu")
+DEFAULT_CATALOG: Final = Path(__file__).resolve().parent.parent / "schemas" / "models.toml"
+
+Protocol = Literal["openai", "anthropic", "simulated"]
+Strategy = Literal["fallback", "loadbalance", "latency"]
+
+
+class ConfigError(Exception):
+    """A bad setting: the message names the file, the key and the problem."""
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ProviderConfig(_Strict):
+    protocol: Protocol
+    base_url: str = ""
+    api_key_env: str | None = None
+    regions: tuple[str, ...] = REGIONS
+    timeout_s: float = 600.0  # total time for one upstream call
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 120.0  # a stalled first token counts as a timeout
+    max_connections: int = 1000
+    # simulated protocol only: pacing and fixed latency
+    tokens_per_second: float = 0.0
+    latency_ms: float = 0.0
+
+
+class ModelConfig(_Strict):
+    id: str
+    provider: str
+    upstream: str
+    kind: Literal["chat", "embedding"] = "chat"
+    input_price: float = 0.0  # USD per million prompt tokens
+    output_price: float = 0.0  # USD per million completion tokens
+    cached_input_price: float | None = None  # cache-read prompt tokens
+    cache_write_price: float | None = None  # cache-write prompt tokens (Anthropic)
+    context_window: int = 0
+    max_output_tokens: int = 4096
+
+
+class PolicyConfig(_Strict):
+    strategy: Strategy
+    models: tuple[str, ...]
+    weights: tuple[float, ...] | None = None  # loadbalance only
+    retries: int = 0  # per step, 0..10
+    deadline_s: float = 120.0
+
+
+class LimitsConfig(_Strict):
+    fail_closed: bool = False  # refuse requests while Redis is unreachable
+
+
+class LedgerConfig(_Strict):
+    flush_rows: int = 1000
+    flush_interval_ms: int = 200
+    queue_limit: int = 100_000  # past this, records go to the spool file, not to RAM
+    spool_dir: str = ""  # default: <data_dir>/spool
+
+
+class CacheConfig(_Strict):
+    ttl_s: int = 3600
+    max_bytes: int = 64 * 1024 * 1024  # in-process LRU bound
+    models: tuple[str, ...] = ()  # models whose requests are always cached
+
+
+class Settings(_Strict):
+    region: str = "global"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    database_url: str = "sqlite:///proxy-data/proxy.db"
+    redis_url: str | None = None
+    redis_namespace: str = "proxy"  # prefix of every Redis key; lets instances share a Redis
+    data_dir: str = "proxy-data"
+    default_model: str = "openai/gpt-4o-mini"
+    max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
+    include_default_catalog: bool = True
+    access_log: bool = True
+    providers: dict[str, ProviderConfig] = {}
+    models: tuple[ModelConfig, ...] = ()
+    policies: dict[str, PolicyConfig] = {}
+    limits: LimitsConfig = LimitsConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    cache: CacheConfig = CacheConfig()
+    # Never read from the file: these come from the environment only.
+    admin_key: str | None = None
+    source: str = "<defaults>"
+
+
+_ENV_OVERRIDES: Final = {
+    "PROXY_DATABASE_URL": "database_url",
+    "PROXY_REDIS_URL": "redis_url",
+    "PROXY_REGION": "region",
+    "PROXY_HOST": "host",
+    "PROXY_PORT": "port",
+    "PROXY_WORKERS": "workers",
+    "PROXY_DATA_DIR": "data_dir",
+}
+_INT_KEYS: Final = {"port", "workers"}
+_PATH_RE: Final = re.compile(r"at `\$(.*)`")
+
+
+def load_settings(
+    path: str | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML file (if any), apply environment and CLI overrides, validate."""
+    env = dict(os.environ) if env is None else env
+    path = path or env.get("PROXY_CONFIG") or None
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path:
+        source = path
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for forbidden in ("admin_key", "source"):
+            if forbidden in raw:
+                raise ConfigError(
+                    f"{path}: key `{forbidden}`: not allowed in the file"
+                    + ("; set PROXY_ADMIN_KEY in the environment" if forbidden == "admin_key" else "")
+                )
+    for var, key in _ENV_OVERRIDES.items():
+        if env.get(var):
+            value: Any = env[var]
+            if key in _INT_KEYS:
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ConfigError(f"environment: {var}: expected an integer, got {value!r}") from None
+            raw[key] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    if env.get("PROXY_ADMIN_KEY"):
+        raw["admin_key"] = env["PROXY_ADMIN_KEY"]
+    raw["source"] = source
+    try:
+        settings = msgspec.convert(raw, Settings, str_keys=True)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from None
+    if settings.include_default_catalog:
+        settings = _merge_default_catalog(settings)
+    _validate(settings)
+    return settings
+
+
+def _describe(e: msgspec.ValidationError) -> str:
+    """Turn msgspec's `... - at `$.providers.x.timeout_s`` into `key `providers.x.timeout_s`: ...`."""
+    text = str(e)
+    m = _PATH_RE.search(text)
+    if not m:
+        return text
+    key = m.group(1).lstrip(".").replace("`", "")
+    problem = text[: m.start()].rstrip(" -")
+    problem = problem.replace("`", "")
+    return f"key `{key}`: {problem}" if key else problem
+
+
+def _merge_default_catalog(settings: Settings) -> Settings:
+    with open(DEFAULT_CATALOG, "rb") as f:
+        raw = tomllib.load(f)
+    try:
+        base_providers = msgspec.convert(raw.get("providers", {}), dict[str, ProviderConfig])
+        base_models = msgspec.convert(raw.get("models", []), list[ModelConfig])
+    except msgspec.ValidationError as e:  # pragma: no cover - the shipped file is tested
+        raise ConfigError(f"{DEFAULT_CATALOG}: {_describe(e)}") from None
+    providers = {**base_providers, **settings.providers}
+    own = {m.id for m in settings.models}
+    models = tuple(m for m in base_models if m.id not in own) + settings.models
+    return msgspec.structs.replace(settings, providers=providers, models=models)
+
+
+def _validate(s: Settings) -> None:
+    src = s.source
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{src}: key `{key}`: {problem}")
+
+    if s.region not in REGIONS:
+        fail("region", f"must be one of {', '.join(REGIONS)}, got {s.region!r}")
+    if not 0 < s.port < 65536:
+        fail("port", f"must be between 1 and 65535, got {s.port}")
+    if s.workers < 1:
+        fail("workers", f"must be at least 1, got {s.workers}")
+    if s.workers > 1 and not s.redis_url:
+        fail(
+            "workers",
+            f"{s.workers} workers need redis_url (or PROXY_REDIS_URL): without Redis each worker "
+            "would keep its own spend and rate-limit counters",
+        )
+    if not (s.database_url.startswith(("postgresql://", "postgres://", "sqlite:///"))):
+        fail("database_url", "must start with postgresql:// or sqlite:///")
+    if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        fail("redis_url", "must start with redis://, rediss:// or unix://")
+    if s.max_body_bytes < 1024:
+        fail("max_body_bytes", "must be at least 1024")
+    for name, p in s.providers.items():
+        for r in p.regions:
+            if r not in REGIONS:
+                fail(f"providers.{name}.regions", f"unknown region {r!r}")
+        if p.protocol != "simulated" and not p.base_url.startswith(("http://", "https://")):
+            fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
+        if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
+            fail(f"providers.{name}", "timeouts must be positive")
+    seen: set[str] = set()
+    for i, m in enumerate(s.models):
+        if m.id in seen:
+            fail(f"models[{i}].id", f"duplicate model id {m.id!r}")
+        seen.add(m.id)
+        if m.provider not in s.providers:
+            fail(f"models[{i}].provider", f"model {m.id!r} names unknown provider {m.provider!r}")
+        if min(m.input_price, m.output_price) < 0:
+            fail(f"models[{i}]", f"model {m.id!r} has a negative price")
+    for name, pol in s.policies.items():
+        key = f"policies.{name}"
+        if not pol.models:
+            fail(f"{key}.models", "must name at least one model")
+        if len(set(pol.models)) != len(pol.models):
+            fail(f"{key}.models", "lists a model twice")
+        for mid in pol.models:
+            if mid not in seen:
+                fail(f"{key}.models", f"unknown model {mid!r}")
+        if pol.weights is not None:
+            if pol.strategy != "loadbalance":
+                fail(f"{key}.weights", "only a loadbalance policy takes weights")
+            if len(pol.weights) != len(pol.models) or any(w < 0 for w in pol.weights):
+                fail(f"{key}.weights", "needs one non-negative weight per model")
+            if sum(pol.weights) <= 0:
+                fail(f"{key}.weights", "must not all be zero")
+        if not 0 <= pol.retries <= 10:
+            fail(f"{key}.retries", "must be between 0 and 10")
+    if s.default_model not in seen and not (
+        s.default_model.startswith("policy/") and s.default_model[7:] in s.policies
+    ):
+        fail("default_model", f"unknown model {s.default_model!r}")

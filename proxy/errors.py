@@ -1,0 +1,158 @@
+"""Client-visible errors: one exception type each, mapped to a status and OpenAI's error body.
+
+Handlers raise these; the error middleware turns them into
+`{"error": {"message", "type", "code", "param"}}` with the right status. Anything else
+becomes a bare 500 with no detail (the traceback goes to the log only).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+from aiohttp import web
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def body(self) -> bytes:
+        return _encode(ErrorEnvelope(ErrorBody(self.message, self.type, self.code, self.param)))
+
+    def response(self) -> web.Response:
+        return web.Response(
+            body=self.body(),
+            status=self.status,
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(ApiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class QuotaExceeded(ApiError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(ApiError):
+    """The provider answered with an error, could not be reached, or timed out.
+
+    `status` is what the client sees: the provider's own 4xx passes through; 5xx and
+    transport failures are 502; timeouts 504. `upstream_status` keeps what the provider
+    said (0 for transport failures) so routing can decide whether to try elsewhere.
+    """
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        upstream_status: int = 0,
+        code: str | None = None,
+        type_: str | None = None,
+        retry_after: float | None = None,
+        reason: str = "error",
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        if type_:
+            self.type = type_
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.reason = reason  # short label for metrics: status code, "timeout", "connect", ...
+
+    @property
+    def retryable(self) -> bool:
+        """Could this succeed on another attempt or another model?"""
+        return self.upstream_status not in (400, 401, 403, 404, 413, 422)
+
+
+class UpstreamTimeout(UpstreamError):
+    def __init__(self, message: str, *, reason: str = "timeout") -> None:
+        super().__init__(message, status=504, code="upstream_timeout", reason=reason)
+        self.type = "timeout_error"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"

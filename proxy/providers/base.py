@@ -1,0 +1,138 @@
+"""What every provider adapter implements, and the shapes it hands back.
+
+An adapter turns one `ChatCall` (the client's OpenAI-shaped request, already validated)
+into its provider's wire format, and the provider's answer back into OpenAI shapes:
+a `Completion` for a plain call, a `ChatStream` of OpenAI chunk payloads for a stream.
+Failures are raised as `errors.UpstreamError` (status mapped, message safe to show).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from msgspec import Raw
+
+from ..catalog import Model, Usage
+from ..config import ProviderConfig
+from ..wire import Message
+
+
+class ChatCall:
+    """One upstream attempt: the request as the client sent it, for one model."""
+
+    __slots__ = ("model", "fields", "messages", "stream", "max_tokens", "auto_cache")
+
+    def __init__(
+        self,
+        model: Model,
+        fields: dict[str, Raw],
+        messages: list[Message],
+        stream: bool,
+        max_tokens: int | None,
+        auto_cache: bool = False,
+    ) -> None:
+        self.model = model
+        # The client's body minus gateway-only fields (`requesty`, `models`); `model` is
+        # still the client's id: adapters put the upstream name in.
+        self.fields = fields
+        self.messages = messages
+        self.stream = stream
+        self.max_tokens = max_tokens
+        self.auto_cache = auto_cache
+
+
+class Completion:
+    """A non-streamed answer: an OpenAI `chat.completion` object with raw top-level fields."""
+
+    __slots__ = ("payload", "usage", "finish_reason", "text_chars")
+
+    def __init__(
+        self,
+        payload: dict[str, Raw],
+        usage: Usage | None,
+        finish_reason: str | None,
+        text_chars: int,
+    ) -> None:
+        self.payload = payload
+        self.usage = usage
+        self.finish_reason = finish_reason
+        self.text_chars = text_chars
+
+
+class Embedding:
+    __slots__ = ("payload", "usage")
+
+    def __init__(self, payload: dict[str, Raw], usage: Usage | None) -> None:
+        self.payload = payload
+        self.usage = usage
+
+
+class ChatStream(abc.ABC):
+    """An open upstream stream, iterated as OpenAI `chat.completion.chunk` JSON payloads.
+
+    The usage chunk (OpenAI's last chunk, `choices: []`) is not yielded: it is kept in
+    `usage_chunk` so the caller can add the cost and send it only if the client asked.
+    A failure after the first chunk is raised from the iterator as `UpstreamError`.
+    """
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.usage_chunk: dict[str, Raw] | None = None
+        self.finish_reason: str | None = None
+        self.text_chars = 0  # content and tool-call argument characters that flowed
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None:
+        """Stop reading and release the upstream connection (the client went away)."""
+
+
+class Provider(abc.ABC):
+    """One configured provider: its settings and, for network protocols, one pooled session."""
+
+    def __init__(self, name: str, config: ProviderConfig, api_key: str | None) -> None:
+        self.name = name
+        self.config = config
+        self.api_key = api_key
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self.config.protocol == "simulated":
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s
+            ),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    @abc.abstractmethod
+    async def chat(self, call: ChatCall) -> Completion: ...
+
+    @abc.abstractmethod
+    async def stream(self, call: ChatCall) -> ChatStream:
+        """Open the stream; returns once the provider accepted the request (status 200)."""
+
+    async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
+        from ..errors import InvalidRequest
+
+        raise InvalidRequest(f"The provider of `{model.id}` does not serve embeddings.")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "protocol": self.config.protocol}

@@ -1,0 +1,284 @@
+"""Any OpenAI-compatible server (OpenAI, DeepSeek, Together, vLLM, ...).
+
+Requests pass through byte-for-byte except `model` (the upstream name) and, for
+streams, `stream_options.include_usage` (always on, so every stream is metered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+from msgspec import Raw
+
+from ..catalog import Model, Usage
+from ..errors import UpstreamError, UpstreamTimeout
+from ..wire import encode_raw
+from .base import ChatCall, ChatStream, Completion, Embedding, Provider
+from .sse import SSEParser
+
+_encode = msgspec.json.encode
+_decode_fields = msgspec.json.Decoder(dict[str, Raw]).decode
+_INCLUDE_USAGE: Final = Raw(b'{"include_usage":true}')
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0  # some compatible servers report writes this way
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _Details | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    function: dict[str, Any] | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    message: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Lite(msgspec.Struct):
+    """What the gateway reads of a chunk or completion; everything else is skipped."""
+
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+
+
+class _ErrorInner(msgspec.Struct):
+    message: str = ""
+    type: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorInner | str | None = None
+
+
+_decode_lite = msgspec.json.Decoder(_Lite).decode
+_decode_usage = msgspec.json.Decoder(_Usage).decode
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
+
+
+def to_usage(u: _Usage | None) -> Usage | None:
+    if u is None:
+        return None
+    d = u.prompt_tokens_details
+    return Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        cached_tokens=d.cached_tokens if d else 0,
+        cache_write_tokens=d.cache_creation_tokens if d else 0,
+    )
+
+
+def _text_chars(choice: _Choice) -> int:
+    part = choice.delta or choice.message
+    if part is None:
+        return 0
+    n = len(part.content) if part.content else 0
+    for tc in part.tool_calls or ():
+        args = (tc.function or {}).get("arguments")
+        if isinstance(args, str):
+            n += len(args)
+    return n
+
+
+def build_body(call: ChatCall) -> bytes:
+    fields = dict(call.fields)
+    fields["model"] = encode_raw(call.model.upstream)
+    if call.stream:
+        opts = fields.get("stream_options")
+        if opts is None:
+            fields["stream_options"] = _INCLUDE_USAGE
+        else:
+            merged = msgspec.json.decode(opts) if opts else {}
+            merged = merged if isinstance(merged, dict) else {}
+            merged["include_usage"] = True
+            fields["stream_options"] = encode_raw(merged)
+    return _encode(fields)
+
+
+def upstream_error(provider: str, status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+    """Map a provider's error answer: 4xx pass through with its message, 5xx become 502."""
+    message, type_, code = "", None, None
+    try:
+        err = _decode_error(body).error
+        if isinstance(err, _ErrorInner):
+            message, type_ = err.message, err.type
+            code = str(err.code) if err.code is not None else None
+        elif isinstance(err, str):
+            message = err
+    except msgspec.MsgspecError:
+        pass
+    message = message or f"status {status}"
+    ra: float | None = None
+    if retry_after:
+        try:
+            ra = float(retry_after)
+        except ValueError:
+            ra = None
+    if 400 <= status < 500:
+        return UpstreamError(
+            f"Upstream provider `{provider}` refused the request: {message}",
+            status=status,
+            upstream_status=status,
+            code=code,
+            type_=type_ or "invalid_request_error",
+            retry_after=ra,
+            reason=str(status),
+        )
+    return UpstreamError(
+        f"Upstream provider `{provider}` failed with status {status}: {message}",
+        status=502,
+        upstream_status=status,
+        retry_after=ra,
+        reason=str(status),
+    )
+
+
+def transport_error(provider: str, exc: BaseException) -> UpstreamError:
+    """Connection failures, resets and timeouts, without internal addresses."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout(f"Upstream provider `{provider}` timed out.")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(
+            f"Could not connect to upstream provider `{provider}`.", reason="connect"
+        )
+    return UpstreamError(
+        f"The connection to upstream provider `{provider}` failed "
+        f"({type(exc).__name__}).",
+        reason="reset",
+    )
+
+
+class OpenAIStream(ChatStream):
+    def __init__(self, provider: str, resp: aiohttp.ClientResponse) -> None:
+        super().__init__()
+        self._provider = provider
+        self._resp = resp
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        parser = SSEParser()
+        resp = self._resp
+        done = False
+        try:
+            async for chunk in resp.content.iter_any():
+                for _event, data in parser.feed(chunk):
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    if data.startswith(b'{"error"'):
+                        raise upstream_error(self._provider, 502, data, None)
+                    try:
+                        lite = _decode_lite(data)
+                    except msgspec.MsgspecError:
+                        raise UpstreamError(
+                            f"Upstream provider `{self._provider}` sent a malformed event.",
+                            reason="malformed",
+                        ) from None
+                    for choice in lite.choices:
+                        self.text_chars += _text_chars(choice)
+                        if choice.finish_reason:
+                            self.finish_reason = choice.finish_reason
+                    if lite.usage is not None:
+                        self.usage = to_usage(lite.usage)
+                        if not lite.choices:
+                            self.usage_chunk = _decode_fields(data)
+                            continue
+                    yield data
+                if done:
+                    break
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise transport_error(self._provider, e) from None
+        finally:
+            resp.release() if done else resp.close()
+        if not done and self.finish_reason is None:
+            raise UpstreamError(
+                f"The stream from upstream provider `{self._provider}` ended early.",
+                reason="cut",
+            )
+
+    async def aclose(self) -> None:
+        self._resp.close()
+
+
+class OpenAIProvider(Provider):
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        assert self.session is not None
+        try:
+            resp = await self.session.post(
+                self.config.base_url.rstrip("/") + path, data=body, headers=self._headers()
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise transport_error(self.name, e) from None
+        if resp.status != 200:
+            try:
+                err_body = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                err_body = b""
+            finally:
+                resp.release()
+            raise upstream_error(self.name, resp.status, err_body, resp.headers.get("retry-after"))
+        return resp
+
+    async def chat(self, call: ChatCall) -> Completion:
+        resp = await self._post("/chat/completions", build_body(call))
+        try:
+            body = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise transport_error(self.name, e) from None
+        finally:
+            resp.release()
+        try:
+            payload = _decode_fields(body)
+            lite = _decode_lite(body)
+        except msgspec.MsgspecError:
+            raise UpstreamError(
+                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
+            ) from None
+        finish = next((c.finish_reason for c in lite.choices if c.finish_reason), None)
+        chars = sum(_text_chars(c) for c in lite.choices)
+        return Completion(payload, to_usage(lite.usage), finish, chars)
+
+    async def stream(self, call: ChatCall) -> ChatStream:
+        resp = await self._post("/chat/completions", build_body(call))
+        return OpenAIStream(self.name, resp)
+
+    async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
+        fields = dict(fields)
+        fields["model"] = encode_raw(model.upstream)
+        resp = await self._post("/embeddings", _encode(fields))
+        try:
+            body = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise transport_error(self.name, e) from None
+        finally:
+            resp.release()
+        try:
+            payload = _decode_fields(body)
+            usage = _decode_usage(payload["usage"]) if "usage" in payload else None
+        except (msgspec.MsgspecError, KeyError):
+            raise UpstreamError(
+                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
+            ) from None
+        return Embedding(payload, to_usage(usage))
