@@ -50,8 +50,27 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     completion_tokens_details: dict[str, Any] | None = None
 
 
-class EmbeddingInput(msgspec.Struct):
-    input: str | list[str] | list[int] | list[list[int]]
+# A string, a list of strings, or token arrays; msgspec takes one list type in a union,
+# so list elements are checked by `embedding_texts`.
+EmbeddingInput = str | list[Any]
+
+
+def embedding_texts(value: str | list[Any]) -> list[str]:
+    """The input as texts (token arrays are kept as their JSON text), checked for type."""
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        raise InvalidRequest("`input` must not be empty.", param="input")
+    if all(isinstance(v, str) for v in value):
+        return list(value)
+    if all(isinstance(v, int) for v in value):
+        return [msgspec.json.encode(value).decode()]
+    if all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
+        return [msgspec.json.encode(v).decode() for v in value]
+    raise InvalidRequest(
+        "Invalid value for `input`: expected a string, a list of strings, or token arrays.",
+        param="input",
+    )
 
 
 _LOC: Final = re.compile(r"at `\$(.*)`")

@@ -1,0 +1,30 @@
+"""Helpers every handler shares: request id, body reading, Requesty headers."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from ..errors import BodyTooLarge
+
+REQUEST_ID: Final = "proxy.request_id"
+_REQUESTY_PREFIX: Final = "x-requesty-"
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.") from None
+
+
+def requesty_headers(request: web.Request) -> dict[str, str]:
+    """`X-Requesty-<Name>` headers as analytics dimensions: {name (lower case): value}."""
+    found: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if len(name) > 11 and name[:11].lower() == _REQUESTY_PREFIX:
+            found[name[11:].lower()] = value
+    return found

@@ -1,0 +1,67 @@
+"""POST /v1/embeddings: a string or a list of them, routed like chat, metered the same way."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+from aiohttp import web
+
+from ..auth import PRINCIPAL
+from ..catalog import Usage
+from ..errors import ApiError
+from ..gateway import GATEWAY
+from ..ledger.record import UsageRecord
+from ..wire import EmbeddingInput, RequestyMeta, decode_body, embedding_texts, field, required
+from .chat import served_by, usage_with_cost
+from .common import REQUEST_ID, read_body, requesty_headers
+
+_encode = msgspec.json.encode
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    started = time.monotonic()
+    arrived = datetime.now(UTC)
+    fields = decode_body(await read_body(request, gw.settings.max_body_bytes))
+    model_id: str = required(fields, "model", str)
+    embedding_texts(required(fields, "input", EmbeddingInput))
+    meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
+    fields.pop("requesty", None)
+    model = gw.router.resolve(model_id, kind="embedding").models[0]
+    usage = Usage()
+    status, code = 200, None
+    try:
+        result = await gw.provider(model.provider).embed(model, fields)
+        usage = result.usage or Usage()
+        payload = result.payload
+        payload["usage"] = usage_with_cost(payload.get("usage"), usage, model.cost(usage))
+        return web.Response(
+            body=_encode(payload),
+            content_type="application/json",
+            headers=served_by(request, model),
+        )
+    except ApiError as e:
+        status, code = e.status, e.code
+        raise
+    finally:
+        gw.ledger.enqueue(UsageRecord(
+            request_id=request[REQUEST_ID],
+            ts=arrived,
+            key_id=request[PRINCIPAL].key_id,
+            model_requested=model_id,
+            model=model.id,
+            provider=model.provider,
+            region=gw.region,
+            status=status,
+            error_code=code,
+            prompt_tokens=usage.prompt_tokens,
+            cost_nusd=model.cost(usage),
+            latency_ms=(time.monotonic() - started) * 1000,
+            user_id=meta.user_id,
+            trace_id=meta.trace_id,
+            tags=meta.tags,
+            extra=meta.extra,
+            headers=requesty_headers(request),
+        ))

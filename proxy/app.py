@@ -1,0 +1,92 @@
+"""Builds the aiohttp application: middleware, routes, startup and shutdown wiring."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from .api import chat, embeddings, keys, models, ops, usage
+from .api.common import REQUEST_ID
+from .auth import PRINCIPAL, Authenticator, bearer_token
+from .bootstrap import admin_digest, key_secret
+from .config import Settings
+from .errors import ApiError, InvalidRequest, NotFound
+from .gateway import GATEWAY, Gateway
+
+log = logging.getLogger("proxy")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_V1: Final = "/v1/"
+_HTTP_ERRORS: Final[dict[int, type[ApiError]]] = {404: NotFound, 405: InvalidRequest}
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= 128 and given.isascii():
+        return given
+    return os.urandom(12).hex()
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, authentication for /v1, and every error as OpenAI's error body."""
+    rid = request[REQUEST_ID] = _request_id(request)
+    try:
+        if request.path.startswith(_V1):
+            gw = request.app[GATEWAY]
+            request[PRINCIPAL] = await gw.auth.authenticate(bearer_token(request))
+        response = await handler(request)
+    except ApiError as e:
+        response = e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        cls = _HTTP_ERRORS.get(e.status, ApiError)
+        response = cls(e.reason or "error", status=e.status).response()
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback to anyone
+        log.error("request %s failed: internal error (%s)", rid, type(e).__name__)
+        response = ApiError("The gateway failed to handle the request.").response()
+    if not response.prepared:
+        response.headers["x-request-id"] = rid
+    return response
+
+
+def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[edge],
+        client_max_size=settings.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
+    if auth is None:
+        secret = key_secret(settings)
+        auth = Authenticator(secret, admin_digest(settings, secret, announce=False))
+    gw = Gateway(settings, auth)
+    app[GATEWAY] = gw
+    app.cleanup_ctx.append(_gateway_lifecycle)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/api-keys", keys.list_keys)
+    app.router.add_post("/v1/api-keys", keys.create_key)
+    app.router.add_get("/v1/api-keys/{key_id}", keys.get_key)
+    app.router.add_delete("/v1/api-keys/{key_id}", keys.delete_key)
+    app.router.add_patch("/v1/api-keys/{key_id}/limit", keys.update_limit)
+    app.router.add_get("/v1/api-keys/{key_id}/usage", usage.key_usage)
+    app.router.add_get("/v1/organization/usage", usage.org_usage)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    return app
+
+
+async def _gateway_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    await gw.ledger.start()
+    await gw.limits.start()
+    await gw.start()
+    yield
+    await gw.close()
+    await gw.limits.close()
+    await gw.ledger.close()  # flush every record before the process exits

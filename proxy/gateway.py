@@ -1,0 +1,73 @@
+"""The app-wide services, built once per process and held on the app (`GATEWAY`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .catalog import Catalog
+from .config import Settings
+from .errors import ServiceUnavailable
+from .ledger import Ledger, MemoryLedger
+from .limits import Limits, NoLimits
+from .providers.base import Provider
+from .providers.openai import OpenAIProvider
+from .providers.simulated import SimulatedProvider
+from .router import Router
+
+
+def _provider_class(protocol: str) -> type[Provider]:
+    if protocol == "openai":
+        return OpenAIProvider
+    if protocol == "anthropic":
+        from .providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider
+    return SimulatedProvider
+
+
+class Gateway:
+    """Everything a request handler needs, in one place, with no module globals."""
+
+    def __init__(self, settings: Settings, auth: Authenticator) -> None:
+        self.settings = settings
+        self.region = settings.region
+        self.catalog = Catalog(settings)
+        self.router = Router(self.catalog, dict(settings.policies))
+        self.auth = auth
+        self.ledger: Ledger = MemoryLedger()
+        self.limits: Limits = NoLimits()
+        self.providers: dict[str, Provider] = {}
+        for name, cfg in settings.providers.items():
+            if settings.region not in cfg.regions:
+                continue  # never even open a connection pool to a provider outside the region
+            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+            self.providers[name] = _provider_class(cfg.protocol)(name, cfg, key)
+
+    def provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:  # pragma: no cover - the catalog only serves region-allowed models
+            raise ServiceUnavailable(f"Provider `{name}` is not available.")
+        if provider.config.api_key_env and not provider.api_key:
+            raise ServiceUnavailable(
+                f"Provider `{name}` is not configured: set {provider.config.api_key_env} "
+                "in the gateway's environment.",
+                code="provider_not_configured",
+            )
+        return provider
+
+    async def start(self) -> None:
+        for provider in self.providers.values():
+            await provider.start()
+        await self.auth.start()
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+        await self.auth.close()
+
+
+GATEWAY: Final = web.AppKey("gateway", Gateway)
