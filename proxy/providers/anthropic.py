@@ -364,7 +364,7 @@ class _Block(msgspec.Struct):
     thinking: str | None = None
     id: str | None = None
     name: str | None = None
-    input: Raw | None = None
+    input: Raw = Raw(b"{}")  # tool_use only; kept raw, it becomes `arguments` as is
 
 
 class _AMessage(msgspec.Struct):
@@ -442,7 +442,7 @@ def to_completion(
         elif block.type == "thinking" and block.thinking:
             reasoning.append(block.thinking)
         elif block.type == "tool_use":
-            arguments = bytes(block.input).decode() if block.input is not None else "{}"
+            arguments = bytes(block.input).decode()
             tool_calls.append(
                 {
                     "id": block.id,
@@ -743,7 +743,9 @@ class AnthropicProvider(Provider):
 
     async def _post(self, body: bytes) -> aiohttp.ClientResponse:
         assert self.session is not None, "start() the provider first"
-        url = self.config.base_url.rstrip("/") + "/v1/messages"
+        base = self.config.base_url.rstrip("/")
+        # Accept a base URL given with `/v1`, as OpenAI-style base URLs usually are.
+        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         try:
             resp = await self.session.post(url, data=body, headers=self._headers())
         except (TimeoutError, aiohttp.ClientError) as e:
