@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..errors import BodyTooLarge
 
-REQUEST_ID: Final = "proxy.request_id"
+REQUEST_ID: Final = web.RequestKey("request_id", str)
 _REQUESTY_PREFIX: Final = "x-requesty-"
 
 

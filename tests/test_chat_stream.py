@@ -1,0 +1,200 @@
+"""Streaming chat: chunks piped as they come, usage handling, failures mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from fakes import Cut, ErrorEvent, FakeOpenAI, Gate, Hang, Reply
+from harness import ADMIN_KEY, Gateway
+
+USER = [{"role": "user", "content": "Tell me a story"}]
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [block[6:] for block in raw.decode().split("\n\n") if block.startswith("data: ")]
+
+
+async def stream(
+    http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any]
+) -> aiohttp.ClientResponse:
+    return await http.post(
+        gw.url + "/v1/chat/completions", json={"stream": True, **body}, headers=gw.headers
+    )
+
+
+async def read_event(resp: aiohttp.ClientResponse, buf: bytearray) -> str:
+    """Read until one whole SSE event is in hand; returns its data."""
+    while b"\n\n" not in buf:
+        chunk = await resp.content.readany()
+        if not chunk:
+            raise EOFError
+        buf.extend(chunk)
+    end = buf.index(b"\n\n")
+    event = bytes(buf[:end]).decode()
+    del buf[: end + 2]
+    assert event.startswith("data: ")
+    return event[6:]
+
+
+async def test_each_event_reaches_the_client_before_the_next_is_sent(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    gate = Gate()
+    fake_openai.script(Reply(text="alpha beta gamma delta", gate=gate))
+    request = asyncio.ensure_future(stream(http, gateway, {"model": "fake/gpt", "messages": USER}))
+    # The gateway holds its response headers until the first event: release it first.
+    assert await gate.release()
+    resp = await request
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    buf = bytearray()
+    seen: list[str] = []
+    first = json.loads(await read_event(resp, buf))
+    seen.append(first["choices"][0]["delta"].get("content") or "")
+    # Now, one by one: the fake sends an event only when released, and the client must
+    # see it before the next release. Nothing further is sent while we read.
+    finished = False
+    while not finished:
+        assert await gate.release()
+        chunk = json.loads(await asyncio.wait_for(read_event(resp, buf), timeout=5))
+        seen.append(chunk["choices"][0]["delta"].get("content") or "")
+        finished = chunk["choices"][0]["finish_reason"] is not None
+    # The usage chunk (held back: not requested) and [DONE] remain.
+    await gate.release_all()
+    assert await read_event(resp, buf) == "[DONE]"
+    assert "".join(seen) == "alpha beta gamma delta"
+
+
+async def test_gateway_always_asks_upstream_for_usage(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER,
+                                        "stream_options": {"include_usage": False}})
+    await resp.read()
+    assert fake_openai.last.json["stream_options"] == {"include_usage": True}
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER})
+    await resp.read()
+    assert fake_openai.last.json["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_usage_chunk_hidden_when_not_requested(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER})
+    events = sse_events(await resp.read())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["choices"] for c in chunks)
+    assert all(c.get("usage") is None for c in chunks)
+
+
+async def test_stream_usage_chunk_forwarded_with_cost_when_requested(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    fake_openai.script(Reply(text="a b c", prompt_tokens=100, completion_tokens=3))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER,
+                                        "stream_options": {"include_usage": True}})
+    events = sse_events(await resp.read())
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == []
+    assert last["usage"]["prompt_tokens"] == 100 and last["usage"]["completion_tokens"] == 3
+    assert last["usage"]["cost"] == pytest.approx((100 * 0.15 + 3 * 0.60) / 1e6)
+
+
+async def test_streamed_tool_call_deltas_come_back_intact(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    args = '{"city": "Paris", "unit": "celsius"}'
+    fake_openai.script(Reply(tool_calls=[("get_weather", args)]))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER, "tools": [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {}}}]})
+    chunks = [json.loads(e) for e in sse_events(await resp.read())[:-1]]
+    pieces = []
+    name = None
+    for c in chunks:
+        for tc in c["choices"][0]["delta"].get("tool_calls") or []:
+            name = tc["function"].get("name") or name
+            pieces.append(tc["function"].get("arguments", ""))
+    assert name == "get_weather"
+    assert "".join(pieces) == args
+    assert len(pieces) > 2  # really streamed in pieces, not assembled by the gateway
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_openai_sdk_streams_through_the_gateway(
+    gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=ADMIN_KEY, max_retries=0)
+    fake_openai.script(Reply(text="streaming works fine", prompt_tokens=5, completion_tokens=3))
+    text = ""
+    usage = None
+    async with await client.chat.completions.create(
+        model="fake/gpt", messages=USER, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    ) as events:
+        async for chunk in events:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage:
+                usage = chunk.usage
+    assert text == "streaming works fine"
+    assert usage is not None and usage.completion_tokens == 3
+    await client.close()
+
+
+async def test_mid_stream_upstream_error_becomes_sse_error_event(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    fake_openai.script(ErrorEvent(after_events=2, message="The server had an error"))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER})
+    assert resp.status == 200
+    events = sse_events(await resp.read())
+    error = json.loads(events[-1])["error"]
+    assert "The server had an error" in error["message"]
+    assert set(error) == {"message", "type", "code", "param"}
+    assert "[DONE]" not in events
+
+
+async def test_cut_stream_ends_with_an_error_event(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    fake_openai.script(Cut(after_events=3))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER})
+    events = sse_events(await resp.read())
+    assert len(events) == 4
+    error = json.loads(events[-1])["error"]
+    assert "127.0.0.1" not in error["message"]
+
+
+async def test_no_first_token_within_the_timeout_is_504(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    fake_openai.script(Hang(headers=True))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER})
+    assert resp.status == 504
+    assert (await resp.json())["error"]["code"] == "upstream_timeout"
+
+
+async def test_client_disconnect_cancels_the_upstream_request(
+    gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    gate = Gate()
+    fake_openai.script(Reply(text="one two three four five six", gate=gate))
+    async with aiohttp.ClientSession() as own:
+        request = asyncio.ensure_future(stream(own, gateway, {"model": "fake/gpt", "messages": USER}))
+        assert await gate.release()
+        resp = await request
+        buf = bytearray()
+        await read_event(resp, buf)
+        resp.close()  # the client goes away mid-stream
+    # The gateway notices on its next write and drops the upstream connection.
+    for _ in range(5):
+        if not await gate.release():
+            break
+    await asyncio.wait_for(fake_openai.disconnected.wait(), timeout=5)
