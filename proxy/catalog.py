@@ -111,7 +111,7 @@ class ModelNotFound(Exception):
 class Catalog:
     """The models this instance may serve, given its region."""
 
-    __slots__ = ("region", "_all", "_served", "providers")
+    __slots__ = ("_all", "_served", "providers", "region")
 
     def __init__(self, settings: Settings) -> None:
         self.region = settings.region

@@ -29,7 +29,7 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class ProviderConfig(_Strict):
+class ProviderConfig(_Strict, frozen=True):
     protocol: Protocol
     base_url: str = ""
     api_key_env: str | None = None
@@ -43,7 +43,7 @@ class ProviderConfig(_Strict):
     latency_ms: float = 0.0
 
 
-class ModelConfig(_Strict):
+class ModelConfig(_Strict, frozen=True):
     id: str
     provider: str
     upstream: str
@@ -56,7 +56,7 @@ class ModelConfig(_Strict):
     max_output_tokens: int = 4096
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(_Strict, frozen=True):
     strategy: Strategy
     models: tuple[str, ...]
     weights: tuple[float, ...] | None = None  # loadbalance only
@@ -64,24 +64,24 @@ class PolicyConfig(_Strict):
     deadline_s: float = 120.0
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(_Strict, frozen=True):
     fail_closed: bool = False  # refuse requests while Redis is unreachable
 
 
-class LedgerConfig(_Strict):
+class LedgerConfig(_Strict, frozen=True):
     flush_rows: int = 1000
     flush_interval_ms: int = 200
     queue_limit: int = 100_000  # past this, records go to the spool file, not to RAM
     spool_dir: str = ""  # default: <data_dir>/spool
 
 
-class CacheConfig(_Strict):
+class CacheConfig(_Strict, frozen=True):
     ttl_s: int = 3600
     max_bytes: int = 64 * 1024 * 1024  # in-process LRU bound
     models: tuple[str, ...] = ()  # models whose requests are always cached
 
 
-class Settings(_Strict):
+class Settings(_Strict, frozen=True):
     region: str = "global"
     host: str = "127.0.0.1"
     port: int = 8080

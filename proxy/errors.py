@@ -7,8 +7,6 @@ becomes a bare 500 with no detail (the traceback goes to the log only).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import msgspec
 from aiohttp import web
 
@@ -28,9 +26,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 class ApiError(Exception):
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "api_error"
-    code: ClassVar[str | None] = None
+    # Class-level defaults; an instance may override them (status of a passed-through error).
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
 
     def __init__(
         self,

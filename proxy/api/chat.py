@@ -44,8 +44,16 @@ STATUS_CLIENT_GONE: Final = 499
 class ChatRequest:
     """The validated parts of a chat request that routing and accounting need."""
 
-    __slots__ = ("fields", "model_id", "fallbacks", "messages", "stream", "include_usage",
-                 "max_tokens", "meta")
+    __slots__ = (
+        "fallbacks",
+        "fields",
+        "include_usage",
+        "max_tokens",
+        "messages",
+        "meta",
+        "model_id",
+        "stream",
+    )
 
     def __init__(self, fields: dict[str, Raw], default_model: str) -> None:
         self.model_id: str = field(fields, "model", str) or default_model
@@ -70,8 +78,18 @@ class ChatRequest:
 class Outcome:
     """What one request came to: filled in as the relay goes, read by accounting."""
 
-    __slots__ = ("model", "status", "usage", "finish_reason", "text_chars", "ttft_ms",
-                 "attempts", "error_code", "started", "headers")
+    __slots__ = (
+        "attempts",
+        "error_code",
+        "finish_reason",
+        "headers",
+        "model",
+        "started",
+        "status",
+        "text_chars",
+        "ttft_ms",
+        "usage",
+    )
 
     def __init__(self, model: Model, started: float) -> None:
         self.model = model

@@ -23,7 +23,7 @@ from ..wire import Message
 class ChatCall:
     """One upstream attempt: the request as the client sent it, for one model."""
 
-    __slots__ = ("model", "fields", "messages", "stream", "max_tokens", "auto_cache")
+    __slots__ = ("auto_cache", "fields", "max_tokens", "messages", "model", "stream")
 
     def __init__(
         self,
@@ -47,7 +47,7 @@ class ChatCall:
 class Completion:
     """A non-streamed answer: an OpenAI `chat.completion` object with raw top-level fields."""
 
-    __slots__ = ("payload", "usage", "finish_reason", "text_chars")
+    __slots__ = ("finish_reason", "payload", "text_chars", "usage")
 
     def __init__(
         self,

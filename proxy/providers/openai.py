@@ -171,7 +171,7 @@ class OpenAIStream(ChatStream):
         self._provider = provider
         self._resp = resp
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
         resp = self._resp
         done = False
@@ -202,7 +202,7 @@ class OpenAIStream(ChatStream):
                     yield data
                 if done:
                     break
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise transport_error(self._provider, e) from None
         finally:
             resp.release() if done else resp.close()
@@ -229,12 +229,12 @@ class OpenAIProvider(Provider):
             resp = await self.session.post(
                 self.config.base_url.rstrip("/") + path, data=body, headers=self._headers()
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise transport_error(self.name, e) from None
         if resp.status != 200:
             try:
                 err_body = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 err_body = b""
             finally:
                 resp.release()
@@ -245,7 +245,7 @@ class OpenAIProvider(Provider):
         resp = await self._post("/chat/completions", build_body(call))
         try:
             body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise transport_error(self.name, e) from None
         finally:
             resp.release()
@@ -270,7 +270,7 @@ class OpenAIProvider(Provider):
         resp = await self._post("/embeddings", _encode(fields))
         try:
             body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise transport_error(self.name, e) from None
         finally:
             resp.release()

@@ -53,7 +53,7 @@ class SimulatedStream(ChatStream):
         self._id = cid
         self._prompt = prompt_tokens(call.messages)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         created = int(time.time())
         head = {"id": self._id, "object": "chat.completion.chunk", "created": created,
                 "model": self._call.model.upstream}
