@@ -1,0 +1,569 @@
+"""Starting, probing, measuring and stopping the pieces a benchmark runs.
+
+nginx (the fixed-body upstream), the fake upstream, the bare forwarder, the gateway with
+every feature its config and admin API can switch on, and LiteLLM's proxy; each started
+pinned to a core, each stopped by its own pid. CPU and memory are read from /proc for the
+whole process tree. Standard library only: `bench.py` and `stream_scale.py` run it from
+any Python 3.11.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Final
+
+import shapes
+
+HERE: Final = Path(__file__).resolve().parent
+REPO: Final = HERE.parent
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+PAGE_KB: Final = os.sysconf("SC_PAGE_SIZE") // 1024
+GATEWAY_PYTHON_DEFAULT: Final = "/tmp/venvtest/bin/python"
+LITELLM_VENV_DEFAULT: Final = "/tmp/litellmvenv"
+PG_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432"
+REDIS_DEFAULT: Final = "redis://127.0.0.1:6379/0"
+
+
+class BenchError(Exception):
+    """The harness itself failed (a piece did not start, a probe answered wrong)."""
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    if core is None or not shutil.which("taskset"):
+        return cmd
+    return ["taskset", "-c", str(core), *cmd]
+
+
+class Proc:
+    """One started process (and its children), its log, and its /proc numbers."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log = log
+        self._log_file = open(log, "wb")
+        self.popen = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                      env=env, cwd=cwd, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tree(self) -> list[int]:
+        """This process and its descendants (taskset execs in place, so pid is the program)."""
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, ()))
+        return out
+
+    def cpu_ticks(self) -> int:
+        """utime + stime of the whole tree, in clock ticks."""
+        total = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+            except OSError:
+                pass
+        return total
+
+    def rss_kb(self) -> tuple[int, int]:
+        """(resident now, peak resident) of the tree, kB."""
+        rss = hwm = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith("VmHWM:"):
+                            hwm += int(line.split()[1])
+            except OSError:
+                pass
+        return rss, hwm
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)  # its own session: only what we started
+                self.popen.wait(5)
+        self._log_file.close()
+
+
+def cpu_jiffies(core: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one core from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                return sum(v[:8]) - idle, sum(v[:8])
+    return 0, 0
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def http(method: str, url: str, body: bytes | dict[str, Any] | None = None,
+         key: str | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def wait_http(url: str, proc: Proc | None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise BenchError(f"{proc.name} exited at start:\n{proc.tail()}")
+        try:
+            status, _, _ = http("GET", url, timeout=2)
+            if status < 500:
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"{url} did not answer within {timeout:g}s"
+                     + (f":\n{proc.tail()}" if proc else ""))
+
+
+def probe(url: str, body: bytes, key: str | None, stream: bool) -> str | None:
+    """One request by hand: None when the answer has the right shape, else what is wrong."""
+    try:
+        status, headers, data = http("POST", url, body, key, timeout=30)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    if status != 200:
+        return f"status {status}: {data[:300]!r}"
+    if stream:
+        if not data.rstrip().endswith(b"data: [DONE]") or b'"chat.completion.chunk"' not in data:
+            return f"not a complete SSE stream: ...{data[-200:]!r}"
+    elif b'"chat.completion"' not in data or b'"choices"' not in data:
+        return f"not a chat completion: {data[:200]!r}"
+    return None
+
+
+# --- nginx ----------------------------------------------------------------------------------
+
+
+def _nginx_quote(body: bytes) -> str:
+    text = body.decode()
+    if "$" in text:
+        raise BenchError("nginx `return` bodies must not contain `$`")
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _nginx_pieces(name: str, body: bytes, size: int = 3000) -> tuple[str, str]:
+    """nginx refuses config tokens over 4 KiB: a long body becomes `set` variables that
+    `return` joins. Returns (the `set` lines, the `return` string)."""
+    quoted = _nginx_quote(body)
+    pieces, i = [], 0
+    while i < len(quoted):
+        j = min(i + size, len(quoted))
+        while quoted[j - 1] == "\\" and j < len(quoted):  # never split an escape
+            j += 1
+        pieces.append(quoted[i:j])
+        i = j
+    sets = "\n".join(f'            set ${name}{k} "{p}";' for k, p in enumerate(pieces))
+    return sets, "".join(f"${name}{k}" for k in range(len(pieces)))
+
+
+def nginx_config(workdir: Path, port: int) -> Path:
+    chat = shapes.chat_completion()
+    events = shapes.stream_events()
+    sse = shapes.sse_body()
+    fields = {
+        "DIR": str(workdir),
+        "PORT": str(port),
+        "CHAT_BYTES": str(len(chat)),
+        "CHAT_BODY": _nginx_quote(chat),
+        "STREAM_EVENTS": str(len(events)),
+        "SSE_SET": _nginx_pieces("sse", sse)[0],
+        "SSE_BODY": _nginx_pieces("sse", sse)[1],
+        "EMBEDDING_BODY": _nginx_quote(shapes.embedding_response("text-embedding-3-small", 1, 256)),
+    }
+    template = string.Template((HERE / "nginx.conf.template").read_text())
+    conf = workdir / "nginx.conf"
+    conf.write_text(template.substitute(fields))
+    return conf
+
+
+def start_nginx(workdir: Path, core: int | None) -> tuple[Proc, str]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        raise BenchError("nginx is not installed: apt-get install -y nginx-light")
+    port = free_port()
+    conf = nginx_config(workdir, port)
+    cmd = pinned([nginx, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")],
+                 core)
+    proc = Proc("nginx", cmd, workdir / "nginx.out")
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/v1/models", proc)
+    return proc, base
+
+
+# --- fake upstream and bare forwarder --------------------------------------------------------
+
+
+def start_fake_upstream(workdir: Path, python: str, core: int | None, *args: str) -> tuple[Proc, str]:
+    port = free_port()
+    cmd = pinned([python, str(HERE / "fake_upstream.py"), "--port", str(port), *args], core)
+    proc = Proc("fake upstream", cmd, workdir / "fake_upstream.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/healthz", proc)
+    return proc, base
+
+
+def start_bare(workdir: Path, python: str, core: int | None, upstream: str) -> tuple[Proc, str]:
+    port = free_port()
+    cmd = pinned([python, str(HERE / "bare_forwarder.py"), "--port", str(port),
+                  "--upstream", upstream], core)
+    proc = Proc("bare forwarder", cmd, workdir / "bare.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/nothing", proc)
+    return proc, base
+
+
+# --- the gateway, everything on -----------------------------------------------------------------
+
+CHAT_MODEL: Final = "bench/gpt-4o-mini"
+STREAM_MODEL: Final = "bench-sse/gpt-4o-mini"
+FALLBACK_POLICY: Final = "bench-fallback"
+
+
+def gateway_toml(port: int, data_dir: Path, database_url: str, redis_url: str | None,
+                 namespace: str, chat_base: str, stream_base: str | None = None,
+                 extra: str = "") -> str:
+    """Every feature the config can switch on today: PostgreSQL ledger and keys, Redis limits.
+
+    `extra` is appended verbatim (bench.py --gateway-extra-toml), so sections that land later
+    (metrics, cache, ...) can be switched on without editing this harness.
+    """
+    def q(s: str) -> str:
+        return json.dumps(s)
+
+    lines = [
+        "# generated by loadtest/stack.py: the gateway with every feature on",
+        'region = "global"',
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        "workers = 1",
+        f"database_url = {q(database_url)}",
+    ]
+    if redis_url:
+        lines += [f"redis_url = {q(redis_url)}", f"redis_namespace = {q(namespace)}"]
+    lines += [
+        f"data_dir = {q(str(data_dir))}",
+        f"default_model = {q(CHAT_MODEL)}",
+        "include_default_catalog = false",
+        "",
+    ]
+    providers = {"bench": chat_base, "bench-sse": stream_base or chat_base}
+    for name, base in providers.items():
+        lines += [
+            f"[providers.{name}]",
+            'protocol = "openai"',
+            f"base_url = {q(base)}",
+            'api_key_env = "BENCH_UPSTREAM_KEY"',
+            "max_connections = 1000",
+            "",
+        ]
+    lines += [
+        "[providers.bench-down]  # answers 503: the first step of the fallback policy",
+        'protocol = "openai"',
+        f"base_url = {q(chat_base)}",
+        'api_key_env = "BENCH_UPSTREAM_KEY"',
+        "",
+    ]
+    models = [(CHAT_MODEL, "bench", "gpt-4o-mini"), (STREAM_MODEL, "bench-sse", "gpt-4o-mini"),
+              ("bench/down", "bench-down", "fail-503")]
+    for mid, provider, upstream in models:
+        lines += [
+            "[[models]]",
+            f"id = {q(mid)}",
+            f"provider = {q(provider)}",
+            f"upstream = {q(upstream)}",
+            "input_price = 0.15",
+            "output_price = 0.60",
+            "cached_input_price = 0.075",
+            "context_window = 128000",
+            "max_output_tokens = 16384",
+            "",
+        ]
+    lines += [
+        "[[models]]",
+        'id = "bench/text-embedding-3-small"',
+        'provider = "bench"',
+        'upstream = "text-embedding-3-small"',
+        'kind = "embedding"',
+        "input_price = 0.02",
+        "",
+        f"[policies.{FALLBACK_POLICY}]",
+        'strategy = "fallback"',
+        f'models = ["bench/down", {q(CHAT_MODEL)}]',
+        "",
+    ]
+    return "\n".join(lines) + ("\n" + extra if extra else "")
+
+
+def _psql(database_url: str, sql: str, python: str) -> None:
+    """Run one statement on the server's `postgres` database (psql, else asyncpg)."""
+    admin = database_url.rsplit("/", 1)[0] + "/postgres"
+    if shutil.which("psql"):
+        subprocess.run(["psql", admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+                       check=True, capture_output=True)
+        return
+    code = ("import asyncio, asyncpg, sys\n"
+            "async def m():\n c = await asyncpg.connect(sys.argv[1]); await c.execute(sys.argv[2])\n"
+            "asyncio.run(m())")
+    subprocess.run([python, "-c", code, admin, sql], check=True, capture_output=True)
+
+
+class Gateway:
+    """The gateway started from a generated config, with a fresh database and its own key."""
+
+    def __init__(self, workdir: Path, python: str, core: int | None, chat_base: str,
+                 stream_base: str | None, pg: str | None = PG_DEFAULT,
+                 redis_url: str | None = REDIS_DEFAULT, extra_toml: str = "",
+                 keep_db: bool = False) -> None:
+        self.workdir = workdir
+        self.python = python
+        self.keep_db = keep_db
+        self.tag = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+        self.admin_key = os.environ.get("PROXY_ADMIN_KEY") or "sk-bench-admin-" + secrets.token_hex(8)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.db_name = f"proxy_bench_{self.tag}" if pg else ""
+        self.database_url = (f"{pg}/{self.db_name}" if pg
+                             else f"sqlite:///{workdir / 'gateway-data' / 'proxy.db'}")
+        self.redis_url = redis_url
+        self.namespace = f"bench-{self.tag}"
+        self.features: dict[str, str] = {}
+        self.key = self.admin_key
+        if pg:
+            _psql(self.database_url, f'CREATE DATABASE "{self.db_name}"', python)
+        self.features["database"] = ("PostgreSQL, fresh database " + self.db_name) if pg else "SQLite"
+        self.features["redis"] = redis_url or "none (in-process)"
+        config = workdir / "gateway.toml"
+        config.write_text(gateway_toml(self.port, workdir / "gateway-data", self.database_url,
+                                       redis_url, self.namespace, chat_base, stream_base,
+                                       extra_toml))
+        self.config = config
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+        env.update(PROXY_ADMIN_KEY=self.admin_key, PROXY_KEY_SECRET=secrets.token_hex(16),
+                   BENCH_UPSTREAM_KEY="sk-bench-upstream")
+        cmd = pinned([python, "-m", "proxy", "serve", "--config", str(config)], core)
+        self.proc = Proc("gateway", cmd, workdir / "gateway.log", env=env, cwd=REPO)
+        wait_http(self.base + "/healthz", self.proc, timeout=60)
+        self._create_key()
+        self._check_endpoints()
+
+    def _create_key(self) -> None:
+        """A user key with a spend limit, through the admin API, when it exists."""
+        body = {"name": f"bench-{self.tag}", "limit": 1_000_000, "labels": ["loadtest"]}
+        status, _, data = http("POST", self.base + "/v1/api-keys", body, self.admin_key)
+        if status in (200, 201):
+            created = json.loads(data)
+            self.key = created["key"]
+            self.features["auth"] = (f"user key {created.get('id', '?')} created via "
+                                     "POST /v1/api-keys")
+            self.features["spend limit"] = f"USD {created.get('limit', body['limit'])} on that key"
+        elif status in (404, 405, 501):
+            self.features["auth"] = f"admin key (POST /v1/api-keys answered {status})"
+            self.features["spend limit"] = "none (needs a user key)"
+        else:
+            raise BenchError(f"POST /v1/api-keys answered {status}: {data[:300]!r}")
+
+    def _check_endpoints(self) -> None:
+        status, _, _ = http("GET", self.base + "/metrics")
+        self.features["metrics"] = "on (/metrics 200)" if status == 200 else f"/metrics {status}"
+        status, _, _ = http("GET", self.base + "/readyz")
+        self.features["readyz"] = str(status)
+
+    def usage_report(self) -> str:
+        """What the ledger saw, from the usage API (it answers 501 until the ledger lands)."""
+        status, _, data = http("GET", self.base + "/v1/organization/usage?group_by=status",
+                               key=self.admin_key, timeout=30)
+        if status != 200:
+            return f"/v1/organization/usage answered {status}"
+        report = json.loads(data)
+        rows = ", ".join(f"{r.get('status')}: {r.get('requests')}"
+                         for r in report.get("breakdown", []))
+        return (f"{report.get('total_requests')} requests, USD {report.get('total_cost')} "
+                f"by status: {rows}")
+
+    def errors_logged(self) -> list[str]:
+        return [ln for ln in self.proc.log.read_text(errors="replace").splitlines()
+                if " ERROR " in ln or "Traceback" in ln]
+
+    def stop(self) -> None:
+        self.proc.stop()
+        if self.redis_url and shutil.which("redis-cli"):
+            host_port = self.redis_url.split("//", 1)[1].split("/", 1)[0]
+            host, _, port = host_port.rpartition(":")
+            keys = subprocess.run(["redis-cli", "-h", host, "-p", port or "6379", "--scan",
+                                   "--pattern", f"{self.namespace}*"],
+                                  capture_output=True, text=True).stdout.split()
+            for i in range(0, len(keys), 500):
+                subprocess.run(["redis-cli", "-h", host, "-p", port or "6379", "del",
+                                *keys[i:i + 500]], capture_output=True)
+        if self.db_name and not self.keep_db:
+            try:
+                _psql(self.database_url, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)',
+                      self.python)
+            except subprocess.CalledProcessError:
+                pass
+
+
+# --- LiteLLM --------------------------------------------------------------------------------
+
+
+def litellm_config(chat_base: str, stream_base: str) -> str:
+    return f"""# generated by loadtest/stack.py: LiteLLM's proxy in front of the same upstream
+model_list:
+  - model_name: bench-gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: {chat_base}
+      api_key: sk-bench-upstream
+  - model_name: bench-sse-gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: {stream_base}
+      api_key: sk-bench-upstream
+litellm_settings:
+  telemetry: false
+  set_verbose: false
+  drop_params: true
+"""
+
+
+def start_litellm(workdir: Path, venv: str, core: int | None, chat_base: str,
+                  stream_base: str) -> tuple[Proc, str]:
+    exe = Path(venv) / "bin" / "litellm"
+    if not exe.exists():
+        raise BenchError(f"{exe} not found: python3 -m venv {venv} && "
+                         f"{venv}/bin/pip install 'litellm[proxy]'")
+    config = workdir / "litellm.yaml"
+    config.write_text(litellm_config(chat_base, stream_base))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LITELLM", "OPENAI"))}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
+               LITELLM_LOG="ERROR", LITELLM_MODE="PRODUCTION", DO_NOT_TRACK="1")
+    cmd = pinned([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                  "--num_workers", "1", "--telemetry", "False"], core)
+    proc = Proc("litellm", cmd, workdir / "litellm.log", env=env, cwd=workdir)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/health/liveliness", proc, timeout=180)
+    return proc, base
+
+
+# --- the machine and the versions ------------------------------------------------------------
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "n/a"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "os": f"Debian {debian}, kernel {platform.release()}",
+        "loadavg at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def versions(gateway_python: str, litellm_venv: str | None) -> dict[str, str]:
+    code = ("import sys, aiohttp, uvloop, msgspec; print(sys.version.split()[0], aiohttp.__version__,"
+            " uvloop.__version__, msgspec.__version__)")
+    out = _first_line([gateway_python, "-c", code]).split()
+    v = {}
+    if len(out) == 4:
+        v["gateway stack"] = f"Python {out[0]}, aiohttp {out[1]}, uvloop {out[2]}, msgspec {out[3]}"
+    commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy"],
+                           capture_output=True, text=True).stdout.strip()
+    v["gateway commit"] = commit + (" (proxy/ has uncommitted changes)" if dirty else "")
+    v["nginx"] = _first_line(["nginx", "-v"]).replace("nginx version: ", "")
+    v["wrk"] = re.sub(r"\s*\[.*", "", _first_line(["wrk", "-v"]))
+    if litellm_venv:
+        py = Path(litellm_venv) / "bin" / "python"
+        if py.exists():
+            v["litellm"] = _first_line([str(py), "-c",
+                                        "import importlib.metadata as m; print(m.version('litellm'))"])
+    v["harness python"] = sys.version.split()[0]
+    return v

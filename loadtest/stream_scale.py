@@ -1,0 +1,322 @@
+"""1,000 concurrent SSE streams on one gateway worker: does chunk timing survive?
+
+    /tmp/venvtest/bin/python loadtest/stream_scale.py            # 1,000 streams at 20 tokens/s
+    /tmp/venvtest/bin/python loadtest/stream_scale.py --streams 200 --window 10   # a quick look
+
+The fake upstream (`fake_upstream.py`, paced, `--stamp`) and this client run on the load core;
+the gateway (everything on, as in bench.py) runs alone on the server core. The client keeps
+`--streams` streams open at all times: each slot opens a stream, reads it to `[DONE]`, and
+opens the next; slot starts are spread over one stream's length so that streams begin and end
+evenly (about streams / stream-seconds new streams a second), as in production. The same load
+runs twice, first straight at the upstream, then through the gateway. Only streams that start
+inside the measurement window, after every slot is running, count.
+
+Each chunk is timestamped when it arrives. The upstream stamps its chunks with the request's
+arrival (`x_rx`) and the chunk's send time (`x_tx`) on the machine-wide monotonic clock, so
+besides the time to first token (TTFT) the report splits it into legs:
+
+  request leg      x_rx - sent            client (-> gateway) -> upstream
+  first-chunk leg  received - x_tx        upstream (-> gateway) -> client, first token
+  chunk transit    received - x_tx        for every token chunk
+  gap              between consecutive token chunks of one stream (1/tokens-per-second ideally)
+
+"Added" is the gateway run minus the direct run, per percentile. Targets: added TTFT p99 < 5 ms,
+gateway RSS < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import shapes  # noqa: E402
+import stack  # noqa: E402
+
+try:
+    import aiohttp
+except ImportError:  # pragma: no cover
+    sys.exit("stream_scale.py needs aiohttp: run it with the gateway's venv python")
+
+RESULTS: Final = Path(__file__).resolve().parent / "results"
+_TX: Final = re.compile(rb'"x_rx":(\d+),"x_tx":(\d+)')
+
+
+@dataclass
+class Phase:
+    name: str
+    ttft_ms: list[float] = field(default_factory=list)
+    request_leg_ms: list[float] = field(default_factory=list)
+    first_leg_ms: list[float] = field(default_factory=list)
+    transit_ms: list[float] = field(default_factory=list)
+    gap_ms: list[float] = field(default_factory=list)
+    completed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    concurrency: list[int] = field(default_factory=list)
+    client_cpu_pct: float = 0.0
+    upstream_cpu_pct: float = 0.0
+    server_cpu_pct: float = 0.0
+    server_rss_mb: float = 0.0
+    server_peak_rss_mb: float = 0.0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes,
+                     headers: dict[str, str], phase: Phase, record: bool) -> None:
+    sent = time.monotonic_ns()
+    first_recv = 0
+    last_token = 0
+    ttft = 0.0
+    done = False
+    gaps: list[float] = []
+    transit: list[float] = []
+    rx = first_tx = 0
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            if resp.status != 200:
+                await resp.read()
+                phase.error(f"status {resp.status}")
+                return
+            async for data in resp.content.iter_any():
+                now = time.monotonic_ns()
+                if b'"content"' in data:
+                    m = _TX.search(data)
+                    if m:
+                        if not rx:
+                            rx, first_tx = int(m.group(1)), int(m.group(2))
+                        transit.append((now - int(m.group(2))) / 1e6)
+                    if not first_recv:
+                        first_recv = now
+                        ttft = (now - sent) / 1e6
+                    else:
+                        gaps.append((now - last_token) / 1e6)
+                    last_token = now
+                if b"data: [DONE]" in data:
+                    done = True
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        phase.error(type(e).__name__)
+        return
+    if not done:
+        phase.error("stream ended without [DONE]")
+        return
+    if not record:
+        return
+    phase.completed += 1
+    phase.ttft_ms.append(ttft)
+    if rx:
+        phase.request_leg_ms.append((rx - sent) / 1e6)
+        phase.first_leg_ms.append((first_recv - first_tx) / 1e6)
+    phase.gap_ms.extend(gaps)
+    phase.transit_ms.extend(transit)
+
+
+async def drive(url: str, key: str | None, model: str, args: argparse.Namespace,
+                phase: Phase, server: stack.Proc | None, upstream: stack.Proc) -> None:
+    body = shapes.chat_request(model, stream=True)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    stream_s = args.tokens / args.tps
+    ramp = stream_s
+    t0 = time.monotonic()
+    window = (t0 + ramp + 1.0, t0 + ramp + 1.0 + args.window)
+    inflight = 0
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=stream_s * 4 + 30)
+
+    async def slot(i: int) -> None:
+        nonlocal inflight
+        await asyncio.sleep(ramp * i / args.streams)
+        while True:
+            start = time.monotonic()
+            if start >= window[1]:
+                return
+            inflight += 1
+            try:
+                await one_stream(session, url, body, headers, phase,
+                                 record=window[0] <= start < window[1])
+            finally:
+                inflight -= 1
+
+    async def sample() -> None:
+        while time.monotonic() < window[1]:
+            await asyncio.sleep(0.5)
+            if window[0] <= time.monotonic() < window[1]:
+                phase.concurrency.append(inflight)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        sampler = asyncio.create_task(sample())
+        slots = [asyncio.create_task(slot(i)) for i in range(args.streams)]
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        c0, up0 = os.times(), upstream.cpu_ticks()
+        s0 = server.cpu_ticks() if server else 0
+        w0 = time.monotonic()
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        c1, up1 = os.times(), upstream.cpu_ticks()
+        s1 = server.cpu_ticks() if server else 0
+        wall = time.monotonic() - w0
+        if server:
+            rss, hwm = server.rss_kb()
+            phase.server_rss_mb, phase.server_peak_rss_mb = rss / 1024, hwm / 1024
+        await asyncio.gather(*slots)
+        await sampler
+    phase.client_cpu_pct = 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / wall
+    phase.upstream_cpu_pct = 100 * (up1 - up0) / stack.CLK_TCK / wall
+    phase.server_cpu_pct = 100 * (s1 - s0) / stack.CLK_TCK / wall if server else 0.0
+
+
+def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[str, str],
+           versions: dict[str, str], machine: dict[str, str]) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    gap_ideal = 1000 / args.tps
+    lines = [f"# Streaming at scale, {stamp}", ""]
+    if args.preliminary:
+        lines += ["**Preliminary:** a shared 2-core machine with other work running.", ""]
+    lines += ["| machine | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in {**machine, **versions}.items()]
+    lines += [f"| load | {args.streams} concurrent streams, {args.tokens} tokens at {args.tps:g} "
+              f"tokens/s ({args.tokens / args.tps:g} s a stream), upstream first-token latency "
+              f"{args.latency_ms:g} ms, {args.window} s window |",
+              "| cores | gateway alone on core 1; fake upstream and this client on core 0 |", ""]
+    if features:
+        lines += ["Gateway features: " + "; ".join(f"{k}: {v}" for k, v in features.items()), ""]
+
+    def row(name: str, d: list[float], g: list[float]) -> str:
+        return (f"| {name} | {pct(d, 50):.2f} | {pct(d, 99):.2f} | {pct(g, 50):.2f} | "
+                f"{pct(g, 99):.2f} | {pct(g, 50) - pct(d, 50):+.2f} | "
+                f"{pct(g, 99) - pct(d, 99):+.2f} |")
+
+    lines += ["| ms | direct p50 | direct p99 | gateway p50 | gateway p99 | added p50 | "
+              "added p99 |", "|" + " --- |" * 7,
+              row("time to first token", direct.ttft_ms, gw.ttft_ms),
+              row("  request leg (sent → upstream)", direct.request_leg_ms, gw.request_leg_ms),
+              row("  first-chunk leg (upstream → client)", direct.first_leg_ms, gw.first_leg_ms),
+              row("chunk transit (every token)", direct.transit_ms, gw.transit_ms),
+              row(f"inter-chunk gap (ideal {gap_ideal:g})", direct.gap_ms, gw.gap_ms), ""]
+    lines += ["| run | streams measured | concurrent (min/mean) | errors | client CPU | "
+              "upstream CPU | gateway CPU | gateway RSS MB |", "|" + " --- |" * 8]
+    for p in (direct, gw):
+        conc = (f"{min(p.concurrency)}/{statistics.mean(p.concurrency):.0f}"
+                if p.concurrency else "-")
+        errs = ", ".join(f"{k} {v}" for k, v in p.errors.items()) or "none"
+        rss = (f"{p.server_rss_mb:.0f} (peak {p.server_peak_rss_mb:.0f})"
+               if p.server_rss_mb else "-")
+        lines.append(f"| {p.name} | {p.completed} | {conc} | {errs} | {p.client_cpu_pct:.0f}% | "
+                     f"{p.upstream_cpu_pct:.0f}% | "
+                     f"{(f'{p.server_cpu_pct:.0f}%' if p.server_rss_mb else '-')} | {rss} |")
+    added_p99 = pct(gw.ttft_ms, 99) - pct(direct.ttft_ms, 99)
+    gap_p99 = pct(gw.gap_ms, 99) - pct(direct.gap_ms, 99)
+    lines += ["", "Targets:", "",
+              f"- added TTFT p99 {added_p99:+.2f} ms (target < 5 ms): "
+              f"{'met' if added_p99 < 5 else 'NOT met'}",
+              f"- gateway RSS {gw.server_rss_mb:.0f} MB, peak {gw.server_peak_rss_mb:.0f} MB "
+              f"(target < 200 MB): {'met' if gw.server_peak_rss_mb < 200 else 'NOT met'}",
+              f"- added inter-chunk gap p99 {gap_p99:+.2f} ms",
+              "- errors: " + ("none" if not direct.errors and not gw.errors else "see table"),
+              "- load generator check: client and upstream share core 0; their CPU above must "
+              "stay well under 100% together, or the client, not the gateway, set the timing."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--tps", type=float, default=20.0, help="tokens per second per stream")
+    p.add_argument("--tokens", type=int, default=100, help="tokens per stream (default 100: 5 s)")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="upstream time to first token (default 0: TTFT is all path)")
+    p.add_argument("--window", type=int, default=20, help="measurement window, seconds")
+    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT
+                   if os.path.exists(stack.GATEWAY_PYTHON_DEFAULT) else sys.executable)
+    p.add_argument("--pg", default=stack.PG_DEFAULT)
+    p.add_argument("--no-pg", action="store_true")
+    p.add_argument("--redis", default=stack.REDIS_DEFAULT)
+    p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--gateway-extra-toml")
+    p.add_argument("--load-core", type=int, default=0)
+    p.add_argument("--server-core", type=int, default=1)
+    p.add_argument("--final", dest="preliminary", action="store_false")
+    p.add_argument("--workdir", help="keep configs and logs here (default: a temp dir, removed)")
+    p.add_argument("--out")
+    return p.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace, workdir: Path) -> int:
+    load_core = args.load_core if (os.cpu_count() or 1) > 1 else None
+    server_core = args.server_core if load_core is not None else None
+    if load_core is not None:
+        os.sched_setaffinity(0, {load_core})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    machine, versions = stack.machine(), stack.versions(args.gateway_python, None)
+    upstream, base = stack.start_fake_upstream(
+        workdir, args.gateway_python, load_core, "--tokens-per-second", str(args.tps),
+        "--stream-tokens", str(args.tokens), "--latency-ms", str(args.latency_ms), "--stamp")
+    direct, via = Phase("direct to the upstream"), Phase("through the gateway")
+    features: dict[str, str] = {}
+    try:
+        print(f"direct: {args.streams} streams ...", flush=True)
+        await drive(base + "/v1/chat/completions", None, "gpt-4o-mini", args, direct, None,
+                    upstream)
+        extra = Path(args.gateway_extra_toml).read_text() if args.gateway_extra_toml else ""
+        gw = await asyncio.to_thread(
+            stack.Gateway, workdir, args.gateway_python, server_core, base + "/v1", base + "/v1",
+            pg=None if args.no_pg else args.pg, redis_url=None if args.no_redis else args.redis,
+            extra_toml=extra)
+        try:
+            print(f"gateway: {args.streams} streams ...", flush=True)
+            await drive(gw.base + "/v1/chat/completions", gw.key, stack.STREAM_MODEL, args, via,
+                        gw.proc, upstream)
+            features = dict(gw.features)
+            logged = gw.errors_logged()
+            if logged:
+                features["error lines logged"] = f"{len(logged)} (first: {logged[0][-120:]})"
+        finally:
+            await asyncio.to_thread(gw.stop)
+    finally:
+        upstream.stop()
+    report = render(args, direct, via, features, versions, machine)
+    print("\n" + report)
+    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"stream-scale-{time.strftime('%Y-%m-%dT%H%M%S')}.md"
+    out.write_text(report)
+    print(f"written: {out}")
+    return 1 if direct.errors or via.errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return asyncio.run(amain(args, Path(args.workdir).resolve()))
+    with tempfile.TemporaryDirectory(prefix="stream-scale-") as tmp:
+        return asyncio.run(amain(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
