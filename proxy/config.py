@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -66,6 +66,11 @@ class PolicyConfig(_Strict, frozen=True):
 
 class LimitsConfig(_Strict, frozen=True):
     fail_closed: bool = False  # refuse requests while Redis is unreachable
+    # A reservation whose request never settles (a crashed worker) is charged at its
+    # estimate this long after admission: longer than any request may take.
+    reservation_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # durable spend floor
 
 
 class LedgerConfig(_Strict, frozen=True):
