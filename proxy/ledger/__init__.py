@@ -1,28 +1,46 @@
 """The usage ledger: every request's record, written behind the request path.
 
 `Ledger` is what the rest of the gateway sees. The request path only calls `enqueue`,
-which never waits on a database.
+which never waits on a database. `create_ledger` picks the engine from `database_url`:
+PostgreSQL (postgres.py) or SQLite (sqlite.py), both driven by the same writer
+(writer.py: queue, journal/spool, flusher) and answering the same reports (report.py).
+The SQL ledgers also carry the writer's counters as plain attributes for metrics:
+`queue_depth`, `records_written`, `records_spooled`, `records_replayed`,
+`records_quarantined`, `last_flush_seconds`, `database_errors` (failed flushes).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
+from ..config import Settings
+from ..migrate import is_sqlite
 from .record import UsageRecord
+from .report import UsageQuery, UsageReport, aggregate
 
 
 class Ledger(Protocol):
     def enqueue(self, record: UsageRecord) -> None:
         """Hand a record over; never blocks, never raises on a database problem."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Apply migrations if needed, replay spool files that stopped workers left."""
 
     async def close(self) -> None:
         """Flush everything queued (SIGTERM path)."""
 
+    async def report(self, query: UsageQuery) -> UsageReport:
+        """A usage report; totals equal the sum of the records, to the nano-USD."""
+
+    async def spend(self, key_id: str, since: datetime | None) -> int:
+        """nano-USD spent by a key since a time (None: ever). Records still queued are not
+        counted (they land within a flush interval)."""
+
 
 class MemoryLedger:
-    """Keeps records in a list: the placeholder until the SQL ledger is wired in."""
+    """Keeps records in a list: for tests that need no database."""
 
     def __init__(self) -> None:
         self.records: list[UsageRecord] = []
@@ -35,3 +53,25 @@ class MemoryLedger:
 
     async def close(self) -> None:
         pass
+
+    async def report(self, query: UsageQuery) -> UsageReport:
+        return aggregate(self.records, query)
+
+    async def spend(self, key_id: str, since: datetime | None) -> int:
+        return sum(r.cost_nusd for r in self.records
+                   if r.key_id == key_id and (since is None or r.ts >= since))
+
+
+def spool_dir(settings: Settings) -> Path:
+    return Path(settings.ledger.spool_dir or Path(settings.data_dir) / "spool")
+
+
+def create_ledger(settings: Settings) -> Ledger:
+    """PostgreSQL when `database_url` is postgresql://, SQLite otherwise."""
+    if is_sqlite(settings.database_url):
+        from .sqlite import SqliteLedger
+
+        return SqliteLedger(settings.database_url, settings.ledger, spool_dir(settings))
+    from .postgres import PostgresLedger
+
+    return PostgresLedger(settings.database_url, settings.ledger, spool_dir(settings))

@@ -1,0 +1,187 @@
+"""The ledger on PostgreSQL: batches by COPY into a staging table, then one statement
+inserts the new records (`ON CONFLICT (request_id) DO NOTHING`) and upserts every rollup
+from the rows it actually inserted (`RETURNING`), all in one transaction. A replayed batch
+therefore inserts nothing and adds nothing to the rollups.
+
+The writer holds one connection of its own and replaces it after any failure (asyncpg does
+not bring a connection back after a server restart); the writer's backoff paces the
+reconnects. Reports use a small pool of their own, so a long report never delays a flush.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+from ..config import LedgerConfig
+from ..errors import ServiceUnavailable
+from ..migrate import migrate
+from . import report_sql
+from .record import UsageRecord
+from .report import Measures, UsageQuery, UsageReport, UsageRow, assemble
+from .schema import COLUMNS, POSTGRES, pg_row, upserts
+from .writer import LedgerWriter, RecordError
+
+log = logging.getLogger("proxy.ledger")
+
+# Sessions run in UTC so that date_trunc() cuts UTC hours, days and months; JIT compiling
+# costs more than these short queries take.
+SERVER_SETTINGS: Final = {"timezone": "UTC", "jit": "off", "application_name": "proxy-ledger"}
+STAGING: Final = "ledger_staging"
+# SQLSTATE classes about the data itself: data exception, integrity constraint violation,
+# program limit exceeded (a value too large). Anything else means "not now", not "never".
+_DATA_CLASSES: Final = ("22", "23", "54")
+
+_CREATE_STAGING: Final = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE usage_records) ON COMMIT DELETE ROWS"
+)
+
+
+def _flush_sql() -> str:
+    cols = ", ".join(COLUMNS)
+    ctes = [
+        (f"ins AS (INSERT INTO usage_records ({cols}) SELECT {cols} FROM {STAGING} "
+        "ON CONFLICT (request_id) DO NOTHING RETURNING *)")
+    ]
+    ctes += [f"u{i} AS ({sql})" for i, sql in enumerate(upserts(POSTGRES, "ins"))]
+    return f"WITH {', '.join(ctes)} SELECT count(*) FROM ins"
+
+
+FLUSH_SQL: Final = _flush_sql()
+
+
+def is_data_error(e: BaseException) -> bool:
+    if isinstance(e, asyncpg.PostgresError):
+        return str(getattr(e, "sqlstate", "") or "")[:2] in _DATA_CLASSES
+    # Raised by asyncpg while encoding a value client-side: out of range, wrong type,
+    # a lone surrogate in a string.
+    return isinstance(e, (TypeError, ValueError, OverflowError))
+
+
+class PostgresSink:
+    def __init__(self, dsn: str, connect_timeout_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._timeout = connect_timeout_s
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._migrated = False
+
+    async def _connection(self) -> asyncpg.Connection[Any]:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        self._conn = None
+        if not self._migrated:
+            # The database may have been away at start, or recreated while we ran.
+            await migrate(self._dsn)
+            self._migrated = True
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
+                                     server_settings=SERVER_SETTINGS)
+        try:
+            await conn.execute(_CREATE_STAGING)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        self._migrated = False
+
+    async def write(self, records: Sequence[UsageRecord]) -> int:
+        try:
+            rows = [pg_row(r) for r in records]
+        except (TypeError, ValueError, OverflowError) as e:
+            raise RecordError(str(e)) from e
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
+                inserted = await conn.fetchval(FLUSH_SQL)
+        except BaseException as e:
+            if isinstance(e, Exception) and is_data_error(e) and not conn.is_closed():
+                raise RecordError(f"{type(e).__name__}: {e}") from e
+            self._drop()  # a broken or cancelled connection is never reused
+            raise
+        return int(inserted)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            try:
+                await self._conn.close(timeout=2)
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                self._conn.terminate()
+            self._conn = None
+
+
+class PostgresLedger(LedgerWriter):
+    """The writer into PostgreSQL, plus the reports and spend read from it."""
+
+    def __init__(self, dsn: str, config: LedgerConfig, spool_dir: Path, **kw: Any) -> None:
+        super().__init__(PostgresSink(dsn), config, spool_dir, **kw)
+        self._dsn = dsn
+        self._pool: asyncpg.Pool[Any] | None = None
+
+    async def start(self) -> None:
+        try:
+            await migrate(self._dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            # Not fatal: records spool until the database is back (the writer migrates then).
+            log.warning("ledger: cannot migrate %s at start (%s); will retry",
+                        "the database", type(e).__name__)
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _fetch(self, statement: report_sql.Statement) -> list[asyncpg.Record]:
+        assert isinstance(statement.params, list)
+        for attempt in range(2):
+            try:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=4, timeout=5, command_timeout=30,
+                        server_settings=SERVER_SETTINGS,
+                    )
+                rows: list[asyncpg.Record] = await self._pool.fetch(
+                    statement.sql, *statement.params)
+                return rows
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                    asyncpg.CannotConnectNowError, TimeoutError) as e:
+                # A pooled connection that died with a server restart fails once; retry.
+                log.warning("ledger: report query failed (%s)", type(e).__name__)
+                if attempt:
+                    raise _unavailable() from None
+            except asyncpg.PostgresError as e:
+                # Reachable but not usable (say, recreated and not migrated yet).
+                log.error("ledger: report query failed: %s: %s", type(e).__name__, e)
+                raise _unavailable() from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def report(self, query: UsageQuery) -> UsageReport:
+        grouped = [_row(r) for r in await self._fetch(report_sql.report(POSTGRES, query))]
+        if not query.by_dimension:
+            return assemble(query, grouped)
+        base = await self._fetch(report_sql.report(POSTGRES, query, grouped=False))
+        return assemble(query, grouped, [_row(r) for r in base])
+
+    async def spend(self, key_id: str, since: datetime | None) -> int:
+        rows = await self._fetch(report_sql.spend(POSTGRES, key_id, since))
+        return sum(int(v or 0) for v in rows[0])
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("The usage database is unreachable; try again shortly.")
+
+
+def _row(r: asyncpg.Record) -> UsageRow:
+    return UsageRow(r[0], r[1], Measures.of(r[2:]))
