@@ -1,8 +1,10 @@
-"""Who is calling: bearer key → Principal.
+"""Who is calling: bearer key → Principal, served from memory.
 
-The core knows only the admin key. The keys issue replaces `Authenticator` with one
-backed by the keys table and an in-process cache; `Principal` is the stable interface
-handlers use (`request[PRINCIPAL]`).
+The admin key (`PROXY_ADMIN_KEY`, or the generated one whose digest is in `data_dir`) is
+checked first. Every other key is looked up by its keyed hash in the in-process cache of
+`proxy.keys.KeyRegistry`, which holds every live key and is kept current by Redis pub/sub
+and a periodic refresh; a steady-state request makes no database call. Expiry is checked
+here, at use, so an expired key is refused at once on every worker without any message.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from .errors import Unauthorized
 
+if TYPE_CHECKING:
+    from .keys.registry import KeyRegistry
+
 ADMIN_KEY_ID: Final = "admin"
+KEY_PREFIX: Final = "sk-px-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +36,19 @@ class Principal:
     labels: tuple[str, ...] = field(default=())
     # The tenant that owns the key: response-cache entries are never shared across owners.
     owner: str = "default"
+    # Spend limit in nano-USD per period ("monthly": the calendar month in UTC, or "total").
+    limit_nusd: int | None = None
+    period: str = "monthly"
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute
+    expires_at: float | None = None  # Unix seconds
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
 
-PRINCIPAL: Final = "proxy.principal"  # request-scoped key (aiohttp requests take str keys)
+PRINCIPAL: Final = web.RequestKey("principal", Principal)  # who is calling, set by the edge
 
 
 def bearer_token(request: web.Request) -> str:
@@ -48,7 +62,7 @@ def bearer_token(request: web.Request) -> str:
 
 
 def generate_key() -> str:
-    return "sk-px-" + secrets.token_urlsafe(32)
+    return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def key_digest(secret: bytes, key: str) -> str:
@@ -56,20 +70,59 @@ def key_digest(secret: bytes, key: str) -> str:
 
 
 class Authenticator:
-    """Admin-key-only authentication (the core's)."""
+    """The admin key, then the key registry's in-memory cache (when one is wired in)."""
 
-    def __init__(self, secret: bytes, admin_digest: str) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        admin_digest: str,
+        keys: KeyRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._secret = secret
         self._admin_digest = admin_digest
         self._admin = Principal(ADMIN_KEY_ID, role="admin", name="admin")
+        self._clock = clock
+        self.keys = keys  # None: admin key only (tests, or a gateway without a key store)
+
+    @property
+    def redis_errors(self) -> int:
+        """For metrics: failed publishes and lost subscriptions of key changes."""
+        events = self.keys.events if self.keys is not None else None
+        return events.errors if events is not None else 0
+
+    @property
+    def database_errors(self) -> int:
+        return self.keys.database_errors if self.keys is not None else 0
+
+    @property
+    def admin(self) -> Principal:
+        return self._admin
+
+    def digest(self, token: str) -> str:
+        return key_digest(self._secret, token)
 
     async def authenticate(self, token: str) -> Principal:
-        if hmac.compare_digest(key_digest(self._secret, token), self._admin_digest):
+        digest = key_digest(self._secret, token)
+        if hmac.compare_digest(digest, self._admin_digest):
             return self._admin
-        raise Unauthorized("Invalid API key.")
+        principal = None
+        if self.keys is not None:
+            principal = self.keys.cached(digest)
+            # A miss is either a wrong key or one created a moment ago on another instance
+            # whose pub/sub message has not arrived; only well-formed keys may cost a lookup.
+            if principal is None and token.startswith(KEY_PREFIX) and len(token) < 100:
+                principal = await self.keys.lookup(digest)
+        if principal is None:
+            raise Unauthorized("Invalid API key.")
+        if principal.expires_at is not None and self._clock() >= principal.expires_at:
+            raise Unauthorized("This API key has expired.", code="expired_api_key")
+        return principal
 
     async def start(self) -> None:
-        pass
+        if self.keys is not None:
+            await self.keys.start()
 
     async def close(self) -> None:
-        pass
+        if self.keys is not None:
+            await self.keys.close()

@@ -1,14 +1,215 @@
-"""Key management: /v1/api-keys (the keys issue fills these)."""
+"""Key management: /v1/api-keys (admin keys only).
+
+The secret is generated here, returned once in the creation response, and only its keyed
+hash and a display prefix are stored. Each change is written to the database, then applied
+to this worker's cache and published to every other worker and instance.
+"""
 
 from __future__ import annotations
 
+import math
+import secrets
+from datetime import UTC, date, datetime
+from typing import Any, Final
+
 from aiohttp import web
+from msgspec import Raw
 
-from ..errors import ApiError
+from ..auth import PRINCIPAL, Principal, generate_key
+from ..catalog import nano_to_usd, usd_to_nano
+from ..errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
+from ..gateway import GATEWAY
+from ..keys.model import PERIODS, PREFIX_CHARS, ROLES, KeyRow
+from ..keys.registry import KeyRegistry
+from ..limits.periods import period_id
+from ..wire import decode_body, field
+from .common import read_body
+
+_CREATE_FIELDS: Final = ("name", "limit", "limit_period", "labels", "expiry", "role", "rpm", "tpm")
+_MAX_LIMIT_USD: Final = 1_000_000  # keeps nano-USD sums exact in Redis's Lua (doubles)
+_MAX_NAME: Final = 256
+_MAX_LABELS: Final = 64
+_MAX_BODY: Final = 64 * 1024
 
 
-async def _not_yet(request: web.Request) -> web.Response:
-    raise ApiError("Key management is not implemented yet.", status=501, code="not_implemented")
+def _registry(request: web.Request) -> KeyRegistry:
+    """The registry, once the caller is known to be an admin."""
+    principal: Principal = request[PRINCIPAL]
+    if not principal.is_admin:
+        raise Forbidden("Key management needs an admin key.")
+    registry = request.app[GATEWAY].auth.keys
+    if registry is None:
+        raise ServiceUnavailable("Key management is not configured on this gateway.")
+    return registry
 
 
-list_keys = create_key = get_key = delete_key = update_limit = _not_yet
+async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Raw]:
+    fields = decode_body(await read_body(request, _MAX_BODY))
+    for name in fields:
+        if name not in allowed:
+            raise InvalidRequest(f"Unknown parameter: `{name}`.", param=name)
+    return fields
+
+
+def _limit(fields: dict[str, Raw]) -> int | None:
+    usd: float | None = field(fields, "limit", float | None)
+    if usd is None:
+        return None
+    if not math.isfinite(usd) or usd < 0:
+        raise InvalidRequest("`limit` must be a non-negative number of USD.", param="limit")
+    if usd > _MAX_LIMIT_USD:
+        raise InvalidRequest(f"`limit` must be at most {_MAX_LIMIT_USD} USD.", param="limit")
+    return usd_to_nano(usd)
+
+
+def _expiry(fields: dict[str, Raw], now: datetime) -> datetime | None:
+    text: str | None = field(fields, "expiry", str | None)
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:  # YYYY-MM-DD: the key stops working at 00:00 UTC that day
+            when = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+        else:
+            when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(
+            "`expiry` must be an RFC 3339 date-time (2030-01-31T00:00:00Z) or a date "
+            "(2030-01-31).", param="expiry",
+        ) from None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if when <= now:
+        raise InvalidRequest("`expiry` must be in the future.", param="expiry")
+    return when.astimezone(UTC)
+
+
+def _choice(fields: dict[str, Raw], name: str, choices: tuple[str, ...]) -> str:
+    value: str | None = field(fields, name, str | None)
+    if value is None:
+        return choices[0]
+    if value not in choices:
+        raise InvalidRequest(f"`{name}` must be one of {', '.join(choices)}.", param=name)
+    return value
+
+
+def _per_minute(fields: dict[str, Raw], name: str) -> int | None:
+    value: int | None = field(fields, name, int | None)
+    if value is not None and not 0 < value <= 1_000_000_000:
+        raise InvalidRequest(f"`{name}` must be a positive integer.", param=name)
+    return value
+
+
+def _new_row(fields: dict[str, Raw], key: str, digest: str) -> KeyRow:
+    now = datetime.now(UTC)
+    name: str = field(fields, "name", str | None) or ""
+    if len(name) > _MAX_NAME:
+        raise InvalidRequest(f"`name` must be at most {_MAX_NAME} characters.", param="name")
+    labels: list[str] = field(fields, "labels", list[str] | None) or []
+    if len(labels) > _MAX_LABELS or any(len(label) > _MAX_NAME for label in labels):
+        raise InvalidRequest(f"`labels` takes at most {_MAX_LABELS} labels of at most "
+                             f"{_MAX_NAME} characters.", param="labels")
+    return KeyRow(
+        id="key_" + secrets.token_hex(10),
+        name=name,
+        key_hash=digest,
+        key_prefix=key[:PREFIX_CHARS],
+        role=_choice(fields, "role", ROLES),
+        limit_nusd=_limit(fields),
+        limit_period=_choice(fields, "limit_period", PERIODS),
+        rpm=_per_minute(fields, "rpm"),
+        tpm=_per_minute(fields, "tpm"),
+        labels=tuple(labels),
+        expiry=_expiry(fields, now),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+
+
+async def _views(request: web.Request, rows: list[KeyRow]) -> list[dict[str, Any]]:
+    """Rows as the API shows them, with `spend` in the current period (one batch of reads)."""
+    gw = request.app[GATEWAY]
+    principals = [row.principal() for row in rows]
+    try:
+        live = await gw.limits.spend(principals)
+    except Exception:  # noqa: BLE001 - spend is a convenience; the key data is the answer
+        live = [None] * len(rows)
+    now = datetime.now(UTC).timestamp()
+    out = []
+    for row, spend in zip(rows, live, strict=True):
+        period = period_id(row.limit_period, now)
+        if spend is None:  # not counted here yet: the durable snapshot for this period
+            spend = row.spend_nusd if row.spend_period == period else 0
+        out.append({
+            "id": row.id,
+            "object": "api_key",
+            "name": row.name,
+            "key_prefix": row.key_prefix,
+            "role": row.role,
+            "limit": nano_to_usd(row.limit_nusd) if row.limit_nusd is not None else None,
+            "limit_period": row.limit_period,
+            "rpm": row.rpm,
+            "tpm": row.tpm,
+            "labels": list(row.labels),
+            "expiry": _iso(row.expiry),
+            "created_at": _iso(row.created_at),
+            "spend": nano_to_usd(spend),
+            "spend_period": period,
+        })
+    return out
+
+
+async def _one(request: web.Request, row: KeyRow, key: str | None = None) -> web.Response:
+    view = (await _views(request, [row]))[0]
+    if key is not None:
+        view["key"] = key  # the only time the secret is ever shown
+    return web.json_response(view)
+
+
+async def _existing(registry: KeyRegistry, key_id: str) -> KeyRow:
+    row = await registry.store.get(key_id)
+    if row is None:
+        raise NotFound(f"No API key with id `{key_id}`.")
+    return row
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    registry = _registry(request)
+    rows = await registry.store.live_keys()
+    return web.json_response({"object": "list", "data": await _views(request, rows)})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    registry = _registry(request)
+    fields = await _body(request, _CREATE_FIELDS)
+    key = generate_key()
+    row = _new_row(fields, key, request.app[GATEWAY].auth.digest(key))
+    return await _one(request, await registry.create(row), key)
+
+
+async def get_key(request: web.Request) -> web.Response:
+    registry = _registry(request)
+    return await _one(request, await _existing(registry, request.match_info["key_id"]))
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    registry = _registry(request)
+    key_id = request.match_info["key_id"]
+    if not await registry.delete(key_id):
+        raise NotFound(f"No API key with id `{key_id}`.")
+    return web.json_response({"id": key_id, "object": "api_key", "deleted": True})
+
+
+async def update_limit(request: web.Request) -> web.Response:
+    registry = _registry(request)
+    key_id = request.match_info["key_id"]
+    fields = await _body(request, ("limit",))
+    if "limit" not in fields:
+        raise InvalidRequest("Missing required parameter: `limit` (a number of USD, or null "
+                             "for no limit).", param="limit")
+    row = await registry.set_limit(key_id, _limit(fields))
+    if row is None:
+        raise NotFound(f"No API key with id `{key_id}`.")
+    return await _one(request, row)

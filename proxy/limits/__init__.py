@@ -1,33 +1,22 @@
-"""Spend limits and rate limits: the interface the request path sees.
+"""Spend limits and rate limits: the interface the request path sees, and the factory.
 
 `admit` runs before anything goes upstream (reserve the worst-case cost, count the
 request against rpm/tpm) and raises `QuotaExceeded` or `RateLimited`; `settle` runs after
-the response and must not make the client wait.
+the response and must not make the client wait. `create_limits` picks Redis when
+`redis_url` is set (shared by every worker and instance), else the in-process one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ..auth import Principal
+from ..config import Settings
+from .admission import Admission
+from .durable import SpendSource, SpendStore
 
-
-class Admission:
-    """One admitted request: what was reserved, and headers to send back."""
-
-    __slots__ = ("key_id", "reservation_id", "reserved_nusd", "headers")
-
-    def __init__(
-        self,
-        key_id: str,
-        reservation_id: str,
-        reserved_nusd: int = 0,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.key_id = key_id
-        self.reservation_id = reservation_id
-        self.reserved_nusd = reserved_nusd
-        self.headers = headers or {}
+__all__ = ["Admission", "Limits", "NoLimits", "create_limits"]
 
 
 class Limits(Protocol):
@@ -43,13 +32,16 @@ class Limits(Protocol):
     def settle(self, admission: Admission, cost_nusd: int, tokens: int) -> None:
         """Charge the actual cost and release the rest of the reservation (in the background)."""
 
+    async def spend(self, principals: Sequence[Principal]) -> list[int | None]:
+        """Each key's settled spend in its current period (nano-USD); None when not known here."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
 
 class NoLimits:
-    """Admits everything: the placeholder until spend and rate limits are wired in."""
+    """Admits everything: for tests and tools that need no accounting."""
 
     async def admit(
         self,
@@ -64,8 +56,37 @@ class NoLimits:
     def settle(self, admission: Admission, cost_nusd: int, tokens: int) -> None:
         pass
 
+    async def spend(self, principals: Sequence[Principal]) -> list[int | None]:
+        return [None for _ in principals]
+
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         pass
+
+
+class _KeySource(Protocol):
+    """What limits need from the key registry: the durable store and which keys exist."""
+
+    @property
+    def store(self) -> SpendStore: ...
+
+    def key_ids(self) -> list[str]: ...
+
+
+def create_limits(
+    settings: Settings, keys: _KeySource | None, ledger: Callable[[], object]
+) -> Limits:
+    """`ledger` is a getter, so the ledger can be swapped in after the limits are built."""
+    source = SpendSource(keys.store if keys is not None else None, ledger)
+    key_ids: Callable[[], Iterable[str]] = keys.key_ids if keys is not None else (lambda: ())
+    if settings.redis_url:
+        from .redis import RedisLimits
+
+        return RedisLimits(settings.limits, settings.redis_url, settings.redis_namespace,
+                           source, key_ids)
+    from .durable import SnapshotWriter
+    from .memory import MemoryLimits
+
+    return MemoryLimits(settings.limits, source, snapshots=SnapshotWriter(source.store))

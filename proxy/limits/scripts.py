@@ -1,0 +1,145 @@
+"""The Lua scripts: each step of a request is one script, touching one key's Redis slot.
+
+Every Redis key of one API key carries the hash tag `{key_id}`, so each script's keys live
+in one Redis Cluster slot. Amounts are integer nano-USD; they are passed to HINCRBY as
+the strings they arrived as, because Lua would print a large number as "1e+12".
+
+Counter hash `c`: s = settled spend, r = reserved (worst cases in flight).
+Reservations hash `res`: a:<id> = amount, n:<id> = requests sharing it (idempotency),
+x:<id> = amount charged by the sweeper (a late settle then only adds the difference).
+Sorted set `due`: reservation ids by deadline (ms). Buckets `rpm`/`tpm`: v = level, t = ms.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+def keys_of(namespace: str, key_id: str, period: str) -> list[str]:
+    """counter, reservations, due, rpm bucket, tpm bucket."""
+    base = f"{namespace}:lim:{{{key_id}}}"
+    return [f"{base}:{period}:c", f"{base}:{period}:res", f"{base}:{period}:due",
+            f"{base}:rpm", f"{base}:tpm"]
+
+
+_BUCKET: Final = """
+local now = tonumber(ARGV[4])
+local function level(key, cap)
+  local v = redis.call('HMGET', key, 'v', 't')
+  local val = tonumber(v[1]) or cap
+  local t = tonumber(v[2]) or now
+  if now > t then val = math.min(cap, val + (now - t) * cap / 60000) end
+  return val
+end
+"""
+
+# ARGV: rid, amount, limit (-1: none), now_ms, deadline_ms, rpm, tpm, tokens, res_ttl_ms
+# -> {-1} counter missing | {2, which(1 rpm, 2 tpm), retry_ms, rpm_level*1000, tpm_level*1000}
+#    | {1, settled, reserved} over quota | {0, settled, reserved, rpm_level*1000,
+#    tpm_level*1000, amount reserved}
+ADMIT: Final = _BUCKET + """
+local s = redis.call('HGET', KEYS[1], 's')
+if not s then return {-1} end
+local rpm = tonumber(ARGV[6])
+local tpm = tonumber(ARGV[7])
+local need = math.min(tonumber(ARGV[8]), tpm)
+local rv, tv = 0, 0
+if rpm > 0 then rv = level(KEYS[4], rpm) end
+if tpm > 0 then tv = level(KEYS[5], tpm) end
+if rpm > 0 and rv < 1 then
+  return {2, 1, math.ceil((1 - rv) * 60000 / rpm), math.floor(rv * 1000), math.floor(tv * 1000)}
+end
+if tpm > 0 and tv < need then
+  return {2, 2, math.ceil((need - tv) * 60000 / tpm), math.floor(rv * 1000), math.floor(tv * 1000)}
+end
+local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+local amount = '0'
+if redis.call('HEXISTS', KEYS[2], 'a:' .. ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[1], 1)
+else
+  local limit = tonumber(ARGV[3])
+  if limit >= 0 and tonumber(s) + r >= limit then return {1, tonumber(s), r} end
+  amount = ARGV[2]
+  r = redis.call('HINCRBY', KEYS[1], 'r', amount)
+  redis.call('HSET', KEYS[2], 'a:' .. ARGV[1], amount, 'n:' .. ARGV[1], 1)
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[9])
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+end
+if rpm > 0 then
+  rv = rv - 1
+  redis.call('HSET', KEYS[4], 'v', tostring(rv), 't', ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], 120000)
+end
+if tpm > 0 then
+  tv = tv - need
+  redis.call('HSET', KEYS[5], 'v', tostring(tv), 't', ARGV[4])
+  redis.call('PEXPIRE', KEYS[5], 120000)
+end
+return {0, tonumber(s), r, math.floor(rv * 1000), math.floor(tv * 1000), tonumber(amount)}
+"""
+
+# KEYS: counter, reservations, due, tpm bucket. ARGV: rid, cost, token refund, tpm.
+# -> settled after, or -1 when the counter is missing (the caller rebuilds it, retries).
+SETTLE: Final = """
+if redis.call('HEXISTS', KEYS[1], 's') == 0 then return -1 end
+local rid = ARGV[1]
+local cost = ARGV[2]
+local a = redis.call('HGET', KEYS[2], 'a:' .. rid)
+if a then
+  if redis.call('HINCRBY', KEYS[2], 'n:' .. rid, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], 'a:' .. rid, 'n:' .. rid)
+    redis.call('ZREM', KEYS[3], rid)
+    redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
+  end
+else
+  local x = redis.call('HGET', KEYS[2], 'x:' .. rid)
+  if x then
+    redis.call('HDEL', KEYS[2], 'x:' .. rid)
+    local rest = tonumber(cost) - tonumber(x)
+    if rest < 0 then rest = 0 end
+    cost = string.format('%d', rest)
+  end
+end
+local refund = tonumber(ARGV[3])
+local tpm = tonumber(ARGV[4])
+if refund > 0 and tpm > 0 then
+  local v = redis.call('HGET', KEYS[4], 'v')
+  if v then redis.call('HSET', KEYS[4], 'v', tostring(math.min(tpm, tonumber(v) + refund))) end
+end
+return redis.call('HINCRBY', KEYS[1], 's', cost)
+"""
+
+# KEYS: counter, reservations, due. ARGV: now_ms. -> {swept, settled after}
+SWEEP: Final = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+local live = redis.call('HEXISTS', KEYS[1], 's') == 1
+local n = 0
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[3], id)
+  local a = redis.call('HGET', KEYS[2], 'a:' .. id)
+  if a then
+    redis.call('HDEL', KEYS[2], 'a:' .. id, 'n:' .. id)
+    redis.call('HSET', KEYS[2], 'x:' .. id, a)
+    if live then
+      redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
+      redis.call('HINCRBY', KEYS[1], 's', a)
+    end
+    n = n + 1
+  end
+end
+local s = redis.call('HGET', KEYS[1], 's')
+return {n, tonumber(s or '-1')}
+"""
+
+# KEYS: counter. ARGV: base, delta, ttl_s (0: keep). Creates the counter at `base` when it
+# is missing (Redis lost it), then adds `delta` (spend counted in-process meanwhile).
+# -> settled after
+REBUILD: Final = """
+if redis.call('HSETNX', KEYS[1], 's', ARGV[1]) == 1 then
+  redis.call('HSETNX', KEYS[1], 'r', '0')
+  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+end
+if ARGV[2] ~= '0' then return redis.call('HINCRBY', KEYS[1], 's', ARGV[2]) end
+return tonumber(redis.call('HGET', KEYS[1], 's'))
+"""
