@@ -61,8 +61,11 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
         handler_args={"max_field_size": 16384},
     )
     if auth is None:
+        from .keys import create_registry
+
         secret = key_secret(settings)
-        auth = Authenticator(secret, admin_digest(settings, secret, announce=False))
+        auth = Authenticator(secret, admin_digest(settings, secret, announce=False),
+                             keys=create_registry(settings))
     gw = Gateway(settings, auth)
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_gateway_lifecycle)

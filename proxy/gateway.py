@@ -12,7 +12,7 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import ServiceUnavailable
 from .ledger import Ledger, MemoryLedger
-from .limits import Limits, NoLimits
+from .limits import Limits, create_limits
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .providers.simulated import SimulatedProvider
@@ -39,7 +39,8 @@ class Gateway:
         self.router = Router(self.catalog, dict(settings.policies))
         self.auth = auth
         self.ledger: Ledger = MemoryLedger()
-        self.limits: Limits = NoLimits()
+        # A getter for the ledger: its own wiring may replace the object after this line.
+        self.limits: Limits = create_limits(settings, auth.keys, lambda: self.ledger)
         self.providers: dict[str, Provider] = {}
         for name, cfg in settings.providers.items():
             if settings.region not in cfg.regions:
