@@ -184,8 +184,9 @@ class Bench:
         for fmt, out in (("raw", stem.with_suffix(".txt")), ("flamegraph", stem.with_suffix(".svg"))):
             cmd = stack.pinned([py_spy, "record", "--pid", str(gw.pid), "--rate", "200",
                                 "--duration", str(seconds), "--format", fmt, "--nolineno",
-                                "--nonblocking", "-o", str(out)]
-                               + (["--native"] if self.args.profile_native else []),
+                                "-o", str(out)]
+                               # --native must pause the process to unwind C stacks
+                               + (["--native"] if self.args.profile_native else ["--nonblocking"]),
                                self.load_core)
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
@@ -264,10 +265,10 @@ class Bench:
                 self.features = gw.features
             return
         if target == "litellm":
-            proc, base = stack.start_litellm(self.workdir, a.litellm_venv, core,
-                                             upstream + "/v1", upstream + "/sse/v1")
+            proc, base, key = stack.start_litellm(self.workdir, a.litellm_venv, core,
+                                                  upstream + "/v1", upstream + "/sse/v1")
             try:
-                self.measure(target, base, "sk-anything", proc)
+                self.measure(target, base, key, proc)
             finally:
                 proc.stop()
 

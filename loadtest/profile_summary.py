@@ -6,6 +6,9 @@ Each input line is `frame;frame;...;leaf COUNT` (`py-spy record --format raw`). 
 the share of samples with the frame at the leaf; "total" the share with the frame anywhere
 on the stack (counted once per sample). The process and thread frames py-spy prepends are
 dropped.
+
+Coroutines resumed by the C task step are often sampled without the frames that awaited
+them, so "total" is a lower bound for outer frames; "own" is exact.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ def summarize(path: Path, top: int = 25) -> str:
     out += [f"{100 * n / samples:5.1f}  | {f}" for f, n in own.most_common(top)]
     out += ["", "total % | frame"]
     out += [f"{100 * n / samples:6.1f}  | {f}" for f, n in total.most_common(top)]
+    ours = [(f, n) for f, n in total.most_common() if "(proxy/" in f]
+    if ours:
+        out += ["", "total % | the gateway's own functions (proxy/)"]
+        out += [f"{100 * n / samples:6.1f}  | {f}" for f, n in ours[:top]]
     return "\n".join(out)
 
 
