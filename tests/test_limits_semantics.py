@@ -67,8 +67,8 @@ class Rig:
         self.ledger = Ledger()
         self.limits: MemoryLimits | RedisLimits = self.make()
 
-    def make(self, **config: float) -> MemoryLimits | RedisLimits:
-        cfg = LimitsConfig(reservation_ttl_s=60, **config)
+    def make(self) -> MemoryLimits | RedisLimits:
+        cfg = LimitsConfig(reservation_ttl_s=60)
         source = SpendSource(self.store, lambda: self.ledger)
         if self.kind == "memory":
             return MemoryLimits(cfg, source, self.clock, SnapshotWriter(self.store))
@@ -93,8 +93,8 @@ async def rig(
     await rig.limits.close()
 
 
-def key(limit: int | None = None, **kw: object) -> Principal:
-    return Principal("k1", limit_nusd=limit, **kw)
+def key(limit: int | None = None, rpm: int | None = None, tpm: int | None = None) -> Principal:
+    return Principal("k1", limit_nusd=limit, rpm=rpm, tpm=tpm)
 
 
 async def test_concurrent_admissions_overshoot_by_at_most_one_worst_case(rig: Rig) -> None:

@@ -1,0 +1,135 @@
+"""Where keys live: no secret at rest, and changes reaching every instance within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from harness import Gateway, gateway_settings, running_gateway
+
+from proxy.bootstrap import key_secret
+
+CHAT = {"model": "simulated/chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def create(http: aiohttp.ClientSession, gw: Gateway, **body: object) -> dict[str, str]:
+    resp = await http.post(gw.url + "/v1/api-keys", json=body, headers=gw.headers)
+    assert resp.status == 200, await resp.text()
+    made: dict[str, str] = await resp.json()
+    return made
+
+
+async def status(http: aiohttp.ClientSession, gw: Gateway, key: str) -> int:
+    resp = await http.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(key))
+    await resp.read()
+    return resp.status
+
+
+async def seconds_until(check: Callable[[], Awaitable[bool]], limit: float = 5.0) -> float:
+    """Poll an observable condition; how long it took to hold."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"not within {limit} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+async def test_no_secret_in_the_keys_table_or_a_full_pg_dump(
+    tmp_path: Path, fresh_pg: str, http: aiohttp.ClientSession
+) -> None:
+    settings = gateway_settings(tmp_path, PROXY_DATABASE_URL=fresh_pg)
+    async with running_gateway(settings) as gw:
+        made = await create(http, gw, name="secret-holder", labels=["x"])
+        assert await status(http, gw, made["key"]) == 200
+    key = made["key"]
+    conn = await asyncpg.connect(fresh_pg)
+    try:
+        rows = await conn.fetch("SELECT * FROM api_keys")
+    finally:
+        await conn.close()
+    assert len(rows) == 1
+    expected = hmac.new(key_secret(settings), key.encode(), hashlib.sha256).hexdigest()
+    assert rows[0]["key_hash"] == expected
+    dump = (await asyncio.to_thread(
+        subprocess.run, ["pg_dump", "--no-owner", fresh_pg], capture_output=True, text=True,
+        check=True, timeout=60,
+    )).stdout
+    assert "secret-holder" in dump and expected in dump  # the dump has the row...
+    assert key not in dump and key[10:] not in dump and key[-16:] not in dump  # ...not the secret
+    assert key not in str([dict(r) for r in rows])
+
+
+async def test_no_secret_in_the_sqlite_files(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with running_gateway(gateway_settings(tmp_path)) as gw:
+        made = await create(http, gw)
+        assert await status(http, gw, made["key"]) == 200
+    data = tmp_path / "data"
+    blobs = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
+    assert made["key"][6:].encode() not in blobs
+
+
+@asynccontextmanager
+async def two_instances(
+    tmp_path: Path, database_url: str, redis_url: str | None, namespace: str
+) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    """Two gateways on one PostgreSQL (and one Redis when given), sharing the key secret."""
+    env = {"PROXY_DATABASE_URL": database_url}
+    if redis_url:
+        env["PROXY_REDIS_URL"] = redis_url
+    settings = gateway_settings(tmp_path, f'redis_namespace = "{namespace}"\n', **env)
+    async with running_gateway(settings) as a, running_gateway(settings) as b:
+        yield a, b
+
+
+async def test_delete_and_limit_change_reach_another_instance_within_1s_over_pubsub(
+    tmp_path: Path, fresh_pg: str, redis_url: str, redis_namespace: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    async with two_instances(tmp_path, fresh_pg, redis_url, redis_namespace) as (a, b):
+        await _delete_and_limit_change(http, a, b)
+
+
+async def _delete_and_limit_change(http: aiohttp.ClientSession, a: Gateway, b: Gateway) -> None:
+    made = await create(http, a)
+    assert await status(http, b, made["key"]) == 200  # B knows a key A made a moment ago
+    resp = await http.patch(f"{a.url}/v1/api-keys/{made['id']}/limit", json={"limit": 0},
+                            headers=a.headers)
+    assert resp.status == 200
+
+    async def b_refuses(code: int) -> bool:
+        return await status(http, b, made["key"]) == code
+
+    assert await seconds_until(lambda: b_refuses(429)) < 1.0
+    resp = await http.delete(f"{a.url}/v1/api-keys/{made['id']}", headers=a.headers)
+    assert resp.status == 200
+    assert await seconds_until(lambda: b_refuses(401)) < 1.0
+
+
+async def test_without_redis_the_periodic_refresh_revokes_on_another_instance(
+    tmp_path: Path, fresh_pg: str, http: aiohttp.ClientSession
+) -> None:
+    async with two_instances(tmp_path, fresh_pg, None, "unused") as (a, b):
+        made = await create(http, a)
+        assert await status(http, b, made["key"]) == 200
+        resp = await http.delete(f"{a.url}/v1/api-keys/{made['id']}", headers=a.headers)
+        assert resp.status == 200
+        took = await seconds_until(lambda: _refused(http, b, made["key"]))
+        assert took < 1.5  # one refresh interval (1 s) and a query
+
+
+async def _refused(http: aiohttp.ClientSession, gw: Gateway, key: str) -> bool:
+    return await status(http, gw, key) == 401
+
