@@ -68,18 +68,20 @@ class PostgresSink:
         self._dsn = dsn
         self._timeout = connect_timeout_s
         self._conn: asyncpg.Connection[Any] | None = None
-        self._migrated = False
 
     async def _connection(self) -> asyncpg.Connection[Any]:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
-        self._conn = None
-        if not self._migrated:
-            # The database may have been away at start, or recreated while we ran.
+        self._drop()
+        try:
+            # Migrate after every reconnect: the database may have been away at start, or
+            # dropped and recreated while we ran (the check costs one round trip).
             await migrate(self._dsn)
-            self._migrated = True
-        conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
-                                     server_settings=SERVER_SETTINGS)
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
+                                         server_settings=SERVER_SETTINGS)
+        except BaseException:
+            self._drop()
+            raise
         try:
             await conn.execute(_CREATE_STAGING)
         except BaseException:
@@ -92,7 +94,6 @@ class PostgresSink:
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
-        self._migrated = False
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
         try:

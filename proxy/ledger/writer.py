@@ -81,6 +81,7 @@ class LedgerWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retry_at: float | None = None  # set while the database is away
+        self._last_error = ""
         self._next_orphan_scan = 0.0
         self._closing = False
         self._closed = False
@@ -323,9 +324,13 @@ class LedgerWriter:
             self._spool(segment)
         if self._current is not None:
             self._spool(self._current)
+        reason = f"{type(error).__name__}: {error}"
         if first:
-            log.warning("ledger: database unavailable (%s: %s); spooling to %s and retrying",
-                        type(error).__name__, error, self.journal.directory)
+            log.warning("ledger: database unavailable (%s); spooling to %s and retrying",
+                        reason, self.journal.directory)
+        elif reason != self._last_error:
+            log.warning("ledger: still unavailable, now: %s", reason)
+        self._last_error = reason
 
     def _spool(self, segment: Segment, sync: bool = True) -> None:
         """The segment's records live on disk only from now on."""

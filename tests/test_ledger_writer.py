@@ -1,0 +1,286 @@
+"""The writer loses nothing and counts nothing twice: database outages, a dropped database,
+poisoned records, the queue limit, close(), and a worker killed with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from ledger_support import (
+    TcpProxy,
+    count_records,
+    create_database,
+    drop_database,
+    expected,
+    known_records,
+    wait_for,
+)
+
+from proxy.config import LedgerConfig
+from proxy.ledger.postgres import PostgresLedger
+from proxy.ledger.record import UsageRecord
+from proxy.ledger.report import UsageQuery
+from proxy.ledger.sqlite import SqliteLedger
+from proxy.ledger.writer import LedgerWriter
+from proxy.migrate import migrate
+
+BASE = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
+FAST = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
+TESTS = Path(__file__).resolve().parent
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("ledger-*.jsonl")) if directory.exists() else []
+
+
+def make(engine: str, pg: str, tmp: Path, spool: Path, **config: int) -> LedgerWriter:
+    cfg = LedgerConfig(**config)
+    if engine == "postgres":
+        return PostgresLedger(pg, cfg, spool, **FAST)
+    return SqliteLedger(f"sqlite:///{tmp / 'ledger.db'}", cfg, spool, **FAST)
+
+
+async def stored(engine: str, pg: str, tmp: Path) -> tuple[int, int, int]:
+    """(rows, distinct request ids, requests in the hourly rollup)."""
+    if engine == "postgres":
+        return await count_records(pg)
+    import sqlite3
+
+    conn = sqlite3.connect(tmp / "ledger.db")
+    try:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM usage_records), "
+            "(SELECT count(DISTINCT request_id) FROM usage_records), "
+            "(SELECT coalesce(sum(requests), 0) FROM usage_hourly)").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+    finally:
+        conn.close()
+
+
+async def test_database_outage_loses_and_duplicates_nothing(fresh_pg: str, tmp_path: Path
+                                                            ) -> None:
+    await migrate(fresh_pg)
+    proxy = TcpProxy()
+    await proxy.restore()
+    dsn = fresh_pg.replace("127.0.0.1:5432", proxy.dsn_host)
+    spool = tmp_path / "spool"
+    ledger = PostgresLedger(dsn, LedgerConfig(flush_rows=100, flush_interval_ms=20), spool,
+                            **FAST)
+    await ledger.start()
+    records = known_records(BASE, n=3000)
+    for r in records[:1000]:
+        ledger.enqueue(r)
+    await wait_for(lambda: ledger.records_written == 1000)
+
+    await proxy.cut()  # the database goes away, mid-stream
+    for i in range(1000, 2000, 100):
+        for r in records[i : i + 100]:
+            ledger.enqueue(r)
+        await asyncio.sleep(0.03)  # several flush and retry cycles while it is away
+    await wait_for(lambda: not ledger.database_up and ledger.records_spooled >= 1000)
+    assert spool_files(spool)
+    assert ledger.queue_depth == 0  # while it is away, records live on disk only
+
+    await proxy.restore()
+    for r in records[2000:]:
+        ledger.enqueue(r)
+    await wait_for(lambda: ledger.records_written + ledger.records_duplicate >= 3000)
+    assert ledger.records_replayed >= 1000
+    await ledger.close()
+    await proxy.cut()
+
+    assert await count_records(fresh_pg) == (3000, 3000, 3000)
+    assert spool_files(spool) == []
+    reader = PostgresLedger(fresh_pg, LedgerConfig(), spool)
+    q = UsageQuery(BASE, BASE + timedelta(days=4), "model", "day")
+    report = await reader.report(q)
+    await reader.close()
+    _, totals = expected(records, q.start, q.end, q.group_by, q.resolution, None)
+    assert (report.totals.requests, report.totals.cost_nusd) == (totals[0], totals[4])
+
+
+async def test_a_dropped_and_recreated_database_is_migrated_and_written_again(
+        tmp_path: Path) -> None:
+    dsn = await create_database()
+    try:
+        ledger = PostgresLedger(dsn, LedgerConfig(flush_rows=50, flush_interval_ms=20),
+                                tmp_path / "spool", **FAST)
+        await ledger.start()
+        records = known_records(BASE, n=400)
+        for r in records[:200]:
+            ledger.enqueue(r)
+        await wait_for(lambda: ledger.records_written == 200)
+        await drop_database(dsn)
+        for r in records[200:]:
+            ledger.enqueue(r)
+        await wait_for(lambda: not ledger.database_up)
+        conn = await asyncpg.connect(dsn.rsplit("/", 1)[0] + "/postgres")
+        await conn.execute(f'CREATE DATABASE "{dsn.rsplit("/", 1)[1]}"')
+        await conn.close()
+        await wait_for(lambda: ledger.records_written == 400)
+        await ledger.close()
+        # What was written before the drop went with the database; the rest all landed.
+        assert await count_records(dsn) == (200, 200, 200)
+    finally:
+        await drop_database(dsn)
+
+
+@pytest.mark.parametrize("engine", ["postgres", "sqlite"])
+async def test_a_poisoned_record_is_quarantined_while_its_batch_lands(
+        engine: str, fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ledger = make(engine, fresh_pg, tmp_path, spool, flush_rows=10_000, flush_interval_ms=50)
+    await ledger.start()
+    records = known_records(BASE, n=300)
+    poison = [150, 17]
+    records[150].prompt_tokens = 2**70  # out of any integer column's range
+    records[17].key_id = None  # NOT NULL
+    if engine == "postgres":
+        records[250].user_id = "nul\x00byte"  # PostgreSQL text cannot hold NUL
+        poison.append(250)
+    for r in records:
+        ledger.enqueue(r)
+    await wait_for(lambda: ledger.records_written + ledger.records_quarantined == 300)
+    await ledger.close()
+    assert ledger.records_quarantined == len(poison)
+    assert await stored(engine, fresh_pg, tmp_path) == (300 - len(poison),) * 3
+    lines = [json.loads(line) for f in spool.glob("quarantine-*.jsonl")
+             for line in f.read_text().splitlines()]
+    assert sorted(x["record"]["request_id"] for x in lines) == sorted(
+        records[i].request_id for i in poison)
+    assert all(x["reason"] for x in lines)
+
+
+async def test_past_the_queue_limit_records_go_to_the_spool_not_memory(
+        fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ledger = make("postgres", fresh_pg, tmp_path, spool, flush_rows=100_000,
+                  flush_interval_ms=60_000, queue_limit=100)
+    await ledger.start()
+    for r in known_records(BASE, n=1000):
+        ledger.enqueue(r)
+        assert ledger.queue_depth <= 100
+    assert ledger.records_spooled == 1000  # the segment went to disk whole at the limit
+    await asyncio.sleep(0)  # the journal is written at the end of the loop iteration
+    await asyncio.sleep(0)
+    assert sum(len(f.read_bytes().splitlines()) for f in spool_files(spool)) == 1000
+    await ledger.close()
+    assert await count_records(fresh_pg) == (1000, 1000, 1000)
+    assert spool_files(spool) == []
+
+
+@pytest.mark.parametrize("engine", ["postgres", "sqlite"])
+async def test_close_flushes_everything(engine: str, fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ledger = make(engine, fresh_pg, tmp_path, spool, flush_rows=100_000,
+                  flush_interval_ms=60_000)
+    await ledger.start()
+    for r in known_records(BASE, n=700):
+        ledger.enqueue(r)
+    assert ledger.records_written == 0
+    await ledger.close()
+    assert ledger.records_written == 700
+    assert await stored(engine, fresh_pg, tmp_path) == (700, 700, 700)
+    assert spool_files(spool) == []
+
+
+_KILLED_WRITER = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+from ledger_support import known_records
+from datetime import datetime, UTC
+from pathlib import Path
+from proxy.config import LedgerConfig
+from proxy.ledger.postgres import PostgresLedger
+from proxy.ledger.sqlite import SqliteLedger
+
+async def main() -> None:
+    cls = PostgresLedger if {engine!r} == "postgres" else SqliteLedger
+    ledger = cls({url!r}, LedgerConfig(flush_rows=10**6, flush_interval_ms=600_000),
+                 Path({spool!r}))
+    await ledger.start()
+    for r in known_records(datetime(2024, 6, 1, 9, 30, tzinfo=UTC), n=500):
+        ledger.enqueue(r)
+    await asyncio.sleep(0.05)
+    print("enqueued", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("engine", ["postgres", "sqlite"])
+async def test_the_spool_of_a_killed_writer_is_replayed_exactly_once(
+        engine: str, fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    url = fresh_pg if engine == "postgres" else f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = _KILLED_WRITER.format(tests=str(TESTS), engine=engine, url=url, spool=str(spool))
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                 stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), 30)
+    assert line.strip() == b"enqueued"
+    os.kill(child.pid, signal.SIGKILL)
+    await child.wait()
+    assert spool_files(spool)
+
+    records = known_records(BASE, n=500)
+    # The first 100 reached the database before the kill; their segment was not yet deleted.
+    early = make(engine, fresh_pg, tmp_path, tmp_path / "other")
+    await early.start()
+    for r in records[:100]:
+        early.enqueue(r)
+    await early.close()
+
+    heir = make(engine, fresh_pg, tmp_path, spool)
+    await heir.start()
+    await heir.close()
+    assert (heir.records_replayed, heir.records_written, heir.records_duplicate) == (500, 400,
+                                                                                     100)
+    assert await stored(engine, fresh_pg, tmp_path) == (500, 500, 500)
+    assert spool_files(spool) == []
+
+    again = make(engine, fresh_pg, tmp_path, spool)
+    await again.start()
+    await again.close()
+    assert again.records_replayed == 0
+
+
+async def test_a_live_writers_spool_is_not_replayed_by_another(fresh_pg: str, tmp_path: Path
+                                                               ) -> None:
+    spool = tmp_path / "spool"
+    away = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"
+    live = PostgresLedger(away, LedgerConfig(flush_interval_ms=10), spool, **FAST)
+    await live.start()
+    records: list[UsageRecord] = known_records(BASE, n=200)
+    for r in records:
+        live.enqueue(r)
+    await wait_for(lambda: live.records_spooled == 200)
+    assert spool_files(spool)
+
+    sibling = make("postgres", fresh_pg, tmp_path, spool)
+    await sibling.start()
+    await sibling.close()
+    assert sibling.records_replayed == 0  # the files are locked by a live writer
+
+    await live.close()  # the database is still away: its spool stays for the next start
+    heir = make("postgres", fresh_pg, tmp_path, spool)
+    await heir.start()
+    await heir.close()
+    assert heir.records_replayed == 200
+    assert await count_records(fresh_pg) == (200, 200, 200)
