@@ -11,7 +11,7 @@ from .auth import Authenticator
 from .catalog import Catalog
 from .config import Settings
 from .errors import ServiceUnavailable
-from .ledger import Ledger, MemoryLedger
+from .ledger import Ledger, create_ledger
 from .limits import Limits, create_limits
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
@@ -38,7 +38,7 @@ class Gateway:
         self.catalog = Catalog(settings)
         self.router = Router(self.catalog, dict(settings.policies))
         self.auth = auth
-        self.ledger: Ledger = MemoryLedger()
+        self.ledger: Ledger = create_ledger(settings)
         # A getter for the ledger: its own wiring may replace the object after this line.
         self.limits: Limits = create_limits(settings, auth.keys, lambda: self.ledger)
         self.providers: dict[str, Provider] = {}
