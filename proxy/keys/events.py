@@ -51,7 +51,10 @@ class KeyEvents:
             try:
                 await pubsub.subscribe(self.channel)
                 self.connected = True
-                await on_subscribed()
+                try:
+                    await on_subscribed()
+                except Exception as e:  # noqa: BLE001 - the periodic refresh will catch up
+                    log.warning("keys: catch-up refresh failed (%s)", type(e).__name__)
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if msg is not None and msg.get("type") == "message":
