@@ -84,9 +84,17 @@ async def _serve_one(settings: Settings, reuse_port: bool) -> None:
 
 
 def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir, worker_exited
+
+    # Workers keep their metrics in files here; a scrape of any worker adds them all up.
+    metrics_dir, made = prepare_multiprocess_dir()
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
     argv = [sys.executable, "-m", "proxy", *sys.argv[1:]]
     children = [
-        subprocess.Popen([*argv, "--worker-index", str(i)]) for i in range(settings.workers)
+        subprocess.Popen([*argv, "--worker-index", str(i)], env=env)
+        for i in range(settings.workers)
     ]
 
     def forward(signum: int, _frame: object) -> None:
@@ -98,7 +106,12 @@ def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, forward)
     print(f"gateway: {settings.workers} workers on http://{settings.host}:{settings.port}",
           flush=True)
-    codes = [child.wait() for child in children]
+    codes = []
+    for child in children:
+        codes.append(child.wait())
+        worker_exited(child.pid, metrics_dir)
+    if made:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return max(codes, default=0)
 
 

@@ -81,6 +81,7 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
     app.router.add_get("/v1/organization/usage", usage.org_usage)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics)
     return app
 
 

@@ -13,6 +13,7 @@ from .config import Settings
 from .errors import ServiceUnavailable
 from .ledger import Ledger, create_ledger
 from .limits import Limits, create_limits
+from .metrics import Metrics
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .providers.simulated import SimulatedProvider
@@ -47,6 +48,7 @@ class Gateway:
                 continue  # never even open a connection pool to a provider outside the region
             key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
             self.providers[name] = _provider_class(cfg.protocol)(name, cfg, key)
+        self.metrics = Metrics(settings, self)
 
     def provider(self, name: str) -> Provider:
         provider = self.providers.get(name)

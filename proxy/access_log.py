@@ -1,0 +1,99 @@
+"""The access log: one JSON line per request on the `proxy.access` logger.
+
+The line is built from the usage record, so it says what the ledger says. It carries ids,
+counts and timings only: never a secret, a prompt, a completion, or the client's free-form
+analytics fields (`user_id`, `tags`, `extra`, `X-Requesty-*` headers), which may hold
+personal data.
+
+Unless the embedding program gave `proxy.access` a handler of its own, the lines go to
+standard output as bare JSON (no timestamp prefix: `ts` is in the line).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+
+from .catalog import NANO
+from .ledger.record import UsageRecord
+
+LOGGER: Final = "proxy.access"
+_TRACE_ID_LEN: Final = 128
+
+
+class AccessLine(msgspec.Struct, kw_only=True):
+    ts: str  # when the request finished, UTC, RFC 3339
+    request_id: str
+    key_id: str
+    route: str
+    model_requested: str
+    model: str
+    provider: str
+    region: str
+    status: int
+    error_code: str | None
+    finish_reason: str | None
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    tokens_estimated: bool
+    cost_usd: float
+    latency_ms: float
+    ttft_ms: float | None
+    upstream_ms: float
+    cache: str  # "hit" or "miss"
+    attempts: int
+    trace_id: str | None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def access_line(route: str, record: UsageRecord, upstream_s: float) -> AccessLine:
+    return AccessLine(
+        ts=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        request_id=record.request_id,
+        key_id=record.key_id,
+        route=route,
+        model_requested=record.model_requested,
+        model=record.model,
+        provider=record.provider,
+        region=record.region,
+        status=record.status,
+        error_code=record.error_code,
+        finish_reason=record.finish_reason,
+        stream=record.stream,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        cached_tokens=record.cached_tokens,
+        tokens_estimated=record.estimated,
+        cost_usd=record.cost_nusd / NANO,
+        latency_ms=round(record.latency_ms, 3),
+        ttft_ms=None if record.ttft_ms is None else round(record.ttft_ms, 3),
+        upstream_ms=round(upstream_s * 1000, 3),
+        cache="hit" if record.cache_hit else "miss",
+        attempts=record.attempts,
+        trace_id=record.trace_id[:_TRACE_ID_LEN] if record.trace_id else None,
+    )
+
+
+class AccessLog:
+    __slots__ = ("_log",)
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger(LOGGER)
+        if not self._log.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self._log.addHandler(handler)
+            self._log.setLevel(logging.INFO)
+            self._log.propagate = False  # the root format would prefix the JSON
+
+    def write(self, route: str, record: UsageRecord, upstream_s: float) -> None:
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info(_encode(access_line(route, record, upstream_s)).decode())
