@@ -7,6 +7,7 @@
 #   GATEWAY_URL=http://127.0.0.1:8080 ADMIN_KEY=sk-... deploy/prometheus-check.sh
 #                                               # checks a gateway that is already running
 #
+# KEEP=1 keeps the gateway's and Prometheus's logs (printed path).
 # Needs Prometheus (Debian/Ubuntu: apt-get install prometheus; or PROMETHEUS=/path/to/it)
 # and the gateway's Python (PYTHON, default .venv/bin/python, else python3). Not part of
 # the test suite: it takes about 30 seconds and runs real servers.
@@ -28,7 +29,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
