@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from typing import Final
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from .auth import Authenticator
+from .cache import ResponseCache
 from .catalog import Catalog
 from .config import Settings
-from .errors import ServiceUnavailable
+from .errors import ServiceUnavailable, UpstreamError
 from .ledger import Ledger, create_ledger
 from .limits import Limits, create_limits
 from .metrics import Metrics
@@ -18,6 +20,7 @@ from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .providers.simulated import SimulatedProvider
 from .router import Router
+from .routing import Routing
 
 
 def _provider_class(protocol: str) -> type[Provider]:
@@ -38,6 +41,13 @@ class Gateway:
         self.region = settings.region
         self.catalog = Catalog(settings)
         self.router = Router(self.catalog, dict(settings.policies))
+        self.routing = Routing()  # circuits and latency stats: per process by design
+        # One client (one connection pool) for everything this process keeps in Redis.
+        self.redis: aioredis.Redis | None = (
+            aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+            if settings.redis_url else None
+        )
+        self.cache = ResponseCache.for_settings(settings.cache, self.redis, settings.redis_namespace)
         self.auth = auth
         self.ledger: Ledger = create_ledger(settings)
         # A getter for the ledger: its own wiring may replace the object after this line.
@@ -55,10 +65,14 @@ class Gateway:
         if provider is None:  # pragma: no cover - the catalog only serves region-allowed models
             raise ServiceUnavailable(f"Provider `{name}` is not available.")
         if provider.config.api_key_env and not provider.api_key:
-            raise ServiceUnavailable(
+            # An upstream failure, not the request's: routing falls through to other models.
+            raise UpstreamError(
                 f"Provider `{name}` is not configured: set {provider.config.api_key_env} "
                 "in the gateway's environment.",
+                status=503,
+                upstream_status=503,
                 code="provider_not_configured",
+                reason="not_configured",
             )
         return provider
 
@@ -71,6 +85,8 @@ class Gateway:
         for provider in self.providers.values():
             await provider.close()
         await self.auth.close()
+        if self.redis is not None:
+            await self.redis.aclose()
 
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)

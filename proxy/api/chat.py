@@ -1,44 +1,47 @@
-"""POST /v1/chat/completions: decode, authorize, route, relay, record.
+"""POST /v1/chat/completions: decode, authorize, admit, route, relay, record.
 
 The handler reads top to bottom. A stream's response headers go out only once the first
-upstream event is in hand, so every failure before that can still become a clean error
-status (and, with the routing issue, a fallback).
+upstream event is in hand, so every failure before that can still fall back to another
+model or become a clean error status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
-import msgspec
 from aiohttp import web
 from msgspec import Raw
 
 from .. import tokens
 from ..auth import PRINCIPAL
-from ..catalog import Model, Usage, nano_to_usd
-from ..errors import ApiError, InvalidRequest, UpstreamError, UpstreamTimeout
+from ..cache import CachedCompletion, IncompleteStream, completion_from_body, completion_from_stream_chunks
+from ..catalog import Model, ModelNotFound, Usage
+from ..errors import ApiError, InvalidRequest
 from ..gateway import GATEWAY, Gateway
 from ..ledger.record import UsageRecord
 from ..limits import Admission
-from ..providers.base import ChatCall, ChatStream
+from ..providers.base import ChatCall, Completion
+from ..router import Route
+from ..routing import AttemptLog
 from ..wire import Message, RequestyMeta, StreamOptions, decode_body, field, required
 from .common import REQUEST_ID, read_body, requesty_headers
+from .relay import (
+    STATUS_CLIENT_GONE,
+    OpenStream,
+    Outcome,
+    StreamBroke,
+    completion_response,
+    open_stream,
+    pipe,
+    replay,
+)
 
-_encode = msgspec.json.encode
-_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+ROUTE: Final = "chat"
 # Fields the gateway consumes; they never reach a provider.
 _GATEWAY_FIELDS: Final = ("requesty", "models")
-_SSE_HEADERS: Final = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # tell nginx-style proxies in front not to buffer
-}
-_DONE: Final = b"data: [DONE]\n\n"
-STATUS_CLIENT_GONE: Final = 499
 
 
 class ChatRequest:
@@ -74,66 +77,9 @@ class ChatRequest:
             fields = {k: v for k, v in fields.items() if k not in _GATEWAY_FIELDS}
         self.fields = fields
 
-
-class Outcome:
-    """What one request came to: filled in as the relay goes, read by accounting."""
-
-    __slots__ = (
-        "attempts",
-        "error_code",
-        "finish_reason",
-        "headers",
-        "model",
-        "started",
-        "status",
-        "text_chars",
-        "ttft_ms",
-        "usage",
-    )
-
-    def __init__(self, model: Model, started: float) -> None:
-        self.model = model
-        self.started = started
-        self.status = 200
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
-        self.ttft_ms: float | None = None
-        self.attempts = 0
-        self.error_code: str | None = None
-        self.headers: dict[str, str] = {}  # extra response headers (rate-limit state)
-
-
-def served_by(
-    request: web.Request, model: Model, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Response headers naming the model and provider that answered (fallbacks included)."""
-    headers = {"x-request-id": request[REQUEST_ID], "x-model": model.id, "x-provider": model.provider}
-    if extra:
-        headers.update(extra)
-    return headers
-
-
-def usage_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
-    """The client-facing `usage` object: the provider's own (details kept) plus `cost`."""
-    body: dict[str, Any] = _decode_dict(raw) if raw else {}
-    body.setdefault("prompt_tokens", usage.prompt_tokens)
-    body.setdefault("completion_tokens", usage.completion_tokens)
-    body.setdefault("total_tokens", usage.total_tokens)
-    if usage.cached_tokens and "prompt_tokens_details" not in body:
-        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
-    body["cost"] = nano_to_usd(cost_nusd)
-    return Raw(_encode(body))
-
-
-def settle_usage(outcome: Outcome, messages: list[Message]) -> Usage:
-    """The provider's usage, or an estimate when it reported none (never 0 if text flowed)."""
-    if outcome.usage is not None:
-        return outcome.usage
-    completion = tokens.text_tokens(outcome.text_chars)
-    return Usage(
-        prompt_tokens=tokens.prompt_tokens(messages), completion_tokens=completion, estimated=True
-    )
+    def call(self, model: Model) -> ChatCall:
+        return ChatCall(model, self.fields, self.messages, self.stream, self.max_tokens,
+                        self.meta.auto_cache)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -143,9 +89,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = ChatRequest(decode_body(await read_body(request, gw.settings.max_body_bytes)),
                       gw.settings.default_model)
     route = gw.router.resolve(req.model_id, req.fallbacks)
+    principal = request[PRINCIPAL]
     prompt_estimate = tokens.prompt_tokens(req.messages)
     admission = await gw.limits.admit(
-        request[PRINCIPAL],
+        principal,
         request[REQUEST_ID],
         request.headers.get("Idempotency-Key"),
         max(m.worst_case_cost(prompt_estimate, req.max_tokens) for m in route.models),
@@ -153,143 +100,144 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     outcome = Outcome(route.models[0], started)
     outcome.headers = admission.headers
-    try:
-        return await _relay(request, gw, req, route.models, outcome)
-    except ApiError as e:
-        outcome.status = e.status
-        outcome.error_code = e.code
-        raise
-    except (ConnectionResetError, asyncio.CancelledError):
-        outcome.status = STATUS_CLIENT_GONE
-        outcome.error_code = "client_disconnected"
-        raise
-    finally:
-        _account(request, gw, req, outcome, admission, arrived, started)
-
-
-async def _relay(
-    request: web.Request, gw: Gateway, req: ChatRequest, models: list[Model], outcome: Outcome
-) -> web.StreamResponse:
-    last_error: UpstreamError | None = None
-    for model in models:
-        outcome.model = model
-        outcome.attempts += 1
-        provider = gw.provider(model.provider)
-        call = ChatCall(model, req.fields, req.messages, req.stream, req.max_tokens,
-                        req.meta.auto_cache)
+    with gw.metrics.in_flight(ROUTE):
         try:
-            if not req.stream:
-                return await _complete(request, provider.chat, call, outcome)
-            stream, events, first = await _open_stream(
-                provider.stream, call, provider.config.first_byte_timeout_s
-            )
-            outcome.ttft_ms = (time.monotonic() - outcome.started) * 1000
-        except UpstreamError as e:
-            last_error = e
-            if not e.retryable:
-                raise
-            continue
-        return await _pipe(request, req, stream, events, first, outcome)
-    assert last_error is not None
-    raise last_error
+            cache_key = None
+            if gw.cache.wanted(req.model_id, request_flag=req.meta.cache,
+                               header=request.headers.get("x-cache")):
+                cache_key = gw.cache.key(principal.owner, req.model_id, req.fields)
+                hit = await gw.cache.get(cache_key)
+                gw.metrics.cache_lookup(ROUTE, hit is not None)
+                if hit is not None:
+                    _note_hit(gw, outcome, hit)
+                    return await replay(request, hit, outcome, req.stream, req.include_usage)
+            if req.stream:
+                return await _stream(request, gw, req, route, outcome, cache_key)
+            return await _complete(request, gw, req, route, outcome, cache_key)
+        except StreamBroke as broke:
+            return broke.response
+        except ApiError as e:
+            outcome.status = e.status
+            outcome.error_code = e.code
+            raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            outcome.status = STATUS_CLIENT_GONE
+            outcome.error_code = "client_disconnected"
+            raise
+        finally:
+            _account(request, gw, req, outcome, admission, arrived)
 
 
-async def _complete(request: web.Request, send: Any, call: ChatCall, outcome: Outcome) -> web.Response:
-    completion = await send(call)
-    outcome.usage = completion.usage
-    outcome.finish_reason = completion.finish_reason
-    outcome.text_chars = completion.text_chars
-    usage = completion.usage or Usage()
-    cost = call.model.cost(usage)
-    payload = completion.payload
-    payload["usage"] = usage_with_cost(payload.get("usage"), usage, cost)
-    return web.Response(
-        body=_encode(payload),
-        content_type="application/json",
-        headers=served_by(request, call.model, outcome.headers),
-    )
+async def _complete(
+    request: web.Request, gw: Gateway, req: ChatRequest, route: Route, outcome: Outcome,
+    cache_key: str | None,
+) -> web.Response:
+    async def attempt(model: Model) -> Completion:
+        return await gw.provider(model.provider).chat(req.call(model))
 
-
-async def _open_stream(
-    open_: Any, call: ChatCall, first_byte_s: float
-) -> tuple[ChatStream, AsyncIterator[bytes], bytes | None]:
-    """Open the upstream stream and wait for its first event, within the first-byte timeout."""
-    stream: ChatStream | None = None
+    log = AttemptLog()
+    began = time.monotonic()
     try:
-        async with asyncio.timeout(first_byte_s):
-            stream = await open_(call)
-            events = aiter(stream)
-            first = await anext(events, None)
-    except TimeoutError:
-        if stream is not None:
-            await stream.aclose()
-        raise UpstreamTimeout(
-            f"Upstream model `{call.model.id}` sent no first token within {first_byte_s:g} s.",
-            reason="first_byte_timeout",
-        ) from None
-    return stream, events, first
-
-
-async def _pipe(
-    request: web.Request,
-    req: ChatRequest,
-    stream: ChatStream,
-    events: AsyncIterator[bytes],
-    first: bytes | None,
-    outcome: Outcome,
-) -> web.StreamResponse:
-    """Write each upstream event as it comes; a slow client slows the upstream read."""
-    response = web.StreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome.model, outcome.headers)})
-    await response.prepare(request)
-    try:
-        if first is not None:
-            await response.write(b"data: " + first + b"\n\n")
-            async for payload in events:
-                await response.write(b"data: " + payload + b"\n\n")
-    except UpstreamError as e:
-        outcome.status = 502
-        outcome.error_code = e.code
-        await response.write(b"data: " + e.body() + b"\n\n")
-        _collect(stream, outcome)
-        return response
-    except BaseException:
-        await stream.aclose()
-        _collect(stream, outcome)
-        raise
-    _collect(stream, outcome)
-    if req.include_usage and stream.usage_chunk is not None:
-        usage = settle_usage(outcome, req.messages)
-        chunk = stream.usage_chunk
-        chunk["usage"] = usage_with_cost(chunk.get("usage"), usage, outcome.model.cost(usage))
-        await response.write(b"data: " + _encode(chunk) + b"\n\n")
-    await response.write(_DONE)
-    await response.write_eof()
+        completion = await gw.routing.run(gw.routing.plan(route, req.meta), attempt, log,
+                                          deadline_s=route.deadline_s)
+    finally:
+        # Upstream time includes failed attempts and back-off waits: not gateway overhead.
+        outcome.upstream_s = time.monotonic() - began
+        _note_attempts(gw, outcome, log)
+    gw.routing.observe(log, (completion.usage or Usage()).completion_tokens, stream=False)
+    response = completion_response(request, completion, outcome)
+    if cache_key is not None:
+        await gw.cache.store(cache_key, completion_from_body(
+            completion.payload, completion.usage, model=outcome.model.id,
+            provider=outcome.model.provider))
     return response
 
 
-def _collect(stream: ChatStream, outcome: Outcome) -> None:
-    outcome.usage = stream.usage
-    outcome.finish_reason = stream.finish_reason
-    outcome.text_chars = stream.text_chars
+async def _stream(
+    request: web.Request, gw: Gateway, req: ChatRequest, route: Route, outcome: Outcome,
+    cache_key: str | None,
+) -> web.StreamResponse:
+    async def attempt(model: Model) -> OpenStream:
+        provider = gw.provider(model.provider)
+        return await open_stream(provider.stream, req.call(model),
+                                 provider.config.first_byte_timeout_s)
+
+    log = AttemptLog()
+    began = time.monotonic()
+    try:
+        opened = await gw.routing.run(gw.routing.plan(route, req.meta), attempt, log,
+                                      deadline_s=route.deadline_s)
+    finally:
+        outcome.upstream_s = time.monotonic() - began  # to the first event, as TTFT is
+        _note_attempts(gw, outcome, log)
+    outcome.ttft_ms = (time.monotonic() - outcome.started) * 1000
+    keep: list[bytes] | None = [] if cache_key is not None else None
+    gw.metrics.stream_opened()
+    try:
+        response = await pipe(request, opened, outcome, req.include_usage,
+                              lambda: settle_usage(outcome, req.messages), keep)
+    except StreamBroke as broke:
+        gw.routing.stream_failed(log, broke.error)
+        raise
+    finally:
+        gw.metrics.stream_closed()
+    gw.routing.observe(log, (outcome.usage or Usage()).completion_tokens, stream=True)
+    if keep is not None and cache_key is not None:
+        try:
+            cached = completion_from_stream_chunks(keep, outcome.usage, model=outcome.model.id,
+                                                   provider=outcome.model.provider)
+        except IncompleteStream:
+            return response  # a partial answer is never cached
+        await gw.cache.store(cache_key, cached)
+    return response
+
+
+def _note_attempts(gw: Gateway, outcome: Outcome, log: AttemptLog) -> None:
+    outcome.attempts = log.attempts
+    if log.model is not None:
+        outcome.model = log.model
+    gw.metrics.attempts_done(log)
+
+
+def _note_hit(gw: Gateway, outcome: Outcome, hit: CachedCompletion) -> None:
+    outcome.cache_hit = True
+    outcome.attempts = 0
+    outcome.usage = hit.usage()
+    outcome.finish_reason = hit.finish_reason
+    try:
+        outcome.model = gw.catalog.get(hit.model)  # the savings are priced on who answered
+    except ModelNotFound:
+        pass
+
+
+def settle_usage(outcome: Outcome, messages: list[Message]) -> Usage:
+    """The provider's usage, or an estimate when it reported none (never 0 if text flowed)."""
+    if outcome.usage is not None:
+        return outcome.usage
+    return Usage(
+        prompt_tokens=tokens.prompt_tokens(messages),
+        completion_tokens=tokens.text_tokens(outcome.text_chars),
+        estimated=True,
+    )
 
 
 def _account(
     request: web.Request, gw: Gateway, req: ChatRequest, outcome: Outcome,
-    admission: Admission, arrived: datetime, started: float,
+    admission: Admission, arrived: datetime,
 ) -> None:
-    """Settle the spend, write the ledger record: after the response, never awaited."""
+    """Settle the spend, count the metrics, hand the record to the ledger: never awaited."""
     if outcome.usage is None and not outcome.text_chars and outcome.status >= 400:
         usage = Usage()  # failed before any text: nothing to charge
     else:
         usage = settle_usage(outcome, req.messages)
     model = outcome.model
-    cost = model.cost(usage)
+    value = model.cost(usage)
+    cost, savings = (0, value) if outcome.cache_hit else (value, 0)
     gw.limits.settle(admission, cost, usage.total_tokens)
-    principal = request[PRINCIPAL]
     record = UsageRecord(
         request_id=request[REQUEST_ID],
         ts=arrived,
-        key_id=principal.key_id,
+        key_id=request[PRINCIPAL].key_id,
         model_requested=req.model_id,
         model=model.id,
         provider=model.provider,
@@ -302,9 +250,11 @@ def _account(
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         cost_nusd=cost,
-        latency_ms=(time.monotonic() - started) * 1000,
+        savings_nusd=savings,
+        latency_ms=(time.monotonic() - outcome.started) * 1000,
         ttft_ms=outcome.ttft_ms,
         stream=req.stream,
+        cache_hit=outcome.cache_hit,
         attempts=outcome.attempts,
         estimated=usage.estimated,
         user_id=req.meta.user_id,
@@ -313,4 +263,5 @@ def _account(
         extra=req.meta.extra,
         headers=requesty_headers(request),
     )
+    gw.metrics.request_done(ROUTE, record, outcome.upstream_s)
     gw.ledger.enqueue(record)

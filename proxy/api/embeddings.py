@@ -14,7 +14,7 @@ from ..errors import ApiError
 from ..gateway import GATEWAY
 from ..ledger.record import UsageRecord
 from ..wire import EmbeddingInput, RequestyMeta, decode_body, embedding_texts, field, required
-from .chat import served_by, usage_with_cost
+from .relay import usage_with_cost
 from .common import REQUEST_ID, read_body, requesty_headers
 
 _encode = msgspec.json.encode
@@ -32,6 +32,7 @@ async def embeddings(request: web.Request) -> web.Response:
     model = gw.router.resolve(model_id, kind="embedding").models[0]
     usage = Usage()
     status, code = 200, None
+    began = time.monotonic()
     try:
         result = await gw.provider(model.provider).embed(model, fields)
         usage = result.usage or Usage()
@@ -40,13 +41,14 @@ async def embeddings(request: web.Request) -> web.Response:
         return web.Response(
             body=_encode(payload),
             content_type="application/json",
-            headers=served_by(request, model),
+            headers={"x-request-id": request[REQUEST_ID], "x-model": model.id,
+                     "x-provider": model.provider},
         )
     except ApiError as e:
         status, code = e.status, e.code
         raise
     finally:
-        gw.ledger.enqueue(UsageRecord(
+        record = UsageRecord(
             request_id=request[REQUEST_ID],
             ts=arrived,
             key_id=request[PRINCIPAL].key_id,
@@ -64,4 +66,6 @@ async def embeddings(request: web.Request) -> web.Response:
             tags=meta.tags,
             extra=meta.extra,
             headers=requesty_headers(request),
-        ))
+        )
+        gw.metrics.request_done("embeddings", record, time.monotonic() - began)
+        gw.ledger.enqueue(record)

@@ -1,0 +1,207 @@
+"""Relaying one chat answer to the client: a JSON body, a piped stream, or a cache replay.
+
+`Outcome` is what the relay learned (model that served, usage, status, time to first
+token); the chat handler turns it into spend, metrics and the usage record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+from msgspec import Raw
+
+from ..cache import CachedCompletion, replay_chunks, response_body
+from ..catalog import Model, Usage, nano_to_usd
+from ..errors import UpstreamError, UpstreamTimeout
+from ..providers.base import ChatCall, ChatStream, Completion
+from .common import REQUEST_ID
+
+_encode = msgspec.json.encode
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+_SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tell nginx-style proxies in front not to buffer
+}
+DONE: Final = b"data: [DONE]\n\n"
+STATUS_CLIENT_GONE: Final = 499
+
+OpenStream = tuple[ChatStream, AsyncIterator[bytes], bytes | None]
+
+
+class Outcome:
+    """What one request came to: filled in as the relay goes, read by accounting."""
+
+    __slots__ = (
+        "attempts",
+        "cache_hit",
+        "error_code",
+        "finish_reason",
+        "headers",
+        "model",
+        "started",
+        "status",
+        "text_chars",
+        "ttft_ms",
+        "upstream_s",
+        "usage",
+    )
+
+    def __init__(self, model: Model, started: float) -> None:
+        self.model = model
+        self.started = started
+        self.status = 200
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.text_chars = 0
+        self.ttft_ms: float | None = None
+        self.attempts = 0
+        self.error_code: str | None = None
+        self.cache_hit = False
+        self.upstream_s = 0.0  # time spent waiting on providers (for the overhead metric)
+        self.headers: dict[str, str] = {}  # extra response headers (rate-limit state)
+
+    def collect(self, stream: ChatStream) -> None:
+        self.usage = stream.usage
+        self.finish_reason = stream.finish_reason
+        self.text_chars = stream.text_chars
+
+
+def served_by(request: web.Request, outcome: Outcome) -> dict[str, str]:
+    """Response headers naming the model and provider that answered (fallbacks included)."""
+    model = outcome.model
+    headers = {"x-request-id": request[REQUEST_ID], "x-model": model.id, "x-provider": model.provider}
+    if outcome.headers:
+        headers.update(outcome.headers)
+    return headers
+
+
+def usage_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
+    """The client-facing `usage` object: the provider's own (details kept) plus `cost`."""
+    body: dict[str, Any] = _decode_dict(raw) if raw else {}
+    body.setdefault("prompt_tokens", usage.prompt_tokens)
+    body.setdefault("completion_tokens", usage.completion_tokens)
+    body.setdefault("total_tokens", usage.total_tokens)
+    if usage.cached_tokens and "prompt_tokens_details" not in body:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    body["cost"] = nano_to_usd(cost_nusd)
+    return Raw(_encode(body))
+
+
+def completion_response(request: web.Request, completion: Completion, outcome: Outcome) -> web.Response:
+    outcome.usage = completion.usage
+    outcome.finish_reason = completion.finish_reason
+    outcome.text_chars = completion.text_chars
+    usage = completion.usage or Usage()
+    payload = dict(completion.payload)
+    payload["usage"] = usage_with_cost(payload.get("usage"), usage, outcome.model.cost(usage))
+    return web.Response(
+        body=_encode(payload), content_type="application/json", headers=served_by(request, outcome)
+    )
+
+
+async def open_stream(
+    open_: Callable[[ChatCall], Awaitable[ChatStream]], call: ChatCall, first_byte_s: float
+) -> OpenStream:
+    """Open the upstream stream and wait for its first event, within the first-byte timeout.
+
+    This is one routing attempt: a failure here can still fall back to another model.
+    """
+    stream: ChatStream | None = None
+    try:
+        async with asyncio.timeout(first_byte_s):
+            stream = await open_(call)
+            events = aiter(stream)
+            first = await anext(events, None)
+    except TimeoutError:
+        if stream is not None:
+            await stream.aclose()
+        raise UpstreamTimeout(
+            f"Upstream model `{call.model.id}` sent no first token within {first_byte_s:g} s.",
+            reason="first_byte_timeout",
+        ) from None
+    except BaseException:  # a failed or cancelled attempt must not leak its connection
+        if stream is not None:
+            await stream.aclose()
+        raise
+    return stream, events, first
+
+
+async def pipe(
+    request: web.Request,
+    opened: OpenStream,
+    outcome: Outcome,
+    include_usage: bool,
+    settle: Callable[[], Usage],
+    keep: list[bytes] | None = None,
+) -> web.StreamResponse:
+    """Write each upstream event as it comes; a slow client slows the upstream read.
+
+    After the first byte there is no retry: an upstream failure becomes an SSE error event
+    and the stream ends. `keep` collects the payloads (for the response cache).
+    """
+    stream, events, first = opened
+    response = web.StreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome)})
+    await response.prepare(request)
+    try:
+        if first is not None:
+            if keep is not None:
+                keep.append(first)
+            await response.write(b"data: " + first + b"\n\n")
+            async for payload in events:
+                if keep is not None:
+                    keep.append(payload)
+                await response.write(b"data: " + payload + b"\n\n")
+    except UpstreamError as e:
+        outcome.collect(stream)
+        outcome.status = 502
+        outcome.error_code = e.code
+        await response.write(b"data: " + e.body() + b"\n\n")
+        raise StreamBroke(response, e) from None
+    except BaseException:
+        await stream.aclose()
+        outcome.collect(stream)
+        raise
+    outcome.collect(stream)
+    if include_usage and stream.usage_chunk is not None:
+        usage = settle()
+        chunk = dict(stream.usage_chunk)
+        chunk["usage"] = usage_with_cost(chunk.get("usage"), usage, outcome.model.cost(usage))
+        await response.write(b"data: " + _encode(chunk) + b"\n\n")
+    await response.write(DONE)
+    await response.write_eof()
+    return response
+
+
+class StreamBroke(Exception):
+    """The upstream failed after the first byte; the error event was sent, the stream ends."""
+
+    def __init__(self, response: web.StreamResponse, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.response = response
+        self.error = error
+
+
+async def replay(
+    request: web.Request, hit: CachedCompletion, outcome: Outcome, stream: bool, include_usage: bool
+) -> web.StreamResponse:
+    """Serve a response-cache hit: the same body, or the same chunks with the same framing."""
+    headers = {**served_by(request, outcome), "x-cache": "HIT"}
+    if not stream:
+        return web.Response(body=response_body(hit), content_type="application/json", headers=headers)
+    response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    await response.prepare(request)
+    for payload in replay_chunks(hit, include_usage=include_usage):
+        await response.write(b"data: " + payload + b"\n\n")
+    await response.write(DONE)
+    await response.write_eof()
+    return response
+
+
+def elapsed_ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000
