@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS usage_records (
 
 CREATE INDEX IF NOT EXISTS usage_records_ts_brin ON usage_records
     USING brin (ts) WITH (pages_per_range = 16, autosummarize = on);
+-- One key's records in a window: its reports by user_id, tag or extra.<field>, the edge
+-- hours of its other reports, and spend().
+CREATE INDEX IF NOT EXISTS usage_records_key_ts ON usage_records (key_id, ts);
 
 -- Rollups. Every flush upserts all of them in the transaction that inserts the records,
 -- counting only the rows actually inserted, so a replayed batch adds nothing.
@@ -48,8 +51,12 @@ CREATE INDEX IF NOT EXISTS usage_records_ts_brin ON usage_records
 --                     provider, status, or no group (1,000 keys' rows folded away)
 --   usage_key_hourly  hour x key, and usage_key_daily day x key: organization reports by key
 --                     (whole days from the daily table, the partial days from the hourly one)
---   usage_dim_hourly  hour x key x (user_id | tag | extra.<field>) x value: the metadata
---                     dimensions (tags fan out: a record with two tags counts under both)
+--   usage_dim_hourly  hour x (user_id | tag | extra.<field>) x value: organization reports
+--                     by request metadata (tags fan out: a record with two tags counts under
+--                     both). It has no key column on purpose: per key, metadata values
+--                     (users, say) multiply into about as many rows as there are records, so
+--                     such a rollup would cost as much to write as the records and save
+--                     nothing; one key's metadata report reads its records by (key_id, ts).
 -- fillfactor leaves room on each page for the updated row versions (HOT updates).
 CREATE TABLE IF NOT EXISTS usage_hourly (
     key_id            text NOT NULL,
@@ -109,7 +116,6 @@ CREATE TABLE IF NOT EXISTS usage_key_daily (
 ) WITH (fillfactor = 70);
 
 CREATE TABLE IF NOT EXISTS usage_dim_hourly (
-    key_id            text NOT NULL,
     dim               text NOT NULL,               -- 'user_id', 'tag' or 'extra.<field>'
     hour              timestamptz NOT NULL,
     value             text NOT NULL,               -- '' under 'tag': the untagged records
@@ -120,8 +126,5 @@ CREATE TABLE IF NOT EXISTS usage_dim_hourly (
     cost_nusd         bigint NOT NULL,
     savings_nusd      bigint NOT NULL,
     cached_requests   bigint NOT NULL,
-    PRIMARY KEY (key_id, dim, hour, value)
-) WITH (fillfactor = 80);
-
--- Organization-wide dimension reports scan by (dim, hour) across keys.
-CREATE INDEX IF NOT EXISTS usage_dim_hourly_dim_hour ON usage_dim_hourly (dim, hour);
+    PRIMARY KEY (dim, hour, value)
+) WITH (fillfactor = 70);

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 from ledger_support import (
     TcpProxy,
@@ -284,3 +285,34 @@ async def test_a_live_writers_spool_is_not_replayed_by_another(fresh_pg: str, tm
     await heir.close()
     assert heir.records_replayed == 200
     assert await count_records(fresh_pg) == (200, 200, 200)
+
+
+async def test_a_torn_spool_line_is_quarantined_and_the_rest_replayed(
+        fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    records = known_records(BASE, n=50)
+    lines = [msgspec.json.encode(r) for r in records]
+    # A writer killed in the middle of a write leaves half a line at the end of its file.
+    (spool / "ledger-00000000000000000001-1-dead-000001.jsonl").write_bytes(
+        b"\n".join(lines) + b"\n" + lines[0][:40])
+    heir = make("postgres", fresh_pg, tmp_path, spool)
+    await heir.start()
+    await heir.close()
+    assert (heir.records_replayed, heir.records_quarantined) == (50, 1)
+    assert await count_records(fresh_pg) == (50, 50, 50)
+
+
+async def test_a_record_enqueued_after_close_waits_on_disk_for_the_next_start(
+        fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    first = make("postgres", fresh_pg, tmp_path, spool)
+    await first.start()
+    await first.close()
+    late = known_records(BASE, n=1)[0]
+    first.enqueue(late)  # a request that finished after shutdown began
+    assert len(spool_files(spool)) == 1
+    heir = make("postgres", fresh_pg, tmp_path, spool)
+    await heir.start()
+    await heir.close()
+    assert heir.records_written == 1

@@ -60,6 +60,7 @@ class Journal:
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
         self._quarantine_fd: int | None = None
+        self._bad_lines = 0
 
     def ensure_dir(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,13 @@ class Journal:
     def quarantine(self, record: UsageRecord, reason: str) -> None:
         self._quarantine_write(_encode({"reason": reason, "record": record}))
 
+    def take_bad_lines(self) -> int:
+        """Lines quarantined by read() since the last call."""
+        n, self._bad_lines = self._bad_lines, 0
+        return n
+
     def quarantine_line(self, line: bytes, reason: str, source: str) -> None:
+        self._bad_lines += 1
         log.error("ledger: quarantined a line of %s: %s", source, reason)
         text = line.decode("utf-8", "replace")
         self._quarantine_write(_encode({"reason": reason, "source": source, "line": text}))

@@ -10,6 +10,7 @@ reconnects. Reports use a small pool of their own, so a long report never delays
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -63,62 +64,79 @@ def is_data_error(e: BaseException) -> bool:
     return isinstance(e, (TypeError, ValueError, OverflowError))
 
 
+class _Lane:
+    """One writer connection with its own staging table."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn: asyncpg.Connection[Any] | None = None
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+
 class PostgresSink:
-    def __init__(self, dsn: str, connect_timeout_s: float = 5.0) -> None:
+    """Writes batches on up to `concurrency` connections of its own. A connection that
+    failed in any way is thrown away, never reused; the next write opens a new one."""
+
+    def __init__(self, dsn: str, connect_timeout_s: float = 5.0, concurrency: int = 2) -> None:
         self._dsn = dsn
         self._timeout = connect_timeout_s
-        self._conn: asyncpg.Connection[Any] | None = None
+        self.concurrency = concurrency
+        self._lanes: asyncio.LifoQueue[_Lane] = asyncio.LifoQueue()
+        self._all = [_Lane() for _ in range(concurrency)]
+        for lane in self._all:
+            self._lanes.put_nowait(lane)
 
-    async def _connection(self) -> asyncpg.Connection[Any]:
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        self._drop()
-        try:
-            # Migrate after every reconnect: the database may have been away at start, or
-            # dropped and recreated while we ran (the check costs one round trip).
-            await migrate(self._dsn)
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
-                                         server_settings=SERVER_SETTINGS)
-        except BaseException:
-            self._drop()
-            raise
+    async def _connection(self, lane: _Lane) -> asyncpg.Connection[Any]:
+        if lane.conn is not None and not lane.conn.is_closed():
+            return lane.conn
+        lane.drop()
+        # Migrate after every reconnect: the database may have been away at start, or
+        # dropped and recreated while we ran (the check costs one round trip).
+        await migrate(self._dsn)
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
+                                     server_settings=SERVER_SETTINGS)
         try:
             await conn.execute(_CREATE_STAGING)
         except BaseException:
             conn.terminate()
             raise
-        self._conn = conn
+        lane.conn = conn
         return conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
         try:
             rows = [pg_row(r) for r in records]
         except (TypeError, ValueError, OverflowError) as e:
             raise RecordError(str(e)) from e
-        conn = await self._connection()
+        lane = await self._lanes.get()
         try:
-            async with conn.transaction():
-                await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
-                inserted = await conn.fetchval(FLUSH_SQL)
-        except BaseException as e:
-            if isinstance(e, Exception) and is_data_error(e) and not conn.is_closed():
-                raise RecordError(f"{type(e).__name__}: {e}") from e
-            self._drop()  # a broken or cancelled connection is never reused
-            raise
-        return int(inserted)
+            conn = await self._connection(lane)
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
+                    inserted = await conn.fetchval(FLUSH_SQL)
+            except BaseException as e:
+                if isinstance(e, Exception) and is_data_error(e) and not conn.is_closed():
+                    raise RecordError(f"{type(e).__name__}: {e}") from e
+                lane.drop()  # a broken or cancelled connection is never reused
+                raise
+            return int(inserted)
+        finally:
+            self._lanes.put_nowait(lane)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                self._conn.terminate()
-            self._conn = None
+        for lane in self._all:
+            if lane.conn is not None:
+                try:
+                    await lane.conn.close(timeout=2)
+                except Exception:  # noqa: BLE001 - closing a dead connection
+                    lane.conn.terminate()
+                lane.conn = None
 
 
 class PostgresLedger(LedgerWriter):

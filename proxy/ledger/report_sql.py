@@ -76,14 +76,16 @@ class Statement:
 
 @dataclass(frozen=True, slots=True)
 class _Source:
-    hourly: str
+    hourly: str | None  # None: no rollup serves this report; read the records
     daily: str | None
     group: str | None  # rollup column holding the group; None: not grouped
 
 
 def _source(q: UsageQuery, grouped: bool) -> _Source:
     if grouped and q.by_dimension:
-        return _Source("usage_dim_hourly", None, "value")
+        # The metadata rollup has no key column (see sql/0001_ledger.sql): one key's
+        # metadata report reads that key's records through (key_id, ts).
+        return _Source("usage_dim_hourly" if q.key_id is None else None, None, "value")
     column = _COLUMN.get(q.group_by) if grouped else None
     if q.key_id is not None:
         return _Source("usage_hourly", None, column)
@@ -99,7 +101,9 @@ def report(d: Dialect, q: UsageQuery, grouped: bool = True) -> Statement:
     ps = Params(d)
     src = _source(q, grouped)
     parts = []
-    for span in spans(q.start, q.end, daily=src.daily is not None):
+    cuts = (spans(q.start, q.end, daily=src.daily is not None) if src.hourly is not None
+            else [Span("raw", q.start, q.end)])
+    for span in cuts:
         if span.source == "raw":
             parts.append(_raw(d, ps, q, span, grouped))
         else:

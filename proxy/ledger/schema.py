@@ -51,6 +51,8 @@ def tags_of(record: UsageRecord) -> list[str]:
     tags = record.tags
     if not tags:
         return []
+    if len(tags) == 1:  # the common case, without building a dict
+        return tags if tags[0] else []
     return list(dict.fromkeys(t for t in tags if t))
 
 
@@ -119,8 +121,10 @@ POSTGRES: Final = Dialect(
     null_time="NULL::timestamptz",
     tags="CROSS JOIN LATERAL unnest(CASE WHEN cardinality(r.tags) = 0 "
     "THEN ARRAY['']::text[] ELSE r.tags END) AS t(value)",
-    # Body metadata wins over a header of the same name.
-    extras="CROSS JOIN LATERAL jsonb_each_text(r.headers || r.extra) AS e",
+    # Body metadata wins over a header of the same name; most records carry no headers,
+    # and skipping the concatenation for them is a measurable share of a flush.
+    extras="CROSS JOIN LATERAL jsonb_each_text(CASE WHEN r.headers = '{}'::jsonb "
+    "THEN r.extra ELSE r.headers || r.extra END) AS e",
 )
 SQLITE: Final = Dialect(
     name="sqlite",
@@ -144,7 +148,6 @@ class Rollup:
 
 def _rollups(d: Dialect) -> tuple[Rollup, ...]:
     hour, day = d.hour.format(c="r.ts"), d.day.format(c="r.ts")
-    dim = (("key_id", "r.key_id"), ("hour", hour))
     return (
         Rollup("usage_hourly", (("key_id", "r.key_id"), ("hour", hour), ("model", "r.model"),
                                 ("provider", "r.provider"), ("status", "r.status"))),
@@ -152,10 +155,12 @@ def _rollups(d: Dialect) -> tuple[Rollup, ...]:
                                     ("provider", "r.provider"), ("status", "r.status"))),
         Rollup("usage_key_hourly", (("hour", hour), ("key_id", "r.key_id"))),
         Rollup("usage_key_daily", (("day", day), ("key_id", "r.key_id"))),
-        Rollup("usage_dim_hourly", (*dim, ("dim", "'user_id'"), ("value", "r.user_id")),
-               where="r.user_id IS NOT NULL"),
-        Rollup("usage_dim_hourly", (*dim, ("dim", "'tag'"), ("value", "t.value")), join="tags"),
-        Rollup("usage_dim_hourly", (*dim, ("dim", "'extra.' || e.key"), ("value", "e.value")),
+        Rollup("usage_dim_hourly", (("dim", "'user_id'"), ("hour", hour),
+                                    ("value", "r.user_id")), where="r.user_id IS NOT NULL"),
+        Rollup("usage_dim_hourly", (("dim", "'tag'"), ("hour", hour), ("value", "t.value")),
+               join="tags"),
+        Rollup("usage_dim_hourly", (("dim", "'extra.' || e.key"), ("hour", hour),
+                                    ("value", "e.value")),
                join="extras", where="e.value IS NOT NULL"),
     )
 
@@ -178,7 +183,7 @@ def upserts(d: Dialect, source: str) -> list[str]:
             "usage_org_hourly": "hour, model, provider, status",
             "usage_key_hourly": "hour, key_id",
             "usage_key_daily": "day, key_id",
-            "usage_dim_hourly": "key_id, dim, hour, value",
+            "usage_dim_hourly": "dim, hour, value",
         }[ru.table]
         out.append(
             f"INSERT INTO {ru.table} ({cols}) SELECT {exprs} FROM {source} AS r {join} "

@@ -50,6 +50,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class SqliteSink:
+    concurrency = 1  # SQLite has one writer at a time anyway
+
     def __init__(self, path: str) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None

@@ -44,6 +44,9 @@ class RecordError(Exception):
 
 
 class Sink(Protocol):
+    # How many write() calls may run at once (separate connections and transactions).
+    concurrency: int
+
     async def write(self, records: Sequence[UsageRecord]) -> int:
         """Write a batch in one transaction; returns the rows actually inserted (a replayed
         record is not). Raises RecordError for bad data, anything else when unavailable."""
@@ -193,7 +196,10 @@ class LedgerWriter:
         if self._task is not None:
             await self._task
         self._retry_at = None  # one last attempt, whatever the backoff said
-        await self._cycle()
+        for _ in range(3):  # again if a late request enqueued meanwhile
+            await self._cycle()
+            if self._current is None or not self.database_up:
+                break
         self._drain()
         if self._current is not None:
             self._backlog.append(self._current)
@@ -280,13 +286,35 @@ class LedgerWriter:
                 for chunk in self.journal.read(segment, self._max_batch):
                     await self._write_all(chunk)
                     self.records_replayed += len(chunk)
+                self.records_quarantined += self.journal.take_bad_lines()
             self._backlog.popleft()
             self.journal.done(segment)
             self.flushes += 1
 
     async def _write_all(self, records: Sequence[UsageRecord]) -> None:
-        for i in range(0, len(records), self._max_batch):
-            await self._write(records[i : i + self._max_batch])
+        n, size, lanes = len(records), self._max_batch, self._sink.concurrency
+        if lanes > 1 and n >= 2 * self._flush_rows:
+            # Share a big batch out so that one transaction's COPY and insert run while
+            # another's rollup upserts do: the database works on two cores. Order inside a
+            # segment does not matter (inserts are idempotent, rollup sums commute).
+            size = min(size, -(-n // lanes))
+        chunks = [records[i : i + size] for i in range(0, n, size)]
+        if lanes == 1 or len(chunks) == 1:
+            for chunk in chunks:
+                await self._write(chunk)
+            return
+        gate = asyncio.Semaphore(lanes)
+
+        async def lane(chunk: Sequence[UsageRecord]) -> None:
+            async with gate:
+                await self._write(chunk)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the others
+                for chunk in chunks:
+                    group.create_task(lane(chunk))
+        except ExceptionGroup as e:
+            raise e.exceptions[0] from None
 
     async def _write(self, batch: Sequence[UsageRecord]) -> None:
         try:

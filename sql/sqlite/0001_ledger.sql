@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS usage_records (
 );
 
 CREATE INDEX IF NOT EXISTS usage_records_ts ON usage_records (ts);
+CREATE INDEX IF NOT EXISTS usage_records_key_ts ON usage_records (key_id, ts);
 
 CREATE TABLE IF NOT EXISTS usage_hourly (
     key_id            TEXT NOT NULL,
@@ -92,7 +93,6 @@ CREATE TABLE IF NOT EXISTS usage_key_daily (
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS usage_dim_hourly (
-    key_id            TEXT NOT NULL,
     dim               TEXT NOT NULL,
     hour              INTEGER NOT NULL,
     value             TEXT NOT NULL,
@@ -103,7 +103,5 @@ CREATE TABLE IF NOT EXISTS usage_dim_hourly (
     cost_nusd         INTEGER NOT NULL,
     savings_nusd      INTEGER NOT NULL,
     cached_requests   INTEGER NOT NULL,
-    PRIMARY KEY (key_id, dim, hour, value)
+    PRIMARY KEY (dim, hour, value)
 ) WITHOUT ROWID;
-
-CREATE INDEX IF NOT EXISTS usage_dim_hourly_dim_hour ON usage_dim_hourly (dim, hour);
