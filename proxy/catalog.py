@@ -75,8 +75,14 @@ class Model:
         return (total + _PER_MILLION // 2) // _PER_MILLION
 
     def worst_case_cost(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        """What to reserve before the call: the most it can cost.
+
+        `prompt_tokens` is the gateway's estimate (about 4 characters a token); real
+        tokenizers count more for code and many languages, so 1.5 times it is reserved.
+        """
         out = max_tokens if max_tokens and max_tokens > 0 else self.max_output_tokens
-        total = prompt_tokens * max(self.input_nano, self.cache_write_nano) + out * self.output_nano
+        prompt = prompt_tokens + prompt_tokens // 2
+        total = prompt * max(self.input_nano, self.cache_write_nano) + out * self.output_nano
         return (total + _PER_MILLION - 1) // _PER_MILLION
 
 

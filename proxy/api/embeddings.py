@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 from aiohttp import web
 
+from .. import tokens
 from ..auth import PRINCIPAL
 from ..catalog import Usage
 from ..errors import ApiError
@@ -26,10 +27,18 @@ async def embeddings(request: web.Request) -> web.Response:
     arrived = datetime.now(UTC)
     fields = decode_body(await read_body(request, gw.settings.max_body_bytes))
     model_id: str = required(fields, "model", str)
-    embedding_texts(required(fields, "input", EmbeddingInput))
+    texts = embedding_texts(required(fields, "input", EmbeddingInput))
     meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
     fields.pop("requesty", None)
     model = gw.router.resolve(model_id, kind="embedding").models[0]
+    estimate = sum(tokens.text_tokens(len(t)) for t in texts)
+    admission = await gw.limits.admit(
+        request[PRINCIPAL],
+        request[REQUEST_ID],
+        request.headers.get("Idempotency-Key"),
+        model.worst_case_cost(estimate, 0),
+        estimate,
+    )
     usage = Usage()
     status, code = 200, None
     began = time.monotonic()
@@ -48,6 +57,7 @@ async def embeddings(request: web.Request) -> web.Response:
         status, code = e.status, e.code
         raise
     finally:
+        gw.limits.settle(admission, model.cost(usage), usage.total_tokens)
         record = UsageRecord(
             request_id=request[REQUEST_ID],
             ts=arrived,
