@@ -1,0 +1,271 @@
+"""Anthropic SSE events -> OpenAI `chat.completion.chunk` payloads, and the stream around them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+from msgspec import Raw
+
+from ...catalog import Usage
+from ...errors import UpstreamError
+from ...wire import encode_raw
+from ..base import ChatStream
+from ..openai import transport_error
+from ..sse import SSEParser
+from .response import _AMessage, _AUsage, _Block, _chat_id, finish_reason, to_usage, usage_payload
+
+_encode = msgspec.json.encode
+
+
+class _Delta(msgspec.Struct):
+    # content_block_delta and message_delta share the name `delta`, with different fields.
+    type: str | None = None
+    text: str | None = None
+    partial_json: str | None = None
+    thinking: str | None = None
+    stop_reason: str | None = None
+
+
+class _ErrorInner(msgspec.Struct):
+    type: str = "api_error"
+    message: str = ""
+
+
+class _Event(msgspec.Struct):
+    type: str = ""
+    index: int = 0
+    message: _AMessage | None = None
+    content_block: _Block | None = None
+    delta: _Delta | None = None
+    usage: _AUsage | None = None
+    error: _ErrorInner | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+# What an Anthropic error type would have been as an HTTP status, so that routing
+# judges a mid-stream error as it would the same error before the stream began.
+_ERROR_STATUS: Final = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+class StreamTranslator:
+    """Feeds on Anthropic stream events, returns OpenAI chunk payloads.
+
+    All chunks share one id. The usage chunk is built, not returned, once `message_stop`
+    arrives (see `ChatStream`); `end()` says whether the stream got that far.
+    """
+
+    __slots__ = (
+        "_head",
+        "_id",
+        "_tools",
+        "_usage",
+        "created",
+        "done",
+        "finish_reason",
+        "model",
+        "provider",
+        "text_chars",
+        "usage",
+        "usage_chunk",
+    )
+
+    def __init__(self, model: str, provider: str = "anthropic", created: int | None = None) -> None:
+        self.provider = provider
+        self.model = model
+        self.created = int(time.time()) if created is None else created
+        self.usage: Usage | None = None
+        self.usage_chunk: dict[str, Raw] | None = None
+        self.finish_reason: str | None = None
+        self.text_chars = 0
+        self.done = False
+        self._usage = _AUsage()
+        self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_call index
+        self._set_id(_chat_id(""))
+
+    def _set_id(self, chat_id: str) -> None:
+        self._id = chat_id
+        # Every chunk starts the same; encode that part once per stream.
+        self._head = b"".join(
+            (
+                b'{"id":',
+                _encode(chat_id),
+                b',"object":"chat.completion.chunk","created":',
+                str(self.created).encode(),
+                b',"model":',
+                _encode(self.model),
+                b',"choices":[{"index":0,"delta":',
+            )
+        )
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"".join(
+            (
+                self._head,
+                _encode(delta),
+                b',"logprobs":null,"finish_reason":',
+                _encode(finish),
+                b"}]}",
+            )
+        )
+
+    def feed(self, event: bytes | None, data: bytes) -> list[bytes]:
+        """One SSE event in (its `event:` name and `data:`), zero or more chunks out."""
+        try:
+            ev = _decode_event(data)
+        except msgspec.MsgspecError:
+            raise UpstreamError(
+                f"Upstream provider `{self.provider}` sent a malformed event.", reason="malformed"
+            ) from None
+        kind = ev.type or (event or b"").decode()
+        if kind == "content_block_delta" and ev.delta is not None:
+            return self._block_delta(ev.index, ev.delta)
+        if kind == "content_block_start" and ev.content_block is not None:
+            return self._block_start(ev.index, ev.content_block)
+        if kind == "message_start" and ev.message is not None:
+            return self._message_start(ev.message)
+        if kind == "message_delta":
+            return self._message_delta(ev)
+        if kind == "message_stop":
+            self._finish()
+        elif kind == "error":
+            raise self._error(ev.error or _ErrorInner())
+        # ping, content_block_stop and event types added later carry nothing to forward.
+        return []
+
+    def end(self) -> None:
+        """The upstream stream closed; a stream without `message_stop` was cut short."""
+        if not self.done:
+            raise UpstreamError(
+                f"The stream from upstream provider `{self.provider}` ended early.",
+                reason="cut",
+            )
+
+    def _message_start(self, msg: _AMessage) -> list[bytes]:
+        if msg.id:
+            self._set_id(_chat_id(msg.id))
+        if msg.usage is not None:
+            self._merge_usage(msg.usage)
+        return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
+
+    def _block_start(self, index: int, block: _Block) -> list[bytes]:
+        if block.type == "tool_use":
+            tool_index = self._tools[index] = len(self._tools)
+            call = {
+                "index": tool_index,
+                "id": block.id,
+                "type": "function",
+                "function": {"name": block.name, "arguments": ""},
+            }
+            return [self._chunk({"tool_calls": [call]})]
+        if block.type == "text" and block.text:
+            self.text_chars += len(block.text)
+            return [self._chunk({"content": block.text})]
+        return []
+
+    def _block_delta(self, index: int, delta: _Delta) -> list[bytes]:
+        if delta.type == "text_delta" and delta.text:
+            self.text_chars += len(delta.text)
+            return [self._chunk({"content": delta.text})]
+        if delta.type == "input_json_delta" and delta.partial_json:
+            self.text_chars += len(delta.partial_json)
+            call = {
+                "index": self._tools.get(index, 0),
+                "function": {"arguments": delta.partial_json},
+            }
+            return [self._chunk({"tool_calls": [call]})]
+        if delta.type == "thinking_delta" and delta.thinking:
+            # Thinking is billed as output, so it counts toward the estimate of a cut stream.
+            self.text_chars += len(delta.thinking)
+            return [self._chunk({"reasoning_content": delta.thinking})]
+        return []  # signature_delta, citations_delta: nothing OpenAI-shaped to say
+
+    def _message_delta(self, ev: _Event) -> list[bytes]:
+        if ev.usage is not None:
+            self._merge_usage(ev.usage)
+        if ev.delta is None or ev.delta.stop_reason is None:
+            return []
+        self.finish_reason = finish_reason(ev.delta.stop_reason)
+        return [self._chunk({}, self.finish_reason)]
+
+    def _merge_usage(self, u: _AUsage) -> None:
+        # message_delta's counts are cumulative: a later value replaces an earlier one.
+        for name in _AUsage.__struct_fields__:
+            value = getattr(u, name)
+            if value is not None:
+                setattr(self._usage, name, value)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.usage = to_usage(self._usage)
+        self.usage_chunk = {
+            "id": encode_raw(self._id),
+            "object": Raw(b'"chat.completion.chunk"'),
+            "created": encode_raw(self.created),
+            "model": encode_raw(self.model),
+            "choices": Raw(b"[]"),
+            "usage": encode_raw(usage_payload(self.usage)),
+        }
+
+    def _error(self, err: _ErrorInner) -> UpstreamError:
+        status = _ERROR_STATUS.get(err.type, 500)
+        return UpstreamError(
+            f"Upstream provider `{self.provider}` failed mid-stream: {err.message or err.type}",
+            status=502,  # the client already has its 200 and some chunks
+            upstream_status=status,
+            reason=str(status),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# I/O edge
+# ---------------------------------------------------------------------------------------
+
+
+class AnthropicStream(ChatStream):
+    def __init__(self, provider: str, model: str, resp: aiohttp.ClientResponse) -> None:
+        super().__init__()
+        self._provider = provider
+        self._resp = resp
+        self._translator = StreamTranslator(model, provider)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        tr = self._translator
+        try:
+            async for data in self._resp.content.iter_any():
+                for event, payload in parser.feed(data):
+                    chunks = tr.feed(event, payload)
+                    self._sync()
+                    for chunk in chunks:
+                        yield chunk
+                    if tr.done:
+                        break
+                if tr.done:
+                    break
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise transport_error(self._provider, e) from None
+        finally:
+            self._resp.release() if tr.done else self._resp.close()
+        tr.end()
+
+    def _sync(self) -> None:
+        tr = self._translator
+        self.usage, self.usage_chunk = tr.usage, tr.usage_chunk
+        self.finish_reason, self.text_chars = tr.finish_reason, tr.text_chars
+
+    async def aclose(self) -> None:
+        self._resp.close()
