@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import shapes  # noqa: E402
+import shapes
 
 try:
     import msgspec
@@ -56,8 +56,14 @@ _MAX_HEAD: Final = 64 * 1024
 
 
 class Options:
-    __slots__ = ("latency_s", "interval_s", "stream_tokens", "completion_tokens", "embedding_dim",
-                 "stamp")
+    __slots__ = (
+        "completion_tokens",
+        "embedding_dim",
+        "interval_s",
+        "latency_s",
+        "stamp",
+        "stream_tokens",
+    )
 
     def __init__(self, ns: argparse.Namespace) -> None:
         self.latency_s = ns.latency_ms / 1000
@@ -199,7 +205,7 @@ def _parse_chunked(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
 class Http(asyncio.Protocol):
     """One client connection: requests are answered in order, one at a time."""
 
-    __slots__ = ("canned", "opts", "loop", "transport", "buf", "busy", "closed", "continued")
+    __slots__ = ("buf", "busy", "canned", "closed", "continued", "loop", "opts", "transport")
 
     def __init__(self, canned: Canned) -> None:
         self.canned = canned
@@ -349,7 +355,7 @@ class Http(asyncio.Protocol):
 class _Pacer:
     """Sends one stream's events on an absolute schedule with loop timers (no task per stream)."""
 
-    __slots__ = ("conn", "events", "t0", "i", "rx", "close")
+    __slots__ = ("close", "conn", "events", "i", "rx", "t0")
 
     def __init__(self, conn: Http, events: list[tuple[int, bytes]], t0: float, rx: int,
                  close: bool) -> None:

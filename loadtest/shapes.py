@@ -14,10 +14,11 @@ from typing import Any, Final
 CHAT_COMPLETION_BYTES: Final = 712
 STREAM_TOKENS: Final = 20  # content chunks in the reference stream
 PROMPT_TOKENS: Final = 19
-_WORDS: Final = (
+_SENTENCE: Final = (
     "Load tests need answers that look like real ones so that every layer of the gateway "
     "does its real work on them while the upstream itself costs next to nothing"
-).split()
+)
+_WORDS: Final = _SENTENCE.split()
 
 
 def _dumps(obj: Any) -> str:

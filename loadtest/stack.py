@@ -65,7 +65,7 @@ class Proc:
         self.name = name
         self.cmd = cmd
         self.log = log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 - open for the process's lifetime
         self.popen = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
                                       env=env, cwd=cwd, start_new_session=True)
         self.pid = self.popen.pid
@@ -137,6 +137,32 @@ class Proc:
         self._log_file.close()
 
 
+def service_pids(names: tuple[str, ...] = ("redis-server", "postgres")) -> list[int]:
+    """The machine's Redis and PostgreSQL processes (read-only: their CPU is reported)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() in names:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def pids_cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total
+
+
 def cpu_jiffies(core: int) -> tuple[int, int]:
     """(busy, total) jiffies of one core from /proc/stat."""
     with open("/proc/stat") as f:
@@ -185,7 +211,7 @@ def wait_http(url: str, proc: Proc | None, timeout: float = 30.0) -> None:
 def probe(url: str, body: bytes, key: str | None, stream: bool) -> str | None:
     """One request by hand: None when the answer has the right shape, else what is wrong."""
     try:
-        status, headers, data = http("POST", url, body, key, timeout=30)
+        status, _, data = http("POST", url, body, key, timeout=30)
     except OSError as e:
         return f"{type(e).__name__}: {e}"
     if status != 200:
@@ -260,7 +286,8 @@ def start_nginx(workdir: Path, core: int | None) -> tuple[Proc, str]:
 # --- fake upstream and bare forwarder --------------------------------------------------------
 
 
-def start_fake_upstream(workdir: Path, python: str, core: int | None, *args: str) -> tuple[Proc, str]:
+def start_fake_upstream(workdir: Path, python: str, core: int | None,
+                        *args: str) -> tuple[Proc, str]:
     port = free_port()
     cmd = pinned([python, str(HERE / "fake_upstream.py"), "--port", str(port), *args], core)
     proc = Proc("fake upstream", cmd, workdir / "fake_upstream.log")
@@ -369,7 +396,8 @@ def _psql(database_url: str, sql: str, python: str) -> None:
                        check=True, capture_output=True)
         return
     code = ("import asyncio, asyncpg, sys\n"
-            "async def m():\n c = await asyncpg.connect(sys.argv[1]); await c.execute(sys.argv[2])\n"
+            "async def m():\n"
+            " c = await asyncpg.connect(sys.argv[1]); await c.execute(sys.argv[2])\n"
             "asyncio.run(m())")
     subprocess.run([python, "-c", code, admin, sql], check=True, capture_output=True)
 
@@ -385,7 +413,8 @@ class Gateway:
         self.python = python
         self.keep_db = keep_db
         self.tag = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
-        self.admin_key = os.environ.get("PROXY_ADMIN_KEY") or "sk-bench-admin-" + secrets.token_hex(8)
+        self.admin_key = (os.environ.get("PROXY_ADMIN_KEY")
+                          or "sk-bench-admin-" + secrets.token_hex(8))
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.db_name = f"proxy_bench_{self.tag}" if pg else ""
@@ -397,7 +426,8 @@ class Gateway:
         self.key = self.admin_key
         if pg:
             _psql(self.database_url, f'CREATE DATABASE "{self.db_name}"', python)
-        self.features["database"] = ("PostgreSQL, fresh database " + self.db_name) if pg else "SQLite"
+        self.features["database"] = (f"PostgreSQL, fresh database {self.db_name}" if pg
+                                     else "SQLite")
         self.features["redis"] = redis_url or "none (in-process)"
         config = workdir / "gateway.toml"
         config.write_text(gateway_toml(self.port, workdir / "gateway-data", self.database_url,
@@ -458,10 +488,10 @@ class Gateway:
             host, _, port = host_port.rpartition(":")
             keys = subprocess.run(["redis-cli", "-h", host, "-p", port or "6379", "--scan",
                                    "--pattern", f"{self.namespace}*"],
-                                  capture_output=True, text=True).stdout.split()
+                                  capture_output=True, text=True, check=False).stdout.split()
             for i in range(0, len(keys), 500):
                 subprocess.run(["redis-cli", "-h", host, "-p", port or "6379", "del",
-                                *keys[i:i + 500]], capture_output=True)
+                                *keys[i:i + 500]], capture_output=True, check=False)
         if self.db_name and not self.keep_db:
             try:
                 _psql(self.database_url, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)',
@@ -523,7 +553,7 @@ def start_litellm(workdir: Path, venv: str, core: int | None, chat_base: str,
 
 def _first_line(cmd: list[str]) -> str:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "n/a"
     text = (out.stdout or out.stderr).strip()
@@ -543,7 +573,8 @@ def machine() -> dict[str, str]:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem_kb = int(line.split()[1])
-    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
+    version_file = Path("/etc/debian_version")
+    debian = version_file.read_text().strip() if version_file.exists() else "?"
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
@@ -553,22 +584,23 @@ def machine() -> dict[str, str]:
 
 
 def versions(gateway_python: str, litellm_venv: str | None) -> dict[str, str]:
-    code = ("import sys, aiohttp, uvloop, msgspec; print(sys.version.split()[0], aiohttp.__version__,"
-            " uvloop.__version__, msgspec.__version__)")
+    code = ("import sys, aiohttp, uvloop, msgspec; "
+            "print(sys.version.split()[0], aiohttp.__version__, uvloop.__version__, "
+            "msgspec.__version__)")
     out = _first_line([gateway_python, "-c", code]).split()
     v = {}
     if len(out) == 4:
         v["gateway stack"] = f"Python {out[0]}, aiohttp {out[1]}, uvloop {out[2]}, msgspec {out[3]}"
     commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy"],
-                           capture_output=True, text=True).stdout.strip()
+                           capture_output=True, text=True, check=False).stdout.strip()
     v["gateway commit"] = commit + (" (proxy/ has uncommitted changes)" if dirty else "")
     v["nginx"] = _first_line(["nginx", "-v"]).replace("nginx version: ", "")
     v["wrk"] = re.sub(r"\s*\[.*", "", _first_line(["wrk", "-v"]))
     if litellm_venv:
         py = Path(litellm_venv) / "bin" / "python"
         if py.exists():
-            v["litellm"] = _first_line([str(py), "-c",
-                                        "import importlib.metadata as m; print(m.version('litellm'))"])
+            code = "import importlib.metadata as m; print(m.version('litellm'))"
+            v["litellm"] = _first_line([str(py), "-c", code])
     v["harness python"] = sys.version.split()[0]
     return v

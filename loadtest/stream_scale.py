@@ -37,11 +37,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shapes  # noqa: E402
-import stack  # noqa: E402
+import shapes
+import stack
 
 try:
     import aiohttp
@@ -112,7 +112,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes,
                     last_token = now
                 if b"data: [DONE]" in data:
                     done = True
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         phase.error(type(e).__name__)
         return
     if not done:
@@ -193,9 +193,9 @@ def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[st
         lines += ["**Preliminary:** a shared 2-core machine with other work running.", ""]
     lines += ["| machine | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in {**machine, **versions}.items()]
-    lines += [f"| load | {args.streams} concurrent streams, {args.tokens} tokens at {args.tps:g} "
+    lines += [(f"| load | {args.streams} concurrent streams, {args.tokens} tokens at {args.tps:g} "
               f"tokens/s ({args.tokens / args.tps:g} s a stream), upstream first-token latency "
-              f"{args.latency_ms:g} ms, {args.window} s window |",
+              f"{args.latency_ms:g} ms, {args.window} s window |"),
               "| cores | gateway alone on core 1; fake upstream and this client on core 0 |", ""]
     if features:
         lines += ["Gateway features: " + "; ".join(f"{k}: {v}" for k, v in features.items()), ""]
@@ -205,15 +205,15 @@ def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[st
                 f"{pct(g, 99):.2f} | {pct(g, 50) - pct(d, 50):+.2f} | "
                 f"{pct(g, 99) - pct(d, 99):+.2f} |")
 
-    lines += ["| ms | direct p50 | direct p99 | gateway p50 | gateway p99 | added p50 | "
-              "added p99 |", "|" + " --- |" * 7,
+    lines += [("| ms | direct p50 | direct p99 | gateway p50 | gateway p99 | added p50 | "
+              "added p99 |"), "|" + " --- |" * 7,
               row("time to first token", direct.ttft_ms, gw.ttft_ms),
               row("  request leg (sent → upstream)", direct.request_leg_ms, gw.request_leg_ms),
               row("  first-chunk leg (upstream → client)", direct.first_leg_ms, gw.first_leg_ms),
               row("chunk transit (every token)", direct.transit_ms, gw.transit_ms),
               row(f"inter-chunk gap (ideal {gap_ideal:g})", direct.gap_ms, gw.gap_ms), ""]
-    lines += ["| run | streams measured | concurrent (min/mean) | errors | client CPU | "
-              "upstream CPU | gateway CPU | gateway RSS MB |", "|" + " --- |" * 8]
+    lines += [("| run | streams measured | concurrent (min/mean) | errors | client CPU | "
+              "upstream CPU | gateway CPU | gateway RSS MB |"), "|" + " --- |" * 8]
     for p in (direct, gw):
         conc = (f"{min(p.concurrency)}/{statistics.mean(p.concurrency):.0f}"
                 if p.concurrency else "-")
@@ -226,14 +226,14 @@ def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[st
     added_p99 = pct(gw.ttft_ms, 99) - pct(direct.ttft_ms, 99)
     gap_p99 = pct(gw.gap_ms, 99) - pct(direct.gap_ms, 99)
     lines += ["", "Targets:", "",
-              f"- added TTFT p99 {added_p99:+.2f} ms (target < 5 ms): "
-              f"{'met' if added_p99 < 5 else 'NOT met'}",
-              f"- gateway RSS {gw.server_rss_mb:.0f} MB, peak {gw.server_peak_rss_mb:.0f} MB "
-              f"(target < 200 MB): {'met' if gw.server_peak_rss_mb < 200 else 'NOT met'}",
+              (f"- added TTFT p99 {added_p99:+.2f} ms (target < 5 ms): "
+              f"{'met' if added_p99 < 5 else 'NOT met'}"),
+              (f"- gateway RSS {gw.server_rss_mb:.0f} MB, peak {gw.server_peak_rss_mb:.0f} MB "
+              f"(target < 200 MB): {'met' if gw.server_peak_rss_mb < 200 else 'NOT met'}"),
               f"- added inter-chunk gap p99 {gap_p99:+.2f} ms",
               "- errors: " + ("none" if not direct.errors and not gw.errors else "see table"),
-              "- load generator check: client and upstream share core 0; their CPU above must "
-              "stay well under 100% together, or the client, not the gateway, set the timing."]
+              ("- load generator check: client and upstream share core 0; their CPU above must "
+              "stay well under 100% together, or the client, not the gateway, set the timing.")]
     return "\n".join(lines) + "\n"
 
 
@@ -297,7 +297,8 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
     report = render(args, direct, via, features, versions, machine)
     print("\n" + report)
     RESULTS.mkdir(exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"stream-scale-{time.strftime('%Y-%m-%dT%H%M%S')}.md"
+    stamp = time.strftime("%Y-%m-%dT%H%M%S")
+    out = Path(args.out) if args.out else RESULTS / f"stream-scale-{stamp}.md"
     out.write_text(report)
     print(f"written: {out}")
     return 1 if direct.errors or via.errors else 0
