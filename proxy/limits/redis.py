@@ -9,6 +9,11 @@ When Redis cannot be reached the gateway keeps serving (unless `limits.fail_clos
 new requests are admitted by an in-process `MemoryLimits` floored at the last values Redis
 reported, settles of requests Redis admitted are queued, and when Redis answers again the
 spend counted meanwhile is pushed and the queue replayed, before Redis is used again.
+
+Redis answering a script with an error is not an outage: Redis is up and would refuse
+the same call again, so the limits stay on Redis. Such a refusal (`ScriptRefused`) is
+counted, logged once per script, and the call is given up (a settle) or the key's limit
+reported as uncheckable (an admission).
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from typing import Any, Final
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ..auth import Principal
 from ..config import LimitsConfig
@@ -40,6 +53,24 @@ REDIS_TIMEOUT_S: Final = 0.5  # a hung Redis costs one request this long, then w
 RECOVER_S: Final = 0.25  # how often a degraded worker looks for Redis again
 _BATCH: Final = 500
 _ERRORS: Final = (RedisError, OSError)
+# Error replies that mean Redis cannot take writes for now (a replica after a failover,
+# out of memory, a cluster resharding), and are outages; any other error reply is Redis
+# refusing what we sent it. "BUSY" (another script running too long) has no class of its own.
+_UNAVAILABLE: Final = (ReadOnlyError, OutOfMemoryError, ClusterDownError, TryAgainError)
+
+
+def _refusal(error: BaseException) -> bool:
+    """Redis is up and refused the call: a bug in a script or its arguments."""
+    return (isinstance(error, ResponseError) and not isinstance(error, _UNAVAILABLE)
+            and not str(error).startswith("BUSY"))
+
+
+class ScriptRefused(Exception):
+    """Redis answered a script with an error (already counted and logged)."""
+
+    def __init__(self, script: str) -> None:
+        super().__init__(script)
+        self.script = script
 
 
 class _OutageSource(SpendSource):
@@ -84,6 +115,8 @@ class RedisLimits:
         # (key, period) -> [settled, reserved] as Redis last reported them.
         self.seen: dict[tuple[str, str], list[int]] = {}
         self.redis_errors = 0  # for metrics: every failed Redis call
+        self.refusals = 0  # the failed calls that Redis refused (see `_refusal`)
+        self._refused_logged: set[str] = set()
         self.degraded = False  # for metrics: counting in-process, Redis unreachable
         self._fallback: MemoryLimits | None = None
         self._pending: list[tuple[Admission, int, int]] = []  # settles for Redis to replay
@@ -118,13 +151,16 @@ class RedisLimits:
         args: list[str | int] = [rid, worst_case_nusd, limit, now_ms, now_ms + ttl_ms, principal.rpm or 0,
                 principal.tpm or 0, estimated_tokens, 2 * ttl_ms]
         keys = scripts.keys_of(self.namespace, principal.key_id, period)
+        why = "the database is unreachable"
         try:
             for _ in range(3):
-                result: list[int] = await self._admit(keys=keys, args=args)
+                result: list[int] = await self._run("admit", self._admit, keys, args)
                 if result[0] != -1:
                     return self._admitted(principal, period, rid, estimated_tokens, result)
                 if not await self._rebuild_counter(principal.key_id, period):
                     break
+        except ScriptRefused:
+            why = "the limits store refused the check"
         except _ERRORS as e:
             self._failed(e)
             return await self._admit_locally(principal, idempotency_key, worst_case_nusd,
@@ -132,7 +168,7 @@ class RedisLimits:
         if principal.limit_nusd is None:  # nothing to enforce: serve, the ledger still counts
             return Admission(principal.key_id, rid, 0, period=period)
         raise ServiceUnavailable(
-            "The key's spend counter could not be rebuilt (the database is unreachable).",
+            f"The key's spend limit could not be checked ({why}).",
             code="limits_unavailable", headers={"retry-after": "1"},
         )
 
@@ -172,12 +208,34 @@ class RedisLimits:
                       key_id, type(e).__name__)
             return False
         ttl = periods.counter_ttl_s(period, self.clock())
-        settled = await self._rebuild(keys=[self._counter(key_id, period)], args=[base, delta, ttl])
+        settled = await self._run("rebuild", self._rebuild, [self._counter(key_id, period)],
+                                  [base, delta, ttl])
         self._saw(key_id, period, int(settled))
         return True
 
     def _counter(self, key_id: str, period: str) -> str:
         return scripts.keys_of(self.namespace, key_id, period)[0]
+
+    async def _run(
+        self, name: str, script: AsyncScript, keys: list[str], args: list[str | int]
+    ) -> Any:
+        """Run one script; a refusal becomes `ScriptRefused`, which no outage handler catches."""
+        try:
+            return await script(keys=keys, args=args)
+        except ResponseError as e:
+            if not _refusal(e):
+                raise
+            self._refused(f"the {name} script", e)
+            raise ScriptRefused(name) from e
+
+    def _refused(self, what: str, error: BaseException) -> None:
+        self.redis_errors += 1
+        self.refusals += 1
+        if what not in self._refused_logged:  # the same bug would fill the log
+            self._refused_logged.add(what)
+            log.error("limits: Redis refused %s (%s); a bug, not an outage: Redis stays in "
+                      "use (further refusals are counted in redis_errors, not logged)",
+                      what, error)
 
     async def _admit_locally(
         self, principal: Principal, idempotency_key: str | None, worst: int, est_tokens: int
@@ -215,13 +273,17 @@ class RedisLimits:
         key_id, period = admission.key_id, admission.period
         k = scripts.keys_of(self.namespace, key_id, period)
         args: list[str | int] = [admission.reservation_id, cost, max(0, admission.tokens - tokens), admission.tpm]
-        for _ in range(3):
-            settled = int(await self._settle(keys=[k[0], k[1], k[2], k[4]], args=args))
-            if settled != -1:
-                self._saw(key_id, period, settled)
-                return
-            if not await self._rebuild_counter(key_id, period):
-                break
+        try:
+            for _ in range(3):
+                settled = int(await self._run("settle", self._settle, [k[0], k[1], k[2], k[4]],
+                                              args))
+                if settled != -1:
+                    self._saw(key_id, period, settled)
+                    return
+                if not await self._rebuild_counter(key_id, period):
+                    break
+        except ScriptRefused:
+            pass  # a replay would be refused again
         log.error("limits: could not charge %d nano-USD to key %s; the ledger still has it",
                   cost, key_id)
 
@@ -298,8 +360,13 @@ class RedisLimits:
             self._load_errors += 1
             log.warning("limits: no spend snapshot for key %s (%s)", key_id, type(e).__name__)
         ttl = periods.counter_ttl_s(period, self.clock())
-        settled = await self._rebuild(keys=[self._counter(key_id, period)],
-                                      args=[floor, delta, ttl])
+        try:
+            settled = await self._run("rebuild", self._rebuild, [self._counter(key_id, period)],
+                                      [floor, delta, ttl])
+        except ScriptRefused:
+            log.error("limits: could not push %d nano-USD counted in-process to key %s; the "
+                      "ledger still has it", delta, key_id)
+            return
         self._saw(key_id, period, int(settled))
 
     # --- sweep, spend, lifecycle ----------------------------------------------------------
@@ -321,7 +388,14 @@ class RedisLimits:
             for kid, p in batch:
                 await self._sweep(keys=scripts.keys_of(self.namespace, kid, p)[:3],
                                   args=[int(now * 1000)], client=pipe)
-            for (kid, p), (n, settled) in zip(batch, await pipe.execute(), strict=True):
+            results = await pipe.execute(raise_on_error=False)
+            for (kid, p), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    if not _refusal(result):
+                        raise result
+                    self._refused("the sweep script", result)  # the other keys still sweep
+                    continue
+                n, settled = result
                 if n:
                     swept += n
                     self._saw(kid, p, settled)
@@ -339,7 +413,10 @@ class RedisLimits:
                 if await self.redis.set(lock, "1", nx=True, px=max(1, int(interval * 900))):
                     await self.sweep()
             except _ERRORS as e:
-                self._failed(e)
+                if _refusal(e):
+                    self._refused("the sweeper's lock", e)
+                else:
+                    self._failed(e)
 
     async def spend(self, principals: Sequence[Principal]) -> list[int | None]:
         now = self.clock()
@@ -355,7 +432,10 @@ class RedisLimits:
                 pipe.hget(self._counter(kid, p), "s")
             values: list[Any] = await pipe.execute()
         except _ERRORS as e:
-            self._failed(e)
+            if _refusal(e):
+                self._refused("a read of spend counters", e)
+            else:
+                self._failed(e)
             return seen
         return [int(v) if v is not None else s for v, s in zip(values, seen, strict=True)]
 

@@ -8,6 +8,9 @@ Counter hash `c`: s = settled spend, r = reserved (worst cases in flight).
 Reservations hash `res`: a:<id> = amount, n:<id> = requests sharing it (idempotency),
 x:<id> = amount charged by the sweeper (a late settle then only adds the difference).
 Sorted set `due`: reservation ids by deadline (ms). Buckets `rpm`/`tpm`: v = level, t = ms.
+
+A reservation can be 0 (a model without prices, an empty input): releasing one must not
+send Redis "-0", which it refuses as not an integer (`_RELEASE`).
 """
 
 from __future__ import annotations
@@ -79,9 +82,16 @@ end
 return {0, tonumber(s), r, math.floor(rv * 1000), math.floor(tv * 1000), tonumber(amount)}
 """
 
+# Take a reservation's amount (a decimal string, as stored) off the counter's `r`.
+_RELEASE: Final = """
+local function release(counter, amount)
+  if amount ~= '0' then redis.call('HINCRBY', counter, 'r', '-' .. amount) end
+end
+"""
+
 # KEYS: counter, reservations, due, tpm bucket. ARGV: rid, cost, token refund, tpm.
 # -> settled after, or -1 when the counter is missing (the caller rebuilds it, retries).
-SETTLE: Final = """
+SETTLE: Final = _RELEASE + """
 if redis.call('HEXISTS', KEYS[1], 's') == 0 then return -1 end
 local rid = ARGV[1]
 local cost = ARGV[2]
@@ -90,7 +100,7 @@ if a then
   if redis.call('HINCRBY', KEYS[2], 'n:' .. rid, -1) <= 0 then
     redis.call('HDEL', KEYS[2], 'a:' .. rid, 'n:' .. rid)
     redis.call('ZREM', KEYS[3], rid)
-    redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
+    release(KEYS[1], a)
   end
 else
   local x = redis.call('HGET', KEYS[2], 'x:' .. rid)
@@ -111,7 +121,7 @@ return redis.call('HINCRBY', KEYS[1], 's', cost)
 """
 
 # KEYS: counter, reservations, due. ARGV: now_ms. -> {swept, settled after}
-SWEEP: Final = """
+SWEEP: Final = _RELEASE + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 1000)
 local live = redis.call('HEXISTS', KEYS[1], 's') == 1
 local n = 0
@@ -122,7 +132,7 @@ for _, id in ipairs(ids) do
     redis.call('HDEL', KEYS[2], 'a:' .. id, 'n:' .. id)
     redis.call('HSET', KEYS[2], 'x:' .. id, a)
     if live then
-      redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
+      release(KEYS[1], a)
       redis.call('HINCRBY', KEYS[1], 's', a)
     end
     n = n + 1
