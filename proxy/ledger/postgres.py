@@ -33,6 +33,10 @@ log = logging.getLogger("proxy.ledger")
 # Sessions run in UTC so that date_trunc() cuts UTC hours, days and months; JIT compiling
 # costs more than these short queries take.
 SERVER_SETTINGS: Final = {"timezone": "UTC", "jit": "off", "application_name": "proxy-ledger"}
+# A report over a year by key and day groups a few hundred thousand rows: let it hash them in
+# memory rather than spill to disk (at most four report connections).
+REPORT_SETTINGS: Final = {**SERVER_SETTINGS, "work_mem": "64MB",
+                          "application_name": "proxy-ledger-reports"}
 STAGING: Final = "ledger_staging"
 # SQLSTATE classes about the data itself: data exception, integrity constraint violation,
 # program limit exceeded (a value too large). Anything else means "not now", not "never".
@@ -169,7 +173,7 @@ class PostgresLedger(LedgerWriter):
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
                         self._dsn, min_size=0, max_size=4, timeout=5, command_timeout=30,
-                        server_settings=SERVER_SETTINGS,
+                        server_settings=REPORT_SETTINGS,
                     )
                 rows: list[asyncpg.Record] = await self._pool.fetch(
                     statement.sql, *statement.params)

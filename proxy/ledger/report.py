@@ -79,9 +79,8 @@ class Measures:
 
     @classmethod
     def of(cls, values: Iterable[Any]) -> Measures:
-        """From a result row's seven sums (None when a group had no rows, Decimal from
-        PostgreSQL's numeric sums)."""
-        return cls(*(int(v) if v is not None else 0 for v in values))
+        """From a result row's seven sums (integers from both engines; None for no rows)."""
+        return cls(*[0 if v is None else v for v in values])
 
     @classmethod
     def of_record(cls, r: UsageRecord) -> Measures:
