@@ -36,6 +36,7 @@ class Principal:
     labels: tuple[str, ...] = field(default=())
     # The tenant that owns the key: response-cache entries are never shared across owners.
     owner: str = "default"
+    cache: bool = False  # every request of the key uses the response cache
     # Spend limit in nano-USD per period ("monthly": the calendar month in UTC, or "total").
     limit_nusd: int | None = None
     period: str = "monthly"

@@ -21,6 +21,8 @@ from conftest import UPSTREAM_SECRET, fake_provider_toml
 from fakes import FakeAnthropic, FakeOpenAI, Reply
 from harness import Gateway, gateway_settings, running_gateway
 
+from proxy.gateway import GATEWAY
+
 USER = [{"role": "user", "content": "hi"}]
 
 
@@ -72,6 +74,27 @@ async def test_admin_creates_a_key_whose_secret_is_shown_only_once(
     assert "key" not in got and made["key"] not in str(listed)
     assert got == {k: v for k, v in made.items() if k != "key"}
     assert made["id"] in [k["id"] for k in listed["data"]]
+
+
+async def test_owner_and_cache_are_stored_shown_and_loaded_into_the_principal(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    plain = await create(http, gw)
+    assert (plain["owner"], plain["cache"]) == ("default", False)
+    made = await create(http, gw, owner="acme", cache=True)
+    assert (made["owner"], made["cache"]) == ("acme", True)
+    got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}", headers=gw.headers)).json()
+    listed = await (await http.get(gw.url + "/v1/api-keys", headers=gw.headers)).json()
+    assert (got["owner"], got["cache"]) == ("acme", True)
+    shown = {k["id"]: (k["owner"], k["cache"]) for k in listed["data"]}
+    assert (shown[plain["id"]], shown[made["id"]]) == (("default", False), ("acme", True))
+    auth = gw.app[GATEWAY].auth
+    principal = await auth.authenticate(made["key"])
+    assert (principal.owner, principal.cache) == ("acme", True)
+    assert (auth.admin.owner, auth.admin.cache) == ("default", False)
+    assert auth.keys is not None
+    stored = await auth.keys.store.get(made["id"])  # from the database, not the cache
+    assert stored is not None and (stored.owner, stored.cache) == ("acme", True)
 
 
 async def test_user_key_may_call_models_but_every_management_call_is_403(
@@ -151,6 +174,11 @@ async def test_expired_key_gets_401(gw: Gateway, http: aiohttp.ClientSession) ->
         ({"tpm": 1.5}, "tpm"),
         ({"labels": "a,b"}, "labels"),
         ({"name": 7}, "name"),
+        ({"owner": 7}, "owner"),
+        ({"owner": ""}, "owner"),
+        ({"owner": "x" * 129}, "owner"),
+        ({"cache": "yes"}, "cache"),
+        ({"cache": 1}, "cache"),
         ({"limt": 5}, "limt"),
     ],
 )

@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from harness import Gateway, gateway_settings, running_gateway
 
+from proxy import migrate as migrate_module
 from proxy.bootstrap import key_secret
+from proxy.gateway import GATEWAY
+from proxy.keys.model import KeyRow
+from proxy.keys.sqlite import SqliteKeyStore
+from proxy.keys.store import KeyStore, PostgresKeyStore
+from proxy.migrate import SQL_DIR, migrate
 
 CHAT = {"model": "simulated/chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -133,3 +142,60 @@ async def test_without_redis_the_periodic_refresh_revokes_on_another_instance(
 async def _refused(http: aiohttp.ClientSession, gw: Gateway, key: str) -> bool:
     return await status(http, gw, key) == 401
 
+
+
+async def test_owner_and_cache_reach_another_instance_over_pubsub(
+    tmp_path: Path, fresh_pg: str, redis_url: str, redis_namespace: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    async with two_instances(tmp_path, fresh_pg, redis_url, redis_namespace) as (a, b):
+        made = await create(http, a, owner="acme", cache=True)
+        keys = b.app[GATEWAY].auth.keys
+        assert keys is not None
+        digest = b.app[GATEWAY].auth.digest(made["key"])
+
+        async def b_has_it() -> bool:
+            return keys.cached(digest) is not None
+
+        await seconds_until(b_has_it, 1.0)  # the message, not a lookup on a miss
+        principal = keys.cached(digest)
+        assert principal is not None and (principal.owner, principal.cache) == ("acme", True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_keys_made_before_0003_get_the_default_owner_and_no_cache(
+    tmp_path: Path, fresh_pg: str, monkeypatch: pytest.MonkeyPatch, backend: str,
+) -> None:
+    url = fresh_pg if backend == "postgres" else f"sqlite:///{tmp_path / 'keys.db'}"
+    old = tmp_path / "sql"
+    (old / "sqlite").mkdir(parents=True)
+    for sub in (old, old / "sqlite"):
+        src = SQL_DIR / sub.relative_to(old)
+        for name in ("0001_ledger.sql", "0002_api_keys.sql"):
+            (sub / name).write_text((src / name).read_text())
+    with monkeypatch.context() as m:
+        m.setattr(migrate_module, "SQL_DIR", old)
+        assert await migrate(url) == ["0001", "0002"]
+    store: KeyStore = (PostgresKeyStore(url) if backend == "postgres"
+                       else SqliteKeyStore(str(tmp_path / "keys.db")))
+    now = datetime.now(UTC)
+    await store.start()
+    try:
+        if isinstance(store, PostgresKeyStore):  # the 0002 columns only, as an old gateway wrote
+            await store.pool.execute("INSERT INTO api_keys (id, key_hash, key_prefix) "
+                                     "VALUES ('key_old', 'h-old', 'sk-px-old0')")
+        else:
+            with sqlite3.connect(tmp_path / "keys.db") as conn:
+                conn.execute("INSERT INTO api_keys (id, key_hash, key_prefix, created_at, "
+                             "updated_at) VALUES ('key_old', 'h-old', 'sk-px-old0', ?, ?)",
+                             (now.isoformat(), now.isoformat()))
+        assert await migrate(url) == ["0003"]
+        row = await store.get("key_old")
+        assert row is not None and (row.owner, row.cache) == ("default", False)
+        new = await store.insert(KeyRow(id="key_new", key_hash="h-new", key_prefix="sk-px-new0",
+                                        owner="acme", cache=True, created_at=now,
+                                        updated_at=now))
+        assert (new.owner, new.cache) == ("acme", True)
+        assert await migrate(url) == []
+    finally:
+        await store.close()

@@ -19,13 +19,15 @@ from ..auth import PRINCIPAL, Principal, generate_key
 from ..catalog import nano_to_usd, usd_to_nano
 from ..errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from ..gateway import GATEWAY
-from ..keys.model import PERIODS, PREFIX_CHARS, ROLES, KeyRow
+from ..keys.model import DEFAULT_OWNER, MAX_OWNER, PERIODS, PREFIX_CHARS, ROLES, KeyRow
 from ..keys.registry import KeyRegistry
 from ..limits.periods import period_id
 from ..wire import decode_body, field
 from .common import read_body
 
-_CREATE_FIELDS: Final = ("name", "limit", "limit_period", "labels", "expiry", "role", "rpm", "tpm")
+_CREATE_FIELDS: Final = (
+    "name", "limit", "limit_period", "labels", "expiry", "role", "rpm", "tpm", "owner", "cache",
+)
 _MAX_LIMIT_USD: Final = 1_000_000  # keeps nano-USD sums exact in Redis's Lua (doubles)
 _MAX_NAME: Final = 256
 _MAX_LABELS: Final = 64
@@ -98,6 +100,15 @@ def _per_minute(fields: dict[str, Raw], name: str) -> int | None:
     return value
 
 
+def _owner(fields: dict[str, Raw]) -> str:
+    owner: str | None = field(fields, "owner", str | None)
+    if owner is None:
+        return DEFAULT_OWNER
+    if not 0 < len(owner) <= MAX_OWNER:
+        raise InvalidRequest(f"`owner` must be 1 to {MAX_OWNER} characters.", param="owner")
+    return owner
+
+
 def _new_row(fields: dict[str, Raw], key: str, digest: str) -> KeyRow:
     now = datetime.now(UTC)
     name: str = field(fields, "name", str | None) or ""
@@ -118,6 +129,8 @@ def _new_row(fields: dict[str, Raw], key: str, digest: str) -> KeyRow:
         rpm=_per_minute(fields, "rpm"),
         tpm=_per_minute(fields, "tpm"),
         labels=tuple(labels),
+        owner=_owner(fields),
+        cache=field(fields, "cache", bool | None) or False,
         expiry=_expiry(fields, now),
         created_at=now,
         updated_at=now,
@@ -153,6 +166,8 @@ async def _views(request: web.Request, rows: list[KeyRow]) -> list[dict[str, Any
             "rpm": row.rpm,
             "tpm": row.tpm,
             "labels": list(row.labels),
+            "owner": row.owner,
+            "cache": row.cache,
             "expiry": _iso(row.expiry),
             "created_at": _iso(row.created_at),
             "spend": nano_to_usd(spend),

@@ -12,6 +12,8 @@ from ..auth import Principal
 ROLES: Final = ("user", "admin")
 PERIODS: Final = ("monthly", "total")
 PREFIX_CHARS: Final = 10  # "sk-px-" and four characters: enough to tell keys apart in a list
+DEFAULT_OWNER: Final = "default"  # a self-hosted organization's one tenant; the admin key's
+MAX_OWNER: Final = 128
 
 
 class KeyRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +29,10 @@ class KeyRow(msgspec.Struct, frozen=True, kw_only=True):
     rpm: int | None = None
     tpm: int | None = None
     labels: tuple[str, ...] = ()
+    # The tenant that owns the key (response-cache entries are scoped to it), and whether
+    # every request of the key is cached (sql/0003_key_owner_cache.sql).
+    owner: str = DEFAULT_OWNER
+    cache: bool = False
     expiry: datetime | None = None
     created_at: datetime
     updated_at: datetime
@@ -41,6 +47,8 @@ class KeyRow(msgspec.Struct, frozen=True, kw_only=True):
             role=self.role,
             name=self.name,
             labels=self.labels,
+            owner=self.owner,
+            cache=self.cache,
             limit_nusd=self.limit_nusd,
             period=self.limit_period,
             rpm=self.rpm,

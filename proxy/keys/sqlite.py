@@ -20,8 +20,9 @@ from .store import SharedStore, SpendItem
 
 T = TypeVar("T")
 _COLUMNS: Final = (
-    "id, name, key_hash, key_prefix, role, limit_nusd, limit_period, rpm, tpm, labels, expiry, "
-    "created_at, updated_at, deleted_at IS NOT NULL AS deleted, spend_period, spend_nusd"
+    "id, name, key_hash, key_prefix, role, limit_nusd, limit_period, rpm, tpm, labels, owner, "
+    "cache, expiry, created_at, updated_at, deleted_at IS NOT NULL AS deleted, spend_period, "
+    "spend_nusd"
 )
 _labels = msgspec.json.Decoder(tuple[str, ...]).decode
 
@@ -45,7 +46,8 @@ def _row(r: sqlite3.Row) -> KeyRow:
     return KeyRow(
         id=r["id"], name=r["name"], key_hash=r["key_hash"], key_prefix=r["key_prefix"],
         role=r["role"], limit_nusd=r["limit_nusd"], limit_period=r["limit_period"],
-        rpm=r["rpm"], tpm=r["tpm"], labels=_labels(r["labels"]), expiry=_dt(r["expiry"]),
+        rpm=r["rpm"], tpm=r["tpm"], labels=_labels(r["labels"]), owner=r["owner"],
+        cache=bool(r["cache"]), expiry=_dt(r["expiry"]),
         created_at=created, updated_at=updated, deleted=bool(r["deleted"]),
         spend_period=r["spend_period"], spend_nusd=r["spend_nusd"],
     )
@@ -88,11 +90,11 @@ class SqliteKeyStore(SharedStore):
         now = _now()
         await self._call(lambda conn: conn.execute(
             "INSERT INTO api_keys (id, name, key_hash, key_prefix, role, limit_nusd, limit_period,"
-            " rpm, tpm, labels, expiry, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " rpm, tpm, labels, owner, cache, expiry, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.id, row.name, row.key_hash, row.key_prefix, row.role, row.limit_nusd,
              row.limit_period, row.rpm, row.tpm, msgspec.json.encode(row.labels).decode(),
-             _ts(row.expiry) if row.expiry else None, now, now),
+             row.owner, int(row.cache), _ts(row.expiry) if row.expiry else None, now, now),
         ))
         inserted = await self.get(row.id)
         assert inserted is not None

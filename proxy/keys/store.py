@@ -73,8 +73,9 @@ class SharedStore:
 
 
 _COLUMNS: Final = (
-    "id, name, key_hash, key_prefix, role, limit_nusd, limit_period, rpm, tpm, labels, expiry, "
-    "created_at, updated_at, deleted_at IS NOT NULL AS deleted, spend_period, spend_nusd"
+    "id, name, key_hash, key_prefix, role, limit_nusd, limit_period, rpm, tpm, labels, owner, "
+    "cache, expiry, created_at, updated_at, deleted_at IS NOT NULL AS deleted, spend_period, "
+    "spend_nusd"
 )
 
 
@@ -111,10 +112,12 @@ class PostgresKeyStore(SharedStore):
     async def insert(self, row: KeyRow) -> KeyRow:
         inserted = await self._one(
             "INSERT INTO api_keys (id, name, key_hash, key_prefix, role, limit_nusd, limit_period,"
-            " rpm, tpm, labels, expiry) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " rpm, tpm, labels, owner, cache, expiry)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             f" RETURNING {_COLUMNS}",
             row.id, row.name, row.key_hash, row.key_prefix, row.role, row.limit_nusd,
-            row.limit_period, row.rpm, row.tpm, list(row.labels), row.expiry,
+            row.limit_period, row.rpm, row.tpm, list(row.labels), row.owner, row.cache,
+            row.expiry,
         )
         assert inserted is not None
         return inserted
