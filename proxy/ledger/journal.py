@@ -36,7 +36,8 @@ _encode = msgspec.json.Encoder().encode
 class Segment:
     """One journal file and, while it fits the queue limit, its records in memory."""
 
-    __slots__ = ("count", "fd", "in_memory", "path", "records", "spooled")
+    __slots__ = ("count", "dispatched", "failed", "fd", "in_memory", "path", "pending",
+                 "records", "spooled")
 
     def __init__(self, path: Path, fd: int, in_memory: bool) -> None:
         self.path = path
@@ -45,6 +46,11 @@ class Segment:
         self.records: list[UsageRecord] = []
         self.in_memory = in_memory  # False: `records` is not kept; read the file back
         self.spooled = False  # counted in records_spooled already
+        # Written by the writer's lanes: chunks not finished yet, and whether one failed (then
+        # the whole segment is replayed from its file later; what landed is skipped).
+        self.dispatched = False
+        self.pending = 0
+        self.failed = False
 
     def drop_memory(self) -> None:
         self.in_memory = False

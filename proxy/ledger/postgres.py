@@ -25,7 +25,7 @@ from ..migrate import migrate
 from . import report_sql
 from .record import UsageRecord
 from .report import Measures, UsageQuery, UsageReport, UsageRow, assemble
-from .schema import COLUMNS, POSTGRES, pg_row, upserts
+from .schema import COLUMNS, POSTGRES, ROLLUP_INPUTS, pg_row, upserts
 from .writer import LedgerWriter, RecordError
 
 log = logging.getLogger("proxy.ledger")
@@ -33,6 +33,9 @@ log = logging.getLogger("proxy.ledger")
 # Sessions run in UTC so that date_trunc() cuts UTC hours, days and months; JIT compiling
 # costs more than these short queries take.
 SERVER_SETTINGS: Final = {"timezone": "UTC", "jit": "off", "application_name": "proxy-ledger"}
+# The flush statement keeps the inserted rows of a batch (up to 10,000) in memory for the
+# rollups to read: at the default 4MB it spills them to a temporary file.
+WRITER_SETTINGS: Final = {**SERVER_SETTINGS, "work_mem": "32MB"}
 # A report over a year by key and day groups a few hundred thousand rows: let it hash them in
 # memory rather than spill to disk (at most four report connections).
 REPORT_SETTINGS: Final = {**SERVER_SETTINGS, "work_mem": "64MB",
@@ -51,7 +54,7 @@ def _flush_sql() -> str:
     cols = ", ".join(COLUMNS)
     ctes = [
         (f"ins AS (INSERT INTO usage_records ({cols}) SELECT {cols} FROM {STAGING} "
-        "ON CONFLICT (request_id) DO NOTHING RETURNING *)")
+         f"ON CONFLICT (request_id) DO NOTHING RETURNING {', '.join(ROLLUP_INPUTS)})")
     ]
     ctes += [f"u{i} AS ({sql})" for i, sql in enumerate(upserts(POSTGRES, "ins"))]
     return f"WITH {', '.join(ctes)} SELECT count(*) FROM ins"
@@ -103,7 +106,7 @@ class PostgresSink:
         # dropped and recreated while we ran (the check costs one round trip).
         await migrate(self._dsn)
         conn = await asyncpg.connect(self._dsn, timeout=self._timeout,
-                                     server_settings=SERVER_SETTINGS)
+                                     server_settings=WRITER_SETTINGS)
         try:
             await conn.execute(_CREATE_STAGING)
         except BaseException:

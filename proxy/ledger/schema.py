@@ -27,6 +27,12 @@ MEASURES: Final = (
     "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nusd",
     "savings_nusd", "cached_requests",
 )
+# The record columns the rollups read.
+ROLLUP_INPUTS: Final = (
+    "ts", "key_id", "model", "provider", "status", "prompt_tokens", "completion_tokens",
+    "cached_tokens", "cost_nusd", "savings_nusd", "cache_hit", "user_id", "tags", "extra",
+    "headers",
+)
 # How each measure is computed from records (`r`) ...
 RAW_MEASURES: Final = (
     "count(*)", "sum(r.prompt_tokens)", "sum(r.completion_tokens)", "sum(r.cached_tokens)",
@@ -42,7 +48,10 @@ _EMPTY_JSON: Final = "{}"
 
 def utc(ts: datetime) -> datetime:
     """Records are UTC; a naive time is taken as UTC rather than as the server's zone."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    tz = ts.tzinfo
+    if tz is UTC:
+        return ts
+    return ts.replace(tzinfo=UTC) if tz is None else ts.astimezone(UTC)
 
 
 def tags_of(record: UsageRecord) -> list[str]:
@@ -151,10 +160,12 @@ def _rollups(d: Dialect) -> tuple[Rollup, ...]:
     return (
         Rollup("usage_hourly", (("key_id", "r.key_id"), ("hour", hour), ("model", "r.model"),
                                 ("provider", "r.provider"), ("status", "r.status"))),
-        Rollup("usage_org_hourly", (("hour", hour), ("model", "r.model"),
-                                    ("provider", "r.provider"), ("status", "r.status"))),
         Rollup("usage_key_hourly", (("hour", hour), ("key_id", "r.key_id"))),
         Rollup("usage_key_daily", (("day", day), ("key_id", "r.key_id"))),
+        # Keyless rollups last: concurrent writers (split by key) meet only on these rows,
+        # so each waits for the other's commit only for the short end of its transaction.
+        Rollup("usage_org_hourly", (("hour", hour), ("model", "r.model"),
+                                    ("provider", "r.provider"), ("status", "r.status"))),
         Rollup("usage_dim_hourly", (("dim", "'user_id'"), ("hour", hour),
                                     ("value", "r.user_id")), where="r.user_id IS NOT NULL"),
         Rollup("usage_dim_hourly", (("dim", "'tag'"), ("hour", hour), ("value", "t.value")),

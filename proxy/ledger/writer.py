@@ -31,6 +31,7 @@ import msgspec
 
 from ..config import LedgerConfig
 from .journal import Journal, Segment
+from .lanes import Lanes
 from .record import UsageRecord
 
 log = logging.getLogger("proxy.ledger")
@@ -83,6 +84,7 @@ class LedgerWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._lanes = Lanes(sink.concurrency, self._write_chunk)
         self._retry_at: float | None = None  # set while the database is away
         self._last_error = ""
         self._next_orphan_scan = 0.0
@@ -183,6 +185,8 @@ class LedgerWriter:
         self.journal.ensure_dir()
         self._loop = asyncio.get_running_loop()
         self._claim_orphans()
+        if self._lanes.count > 1:
+            self._lanes.start()
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
         if self._backlog:
             self._wake.set()
@@ -195,6 +199,8 @@ class LedgerWriter:
         self._wake.set()
         if self._task is not None:
             await self._task
+        await self._lanes.settle()
+        self._lanes.stop()
         self._retry_at = None  # one last attempt, whatever the backoff said
         for _ in range(3):  # again if a late request enqueued meanwhile
             await self._cycle()
@@ -240,8 +246,16 @@ class LedgerWriter:
             return
         if now >= self._next_orphan_scan:
             self._claim_orphans()
-        started = time.perf_counter()
         try:
+            if self._retry_at is None and self._lanes.running:
+                # While every lane has a batch waiting, let the current segment grow: bigger
+                # transactions cost less per record than more of them.
+                while self._lanes.saturated() and self._retry_at is None:
+                    await self._lanes.wait_free()
+                self._rotate()
+                await self._dispatch_backlog()
+                return
+            await self._lanes.settle()
             await self._write_backlog()  # the spool first, so records land in order
             self._rotate()
             await self._write_backlog()
@@ -250,8 +264,6 @@ class LedgerWriter:
         except Exception as e:  # noqa: BLE001 - any failure but bad data: the database is away
             self._went_down(e)
             return
-        finally:
-            self.last_flush_seconds = time.perf_counter() - started
         if self._retry_at is not None:
             log.info("ledger: database reachable again; spool replayed")
             self._retry_at = None
@@ -277,28 +289,94 @@ class LedgerWriter:
         self._backlog.append(segment)
 
     async def _write_backlog(self) -> None:
+        """Every backlog segment in order, one at a time (the spool path)."""
         while self._backlog:
-            segment = self._backlog[0]
-            if segment.in_memory:
-                await self._write_all(segment.records)
-                self.queue_depth -= len(segment.records)
+            await self._write_segment(self._backlog[0])
+
+    async def _write_segment(self, segment: Segment) -> None:
+        if segment.in_memory:
+            await self._write_all(segment.records)
+            self.queue_depth -= len(segment.records)
+        else:
+            for chunk in self.journal.read(segment, self._max_batch):
+                await self._write_all(chunk)
+                self.records_replayed += len(chunk)
+            self.records_quarantined += self.journal.take_bad_lines()
+        self._backlog.remove(segment)
+        self.journal.done(segment)
+        self.flushes += 1
+
+    # --- lanes: concurrent transactions while the database is up ------------------------
+
+    async def _dispatch_backlog(self) -> None:
+        """Hand closed segments to the lanes without waiting for earlier ones to finish, so
+        the database always has the next batch while it commits one."""
+        for segment in list(self._backlog):
+            if segment.dispatched:
+                continue
+            if self._retry_at is not None:
+                return
+            if not segment.in_memory:  # spool or overflow: in order, from its file
+                await self._lanes.settle()
+                if self._retry_at is not None:
+                    return
+                await self._write_segment(segment)
+                continue
+            segment.dispatched = True
+            segment.pending = 1  # the dispatcher's own hold, until every chunk is queued
+            for lane, part in enumerate(self._partition(segment.records)):
+                for i in range(0, len(part), self._max_batch):
+                    segment.pending += 1
+                    await self._lanes.put(lane, segment, part[i : i + self._max_batch])
+            self._release(segment)
+
+    def _partition(self, records: Sequence[UsageRecord]) -> list[list[UsageRecord]]:
+        """Records by lane, by key: concurrent transactions upsert disjoint rows of the
+        per-key rollups (they meet only on the small keyless ones, written last), and the
+        records of one key are never written by two transactions at once. Order inside a
+        segment does not matter: inserts are idempotent, rollup sums commute."""
+        lanes = max(1, self._sink.concurrency)
+        parts: list[list[UsageRecord]] = [[] for _ in range(lanes)]
+        for r in records:
+            parts[hash(r.key_id) % lanes].append(r)
+        return parts
+
+    async def _write_chunk(self, segment: Segment, chunk: Sequence[UsageRecord]) -> None:
+        """A lane's work: one transaction, or nothing once the database is known away."""
+        try:
+            if segment.failed or self._retry_at is not None:
+                segment.failed = True  # replayed from its file once the database is back
             else:
-                for chunk in self.journal.read(segment, self._max_batch):
-                    await self._write_all(chunk)
-                    self.records_replayed += len(chunk)
-                self.records_quarantined += self.journal.take_bad_lines()
-            self._backlog.popleft()
-            self.journal.done(segment)
-            self.flushes += 1
+                await self._write(chunk)
+        except asyncio.CancelledError:
+            segment.failed = True
+            raise
+        except Exception as e:  # noqa: BLE001 - not bad data: the database is away
+            segment.failed = True
+            if self._retry_at is None:
+                self._went_down(e)
+                self._lanes.wake()  # the dispatcher has nothing to wait for now
+        finally:
+            self._release(segment)
+
+    def _release(self, segment: Segment) -> None:
+        """A chunk of the segment is done; once all are, and all landed, delete it."""
+        segment.pending -= 1
+        if segment.pending or segment.failed:
+            return
+        self._backlog.remove(segment)
+        if segment.in_memory:
+            self.queue_depth -= len(segment.records)
+        self.journal.done(segment)
+        self.flushes += 1
 
     async def _write_all(self, records: Sequence[UsageRecord]) -> None:
-        n, size, lanes = len(records), self._max_batch, self._sink.concurrency
-        if lanes > 1 and n >= 2 * self._flush_rows:
-            # Share a big batch out so that one transaction's COPY and insert run while
-            # another's rollup upserts do: the database works on two cores. Order inside a
-            # segment does not matter (inserts are idempotent, rollup sums commute).
-            size = min(size, -(-n // lanes))
-        chunks = [records[i : i + size] for i in range(0, n, size)]
+        """One segment's records, split over the sink's connections (the spool path)."""
+        size, lanes = self._max_batch, self._sink.concurrency
+        parts: list[Sequence[UsageRecord]] = [records]
+        if lanes > 1 and len(records) >= 2 * self._flush_rows:
+            parts = [p for p in self._partition(records) if p]
+        chunks = [p[i : i + size] for p in parts for i in range(0, len(p), size)]
         if lanes == 1 or len(chunks) == 1:
             for chunk in chunks:
                 await self._write(chunk)
@@ -317,9 +395,11 @@ class LedgerWriter:
             raise e.exceptions[0] from None
 
     async def _write(self, batch: Sequence[UsageRecord]) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._write_timeout):
                 inserted = await self._sink.write(batch)
+            self.last_flush_seconds = time.perf_counter() - started
         except RecordError as e:
             if len(batch) == 1:
                 self._quarantine(batch[0], e)
