@@ -131,7 +131,8 @@ class Bench:
         run.cpu_us_per_req = cpu_s * 1e6 / s["requests"] if s["requests"] else 0.0
         run.busy_pct = 100 * cpu_s / (t1 - t0)
         if s["requests"]:
-            run.services_us_per_req = (svc1 - svc0) / stack.CLK_TCK * 1e6 / s["requests"]
+            run.services_us_per_req = (stack.ticks_delta(svc0, svc1) / stack.CLK_TCK * 1e6
+                                       / s["requests"])
         if self.server_core is not None and server1[1] > server[1]:
             core_busy = 100 * (server1[0] - server[0]) / (server1[1] - server[1])
             target_on_server = run.busy_pct if watched.name != "nginx" else 0.0
@@ -260,7 +261,8 @@ class Bench:
             gw = stack.Gateway(self.workdir, a.gateway_python, core, upstream + "/v1",
                                upstream + "/sse/v1", pg=None if a.no_pg else a.pg,
                                redis_url=None if a.no_redis else a.redis, extra_toml=extra,
-                               keep_db=a.keep_db)
+                               keep_db=a.keep_db,
+                               gc_env=stack.gc_env(a.gc_threshold, a.gc_freeze, a.gc_log))
             try:
                 self.measure(target, gw.base, gw.key, gw.proc)
                 time.sleep(2.5)  # the contract: records are visible within 2 s
@@ -271,6 +273,9 @@ class Bench:
                                       f"{logged[0][:200]}")
             finally:
                 gw.stop()
+                gc_totals = gw.gc_report()
+                if gc_totals:
+                    gw.features["garbage collector (whole run)"] = gc_totals
                 self.features = gw.features
             return
         if target == "litellm":
@@ -412,6 +417,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
     p.add_argument("--no-redis", action="store_true", help="in-process limits instead")
     p.add_argument("--gateway-extra-toml", help="TOML appended to the generated gateway config")
+    p.add_argument("--gc-threshold", help="experiment: gc.set_threshold in the gateway, e.g. "
+                   "50000,20,100 (loadtest/gc_probe; proxy/ is not changed)")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="experiment: gc.collect()+gc.freeze() in the gateway once it listens")
+    p.add_argument("--gc-log", action="store_true",
+                   help="report the gateway's collections (count, total and longest pause)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway (c=64, both modes)")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
     p.add_argument("--py-spy", help="path to py-spy (default: PATH, then the gateway venv)")

@@ -57,7 +57,9 @@ BUCKETS: Final = (
     ("response building", ("proxy/api/relay.py", "usage_with_cost", "served_by")),
     ("aiohttp server (parse, dispatch, write)", ("aiohttp/web_", "aiohttp/http_", "_http_parser",
                                                  "aiohttp/streams.py")),
-    ("the gateway's handlers, own code", ("(proxy/",)),
+    ("the gateway's handlers, own code", ("(proxy/api/", "(proxy/app.py)", "(proxy/gateway.py)",
+                                          "(proxy/catalog.py)", "(proxy/tokens.py)")),
+    ("event loop: socket reads (uvloop)", ("uv__read (",)),
 )
 
 

@@ -151,16 +151,24 @@ def service_pids(names: tuple[str, ...] = ("redis-server", "postgres")) -> list[
     return pids
 
 
-def pids_cpu_ticks(pids: list[int]) -> int:
-    total = 0
+def pids_cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """utime + stime of each process still alive, in clock ticks."""
+    ticks = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            ticks[pid] = int(fields[11]) + int(fields[12])
         except OSError:
             pass
-    return total
+    return ticks
+
+
+def ticks_delta(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU used between two snapshots by the processes alive in both (pids can be reused by
+    new processes, whose totals start again: those count what they used since start)."""
+    return sum(t - before[p] if t >= before.get(p, 0) else t
+               for p, t in after.items() if p in before)
 
 
 def cpu_jiffies(core: int) -> tuple[int, int]:
@@ -313,9 +321,21 @@ STREAM_MODEL: Final = "bench-sse/gpt-4o-mini"
 FALLBACK_POLICY: Final = "bench-fallback"
 
 
+def gc_env(threshold: str | None, freeze: bool, log: bool) -> dict[str, str] | None:
+    """The environment for a garbage-collector experiment (None: the gateway as it is)."""
+    env = {}
+    if threshold:
+        env["BENCH_GC_THRESHOLD"] = threshold
+    if freeze:
+        env["BENCH_GC_FREEZE"] = "1"
+    if log:
+        env["BENCH_GC_LOG"] = "1"
+    return env or None
+
+
 def gateway_toml(port: int, data_dir: Path, database_url: str, redis_url: str | None,
                  namespace: str, chat_base: str, stream_base: str | None = None,
-                 extra: str = "") -> str:
+                 extra: str = "", max_connections: int = 1000) -> str:
     """Every feature the config can switch on today: PostgreSQL ledger and keys, Redis limits.
 
     `extra` is appended verbatim (bench.py --gateway-extra-toml), so sections that land later
@@ -347,7 +367,7 @@ def gateway_toml(port: int, data_dir: Path, database_url: str, redis_url: str | 
             'protocol = "openai"',
             f"base_url = {q(base)}",
             'api_key_env = "BENCH_UPSTREAM_KEY"',
-            "max_connections = 1000",
+            f"max_connections = {max_connections}  # the gateway's default is 1000",
             "",
         ]
     lines += [
@@ -408,7 +428,8 @@ class Gateway:
     def __init__(self, workdir: Path, python: str, core: int | None, chat_base: str,
                  stream_base: str | None, pg: str | None = PG_DEFAULT,
                  redis_url: str | None = REDIS_DEFAULT, extra_toml: str = "",
-                 keep_db: bool = False) -> None:
+                 keep_db: bool = False, gc_env: dict[str, str] | None = None,
+                 max_connections: int = 1000) -> None:
         self.workdir = workdir
         self.python = python
         self.keep_db = keep_db
@@ -432,11 +453,16 @@ class Gateway:
         config = workdir / "gateway.toml"
         config.write_text(gateway_toml(self.port, workdir / "gateway-data", self.database_url,
                                        redis_url, self.namespace, chat_base, stream_base,
-                                       extra_toml))
+                                       extra_toml, max_connections))
         self.config = config
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
         env.update(PROXY_ADMIN_KEY=self.admin_key, PROXY_KEY_SECRET=secrets.token_hex(16),
                    BENCH_UPSTREAM_KEY="sk-bench-upstream")
+        if gc_env:  # garbage-collector experiments: gc_probe/sitecustomize.py reads these
+            env.update(gc_env)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "gc_probe"),
+                                                              env.get("PYTHONPATH")]))
+            self.features["gc experiment"] = ", ".join(f"{k}={v}" for k, v in gc_env.items())
         cmd = pinned([python, "-m", "proxy", "serve", "--config", str(config)], core)
         self.proc = Proc("gateway", cmd, workdir / "gateway.log", env=env, cwd=REPO)
         wait_http(self.base + "/healthz", self.proc, timeout=60)
@@ -476,6 +502,13 @@ class Gateway:
                          for r in report.get("breakdown", []))
         return (f"{report.get('total_requests')} requests, USD {report.get('total_cost')} "
                 f"by status: {rows}")
+
+    def gc_report(self) -> str | None:
+        """gc_probe's totals line, once the gateway has exited."""
+        for line in self.proc.log.read_text(errors="replace").splitlines():
+            if line.startswith("gc_probe: totals"):
+                return line.removeprefix("gc_probe: ")
+        return None
 
     def errors_logged(self) -> list[str]:
         return [ln for ln in self.proc.log.read_text(errors="replace").splitlines()

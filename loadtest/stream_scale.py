@@ -68,6 +68,7 @@ class Phase:
     server_cpu_pct: float = 0.0
     server_rss_mb: float = 0.0
     server_peak_rss_mb: float = 0.0
+    server_core_other_pct: float = 0.0  # busy time on the server core that was not the gateway's
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -130,7 +131,8 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes,
 
 
 async def drive(url: str, key: str | None, model: str, args: argparse.Namespace,
-                phase: Phase, server: stack.Proc | None, upstream: stack.Proc) -> None:
+                phase: Phase, server: stack.Proc | None, upstream: stack.Proc,
+                server_core: int | None = None) -> None:
     body = shapes.chat_request(model, stream=True)
     headers = {"Content-Type": "application/json"}
     if key:
@@ -169,10 +171,12 @@ async def drive(url: str, key: str | None, model: str, args: argparse.Namespace,
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
         c0, up0 = os.times(), upstream.cpu_ticks()
         s0 = server.cpu_ticks() if server else 0
+        core0 = stack.cpu_jiffies(server_core) if server_core is not None else (0, 0)
         w0 = time.monotonic()
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
         c1, up1 = os.times(), upstream.cpu_ticks()
         s1 = server.cpu_ticks() if server else 0
+        core1 = stack.cpu_jiffies(server_core) if server_core is not None else (0, 0)
         wall = time.monotonic() - w0
         if server:
             rss, hwm = server.rss_kb()
@@ -182,6 +186,9 @@ async def drive(url: str, key: str | None, model: str, args: argparse.Namespace,
     phase.client_cpu_pct = 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / wall
     phase.upstream_cpu_pct = 100 * (up1 - up0) / stack.CLK_TCK / wall
     phase.server_cpu_pct = 100 * (s1 - s0) / stack.CLK_TCK / wall if server else 0.0
+    if core1[1] > core0[1]:
+        busy = 100 * (core1[0] - core0[0]) / (core1[1] - core0[1])
+        phase.server_core_other_pct = max(0.0, busy - phase.server_cpu_pct)
 
 
 def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[str, str],
@@ -252,6 +259,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--gateway-extra-toml")
+    p.add_argument("--gc-threshold", help="experiment: gc.set_threshold in the gateway, e.g. "
+                   "50000,20,100 (loadtest/gc_probe; proxy/ is not changed)")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="experiment: gc.collect()+gc.freeze() in the gateway once it listens")
+    p.add_argument("--gc-log", action="store_true",
+                   help="report the gateway's collections (count, total and longest pause)")
+    p.add_argument("--upstream-connections", type=int, default=1000,
+                   help="the gateway's per-provider connection pool (its default: 1000)")
     p.add_argument("--load-core", type=int, default=0)
     p.add_argument("--server-core", type=int, default=1)
     p.add_argument("--final", dest="preliminary", action="store_false")
@@ -281,7 +296,8 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
         gw = await asyncio.to_thread(
             stack.Gateway, workdir, args.gateway_python, server_core, base + "/v1", base + "/v1",
             pg=None if args.no_pg else args.pg, redis_url=None if args.no_redis else args.redis,
-            extra_toml=extra)
+            extra_toml=extra, gc_env=stack.gc_env(args.gc_threshold, args.gc_freeze, args.gc_log),
+            max_connections=args.upstream_connections)
         try:
             print(f"gateway: {args.streams} streams ...", flush=True)
             await drive(gw.base + "/v1/chat/completions", gw.key, stack.STREAM_MODEL, args, via,
@@ -292,6 +308,9 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
                 features["error lines logged"] = f"{len(logged)} (first: {logged[0][-120:]})"
         finally:
             await asyncio.to_thread(gw.stop)
+            gc_totals = gw.gc_report()
+            if gc_totals:
+                features["garbage collector (whole run)"] = gc_totals
     finally:
         upstream.stop()
     report = render(args, direct, via, features, versions, machine)
