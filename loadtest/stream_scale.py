@@ -68,7 +68,7 @@ class Phase:
     server_cpu_pct: float = 0.0
     server_rss_mb: float = 0.0
     server_peak_rss_mb: float = 0.0
-    server_core_other_pct: float = 0.0  # busy time on the server core that was not the gateway's
+    server_core_other_pct: float = 0.0  # server core busy time that was not the gateway's
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -220,7 +220,8 @@ def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[st
               row("chunk transit (every token)", direct.transit_ms, gw.transit_ms),
               row(f"inter-chunk gap (ideal {gap_ideal:g})", direct.gap_ms, gw.gap_ms), ""]
     lines += [("| run | streams measured | concurrent (min/mean) | errors | client CPU | "
-              "upstream CPU | gateway CPU | gateway RSS MB |"), "|" + " --- |" * 8]
+               "upstream CPU | gateway CPU | other load on the gateway's core | gateway RSS MB |"),
+              "|" + " --- |" * 9]
     for p in (direct, gw):
         conc = (f"{min(p.concurrency)}/{statistics.mean(p.concurrency):.0f}"
                 if p.concurrency else "-")
@@ -229,7 +230,8 @@ def render(args: argparse.Namespace, direct: Phase, gw: Phase, features: dict[st
                if p.server_rss_mb else "-")
         lines.append(f"| {p.name} | {p.completed} | {conc} | {errs} | {p.client_cpu_pct:.0f}% | "
                      f"{p.upstream_cpu_pct:.0f}% | "
-                     f"{(f'{p.server_cpu_pct:.0f}%' if p.server_rss_mb else '-')} | {rss} |")
+                     f"{(f'{p.server_cpu_pct:.0f}%' if p.server_rss_mb else '-')} | "
+                     f"{p.server_core_other_pct:.0f}% | {rss} |")
     added_p99 = pct(gw.ttft_ms, 99) - pct(direct.ttft_ms, 99)
     gap_p99 = pct(gw.gap_ms, 99) - pct(direct.gap_ms, 99)
     lines += ["", "Targets:", "",
@@ -291,7 +293,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
     try:
         print(f"direct: {args.streams} streams ...", flush=True)
         await drive(base + "/v1/chat/completions", None, "gpt-4o-mini", args, direct, None,
-                    upstream)
+                    upstream, server_core)
         extra = Path(args.gateway_extra_toml).read_text() if args.gateway_extra_toml else ""
         gw = await asyncio.to_thread(
             stack.Gateway, workdir, args.gateway_python, server_core, base + "/v1", base + "/v1",
@@ -301,7 +303,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
         try:
             print(f"gateway: {args.streams} streams ...", flush=True)
             await drive(gw.base + "/v1/chat/completions", gw.key, stack.STREAM_MODEL, args, via,
-                        gw.proc, upstream)
+                        gw.proc, upstream, server_core)
             features = dict(gw.features)
             logged = gw.errors_logged()
             if logged:
