@@ -6,9 +6,11 @@
 
 Ingest: records (1,000 keys, 20 models, user ids, tags, extra) are enqueued into a
 PostgresLedger with the default settings (flush at 1,000 records or 200 ms) as fast as the
-producer can, 1,000 per event-loop turn; the rate is records landed in PostgreSQL (COPY,
-insert, five rollups, one transaction per batch) divided by the time from the first enqueue
-until the last is committed. Reports: 10 million records over the last 30 days, 1,000 keys,
+producer can, 1,000 per event-loop turn, first waiting while 20,000 are queued (records
+flushed from memory), then never waiting (the queue overflows into the spool files and is
+read back); the rate is records landed in PostgreSQL (COPY, insert, five rollup tables, in
+one transaction per batch, two transactions at a time) divided by the time from the first
+enqueue until the last is committed. Reports: 10 million records over the last 30 days, 1,000 keys,
 20 models, generated with generate_series straight into usage_records and folded into the
 rollups by the writer's own upserts (in a database of its own, kept with --keep); then the
 organization report over the default window (the last 30 days, so both edge hours are
