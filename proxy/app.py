@@ -10,7 +10,7 @@ from typing import Final
 from aiohttp import web
 
 from .api import chat, embeddings, keys, models, ops, usage
-from .api.common import REQUEST_ID
+from .api.common import CLIENT_REQUEST_ID, REQUEST_ID
 from .auth import PRINCIPAL, Authenticator, bearer_token
 from .bootstrap import admin_digest, key_secret
 from .config import Settings
@@ -23,17 +23,21 @@ _V1: Final = "/v1/"
 _HTTP_ERRORS: Final[dict[int, type[ApiError]]] = {404: NotFound, 405: InvalidRequest}
 
 
-def _request_id(request: web.Request) -> str:
+def _client_request_id(request: web.Request) -> str | None:
     given = request.headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isascii():
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return given
-    return os.urandom(12).hex()
+    return None
 
 
 @web.middleware
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, authentication for /v1, and every error as OpenAI's error body."""
-    rid = request[REQUEST_ID] = _request_id(request)
+    # The gateway's own id is always fresh (the ledger is idempotent on it); the response
+    # echoes the client's id when it sent one.
+    request[REQUEST_ID] = os.urandom(12).hex()
+    client_id = request[CLIENT_REQUEST_ID] = _client_request_id(request)
+    rid = client_id or request[REQUEST_ID]
     try:
         if request.path.startswith(_V1):
             gw = request.app[GATEWAY]

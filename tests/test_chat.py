@@ -319,3 +319,25 @@ async def test_error_bodies_are_json_not_html(gateway: Gateway, http: aiohttp.Cl
     resp = await http.get(gateway.url + "/v1/chat/completions", headers=gateway.headers)
     assert resp.status == 405
     assert json.loads(await resp.text())["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_reused_client_request_id_loses_no_record(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    import asyncio
+    import time
+
+    body = {"model": "simulated/chat", "messages": USER}
+    for _ in range(2):
+        resp = await http.post(gateway.url + "/v1/chat/completions", json=body,
+                               headers={**gateway.headers, "x-request-id": "same-id-every-time"})
+        assert resp.status == 200
+        assert resp.headers["x-request-id"] == "same-id-every-time"
+    deadline = time.monotonic() + 5
+    while True:
+        report = await (await http.get(gateway.url + "/v1/organization/usage",
+                                       headers=gateway.headers)).json()
+        if report["total_requests"] == 2 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)  # polling for the ledger's write-behind, with a deadline
+    assert report["total_requests"] == 2

@@ -17,7 +17,12 @@ from msgspec import Raw
 
 from .. import tokens
 from ..auth import PRINCIPAL
-from ..cache import CachedCompletion, IncompleteStream, completion_from_body, completion_from_stream_chunks
+from ..cache import (
+    CachedCompletion,
+    IncompleteStream,
+    completion_from_body,
+    completion_from_stream_chunks,
+)
 from ..catalog import Model, ModelNotFound, Usage
 from ..errors import ApiError, InvalidRequest
 from ..gateway import GATEWAY, Gateway
@@ -27,7 +32,7 @@ from ..providers.base import ChatCall, Completion
 from ..router import Route
 from ..routing import AttemptLog
 from ..wire import Message, RequestyMeta, StreamOptions, decode_body, field, required
-from .common import REQUEST_ID, read_body, requesty_headers
+from .common import CLIENT_REQUEST_ID, REQUEST_ID, read_body, requesty_headers
 from .relay import (
     STATUS_CLIENT_GONE,
     OpenStream,
@@ -262,6 +267,7 @@ def _account(
         tags=req.meta.tags,
         extra=req.meta.extra,
         headers=requesty_headers(request),
+        client_request_id=request[CLIENT_REQUEST_ID],
     )
     gw.metrics.request_done(ROUTE, record, outcome.upstream_s)
     gw.ledger.enqueue(record)

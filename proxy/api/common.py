@@ -8,7 +8,13 @@ from aiohttp import web
 
 from ..errors import BodyTooLarge
 
-REQUEST_ID: Final = web.RequestKey("request_id", str)
+REQUEST_ID: Final = web.RequestKey("request_id", str)  # the gateway's, unique
+CLIENT_REQUEST_ID: Final = web.RequestKey("client_request_id", str | None)  # X-Request-Id sent
+
+
+def echo_request_id(request: web.Request) -> str:
+    """The `x-request-id` a response carries: the client's own when it sent one."""
+    return request[CLIENT_REQUEST_ID] or request[REQUEST_ID]
 _REQUESTY_PREFIX: Final = "x-requesty-"
 
 

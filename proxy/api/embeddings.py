@@ -15,8 +15,8 @@ from ..errors import ApiError
 from ..gateway import GATEWAY
 from ..ledger.record import UsageRecord
 from ..wire import EmbeddingInput, RequestyMeta, decode_body, embedding_texts, field, required
+from .common import CLIENT_REQUEST_ID, REQUEST_ID, echo_request_id, read_body, requesty_headers
 from .relay import usage_with_cost
-from .common import REQUEST_ID, read_body, requesty_headers
 
 _encode = msgspec.json.encode
 
@@ -50,7 +50,7 @@ async def embeddings(request: web.Request) -> web.Response:
         return web.Response(
             body=_encode(payload),
             content_type="application/json",
-            headers={"x-request-id": request[REQUEST_ID], "x-model": model.id,
+            headers={"x-request-id": echo_request_id(request), "x-model": model.id,
                      "x-provider": model.provider},
         )
     except ApiError as e:
@@ -76,6 +76,7 @@ async def embeddings(request: web.Request) -> web.Response:
             tags=meta.tags,
             extra=meta.extra,
             headers=requesty_headers(request),
+        client_request_id=request[CLIENT_REQUEST_ID],
         )
         gw.metrics.request_done("embeddings", record, time.monotonic() - began)
         gw.ledger.enqueue(record)

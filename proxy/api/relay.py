@@ -19,7 +19,7 @@ from ..cache import CachedCompletion, replay_chunks, response_body
 from ..catalog import Model, Usage, nano_to_usd
 from ..errors import UpstreamError, UpstreamTimeout
 from ..providers.base import ChatCall, ChatStream, Completion
-from .common import REQUEST_ID
+from .common import echo_request_id
 
 _encode = msgspec.json.encode
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
@@ -75,7 +75,9 @@ class Outcome:
 def served_by(request: web.Request, outcome: Outcome) -> dict[str, str]:
     """Response headers naming the model and provider that answered (fallbacks included)."""
     model = outcome.model
-    headers = {"x-request-id": request[REQUEST_ID], "x-model": model.id, "x-provider": model.provider}
+    headers = {
+        "x-request-id": echo_request_id(request), "x-model": model.id, "x-provider": model.provider,
+    }
     if outcome.headers:
         headers.update(outcome.headers)
     return headers

@@ -8,7 +8,7 @@ import msgspec
 
 
 class UsageRecord(msgspec.Struct, kw_only=True):
-    request_id: str
+    request_id: str  # the gateway's own id: unique, the ledger's idempotency key
     ts: datetime  # when the request arrived, UTC (timezone-aware)
     key_id: str
     model_requested: str  # what the client sent (a model id or policy/<name>)
@@ -35,6 +35,9 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     tags: list[str] = []
     extra: dict[str, str] = {}
     headers: dict[str, str] = {}  # X-Requesty-* request headers, name lower-cased without the prefix
+    # The client's own X-Request-Id, echoed on the response. Kept apart from request_id:
+    # a client that reuses an id must not have its later records dropped as duplicates.
+    client_request_id: str | None = None
 
     @property
     def total_tokens(self) -> int:
