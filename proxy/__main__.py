@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -73,6 +74,12 @@ async def _serve_one(settings: Settings, reuse_port: bool) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=2048)
     await site.start()
+    # Everything allocated so far lives as long as the process: freeze it out of the
+    # collector's scans, and collect the young generation less often. The profile showed
+    # the GC at 14 % of a request's CPU and pauses of 45-160 ms under load.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

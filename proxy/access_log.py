@@ -11,7 +11,9 @@ standard output as bare JSON (no timestamp prefix: `ts` is in the line).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Final
@@ -83,17 +85,57 @@ def access_line(route: str, record: UsageRecord, upstream_s: float) -> AccessLin
 
 
 class AccessLog:
-    __slots__ = ("_log",)
+    """Writes access lines: straight to standard output in batches, or through `logging`.
+
+    Going through `logging` per request cost about 16 µs on the request path (the
+    benchmark's profile). So unless the embedding program (or a test) gave `proxy.access`
+    a handler of its own, encoded lines collect in a buffer that is written with one
+    `os.write` every 100 ms, when it passes 64 KiB, and on close.
+    """
+
+    __slots__ = ("_buf", "_flush_handle", "_log")
+
+    FLUSH_AFTER_S: Final = 0.1
+    FLUSH_BYTES: Final = 64 * 1024
 
     def __init__(self) -> None:
         self._log = logging.getLogger(LOGGER)
-        if not self._log.handlers:
-            handler = logging.StreamHandler(sys.stdout)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            self._log.addHandler(handler)
+        if self._log.level == logging.NOTSET:
             self._log.setLevel(logging.INFO)
-            self._log.propagate = False  # the root format would prefix the JSON
+        self._buf = bytearray()
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     def write(self, route: str, record: UsageRecord, upstream_s: float) -> None:
-        if self._log.isEnabledFor(logging.INFO):
-            self._log.info(_encode(access_line(route, record, upstream_s)).decode())
+        log = self._log
+        if not log.isEnabledFor(logging.INFO):
+            return
+        line = _encode(access_line(route, record, upstream_s))
+        if log.handlers:
+            log.info(line.decode())
+            return
+        self._buf += line
+        self._buf += b"\n"
+        if len(self._buf) >= self.FLUSH_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside an event loop: write at once
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(self.FLUSH_AFTER_S, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        data, self._buf = bytes(self._buf), bytearray()
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(sys.stdout.fileno(), view)
+            except BlockingIOError:
+                continue
+            except OSError:  # stdout closed: nothing to write the log to
+                return
+            view = view[written:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -35,7 +34,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, authentication for /v1, and every error as OpenAI's error body."""
     # The gateway's own id is always fresh (the ledger is idempotent on it); the response
     # echoes the client's id when it sent one.
-    request[REQUEST_ID] = os.urandom(12).hex()
+    request[REQUEST_ID] = request.app[GATEWAY].new_request_id()
     client_id = request[CLIENT_REQUEST_ID] = _client_request_id(request)
     rid = client_id or request[REQUEST_ID]
     try:
@@ -50,6 +49,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         cls = _HTTP_ERRORS.get(e.status, ApiError)
         response = cls(e.reason or "error", status=e.status).response()
+    except ConnectionResetError:
+        # The client went away (the record says 499); there is no one to answer.
+        response = web.Response(status=499)
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback to anyone
         log.error("request %s failed: internal error (%s)", rid, type(e).__name__)
         response = ApiError("The gateway failed to handle the request.").response()
@@ -98,3 +100,4 @@ async def _gateway_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gw.close()
     await gw.limits.close()
     await gw.ledger.close()  # flush every record before the process exits
+    gw.metrics.close()

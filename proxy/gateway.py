@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Final
 
@@ -59,6 +60,13 @@ class Gateway:
             key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
             self.providers[name] = _provider_class(cfg.protocol)(name, cfg, key)
         self.metrics = Metrics(settings, self)
+        # Request ids: a random per-process prefix and a counter (os.urandom per request
+        # was a measurable syscall); unique across workers and restarts.
+        self._rid_prefix = os.urandom(6).hex()
+        self._rid_counter = itertools.count(1)
+
+    def new_request_id(self) -> str:
+        return f"{self._rid_prefix}{next(self._rid_counter):010x}"
 
     def provider(self, name: str) -> Provider:
         provider = self.providers.get(name)

@@ -493,6 +493,8 @@ class Metrics:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        if self.access_log is not None:
+            self.access_log.flush()
 
     async def scrape(self) -> bytes:
         """The text exposition: this process's registry, or every worker's files added up."""
