@@ -849,7 +849,7 @@ async def test_stream_yields_openai_chunks_and_keeps_usage_aside(
 ) -> None:
     upstream, provider = fake
     stream = await provider.stream(user_call(stream=True))
-    chunks = [json.loads(c) async for c in stream]
+    chunks = [json.loads(c) async for batch in stream for c in batch]
     assert upstream.requests[0][1]["stream"] is True
     assert deltas(chunks)[0]["role"] == "assistant"
     assert all(c["choices"] for c in chunks)
@@ -867,7 +867,7 @@ async def test_stream_closed_before_message_stop_raises_cut(
     stream = await provider.stream(user_call(stream=True))
     got: list[bytes] = []
     with pytest.raises(UpstreamError) as e:
-        async for chunk in stream:
-            got.append(chunk)
+        async for batch in stream:
+            got += batch
     assert e.value.reason == "cut"
     assert len(got) == 3  # role, and the two text deltas that did arrive

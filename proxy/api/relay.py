@@ -31,7 +31,7 @@ _SSE_HEADERS: Final = {
 DONE: Final = b"data: [DONE]\n\n"
 STATUS_CLIENT_GONE: Final = 499
 
-OpenStream = tuple[ChatStream, AsyncIterator[bytes], bytes | None]
+OpenStream = tuple[ChatStream, AsyncIterator[list[bytes]], list[bytes] | None]
 
 
 class Outcome:
@@ -110,7 +110,7 @@ def completion_response(request: web.Request, completion: Completion, outcome: O
 async def open_stream(
     open_: Callable[[ChatCall], Awaitable[ChatStream]], call: ChatCall, first_byte_s: float
 ) -> OpenStream:
-    """Open the upstream stream and wait for its first event, within the first-byte timeout.
+    """Open the upstream stream and wait for its first events, within the first-byte timeout.
 
     This is one routing attempt: a failure here can still fall back to another model.
     """
@@ -147,18 +147,18 @@ async def pipe(
     After the first byte there is no retry: an upstream failure becomes an SSE error event
     and the stream ends. `keep` collects the payloads (for the response cache).
     """
-    stream, events, first = opened
+    stream, batches, first = opened
     response = web.StreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome)})
     await response.prepare(request)
     try:
         if first is not None:
             if keep is not None:
-                keep.append(first)
-            await response.write(b"data: " + first + b"\n\n")
-            async for payload in events:
+                keep += first
+            await response.write(_frame(first))
+            async for batch in batches:
                 if keep is not None:
-                    keep.append(payload)
-                await response.write(b"data: " + payload + b"\n\n")
+                    keep += batch
+                await response.write(_frame(batch))
     except UpstreamError as e:
         outcome.collect(stream)
         outcome.status = 502
@@ -178,6 +178,13 @@ async def pipe(
     await response.write(DONE)
     await response.write_eof()
     return response
+
+
+def _frame(batch: list[bytes]) -> bytes:
+    """SSE events for one batch of payloads: one write for everything one read brought."""
+    if len(batch) == 1:
+        return b"data: " + batch[0] + b"\n\n"
+    return b"".join(b"data: " + payload + b"\n\n" for payload in batch)
 
 
 class StreamBroke(Exception):

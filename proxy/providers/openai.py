@@ -171,35 +171,27 @@ class OpenAIStream(ChatStream):
         self._provider = provider
         self._resp = resp
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
         parser = SSEParser()
         resp = self._resp
         done = False
         try:
             async for chunk in resp.content.iter_any():
+                batch: list[bytes] = []
                 for _event, data in parser.feed(chunk):
                     if data == b"[DONE]":
                         done = True
                         break
-                    if data.startswith(b'{"error"'):
-                        raise upstream_error(self._provider, 502, data, None)
                     try:
-                        lite = _decode_lite(data)
-                    except msgspec.MsgspecError:
-                        raise UpstreamError(
-                            f"Upstream provider `{self._provider}` sent a malformed event.",
-                            reason="malformed",
-                        ) from None
-                    for choice in lite.choices:
-                        self.text_chars += _text_chars(choice)
-                        if choice.finish_reason:
-                            self.finish_reason = choice.finish_reason
-                    if lite.usage is not None:
-                        self.usage = to_usage(lite.usage)
-                        if not lite.choices:
-                            self.usage_chunk = _decode_fields(data)
-                            continue
-                    yield data
+                        forward = self._read(data)
+                    except UpstreamError:
+                        if batch:
+                            yield batch  # what came before the error still reaches the client
+                        raise
+                    if forward:
+                        batch.append(data)
+                if batch:
+                    yield batch
                 if done:
                     break
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -211,6 +203,28 @@ class OpenAIStream(ChatStream):
                 f"The stream from upstream provider `{self._provider}` ended early.",
                 reason="cut",
             )
+
+    def _read(self, data: bytes) -> bool:
+        """Account one event; False for the usage chunk, which the caller sends itself."""
+        if data.startswith(b'{"error"'):
+            raise upstream_error(self._provider, 502, data, None)
+        try:
+            lite = _decode_lite(data)
+        except msgspec.MsgspecError:
+            raise UpstreamError(
+                f"Upstream provider `{self._provider}` sent a malformed event.",
+                reason="malformed",
+            ) from None
+        for choice in lite.choices:
+            self.text_chars += _text_chars(choice)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        if lite.usage is not None:
+            self.usage = to_usage(lite.usage)
+            if not lite.choices:
+                self.usage_chunk = _decode_fields(data)
+                return False
+        return True
 
     async def aclose(self) -> None:
         self._resp.close()

@@ -242,18 +242,25 @@ class AnthropicStream(ChatStream):
         self._resp = resp
         self._translator = StreamTranslator(model, provider)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
         parser = SSEParser()
         tr = self._translator
         try:
             async for data in self._resp.content.iter_any():
+                batch: list[bytes] = []
                 for event, payload in parser.feed(data):
-                    chunks = tr.feed(event, payload)
-                    self._sync()
-                    for chunk in chunks:
-                        yield chunk
+                    try:
+                        batch += tr.feed(event, payload)
+                    except UpstreamError:
+                        if batch:
+                            yield batch  # what came before the error still reaches the client
+                        raise
+                    finally:
+                        self._sync()
                     if tr.done:
                         break
+                if batch:
+                    yield batch
                 if tr.done:
                     break
         except (TimeoutError, aiohttp.ClientError) as e:
