@@ -52,7 +52,9 @@ log = logging.getLogger("proxy.limits")
 REDIS_TIMEOUT_S: Final = 0.5  # a hung Redis costs one request this long, then we degrade
 RECOVER_S: Final = 0.25  # how often a degraded worker looks for Redis again
 _BATCH: Final = 500
-_ERRORS: Final = (RedisError, OSError)
+REDIS_MAX_CONNECTIONS: Final = 64
+# uvloop raises RuntimeError when a write hits a transport that a Redis restart closed.
+_ERRORS: Final = (RedisError, OSError, RuntimeError)
 # Error replies that mean Redis cannot take writes for now (a replica after a failover,
 # out of memory, a cluster resharding), and are outages; any other error reply is Redis
 # refusing what we sent it. "BUSY" (another script running too long) has no class of its own.
@@ -103,10 +105,15 @@ class RedisLimits:
         self.clock = clock
         self._key_ids = key_ids
         # No retries inside redis-py: an error must reach us at once so we can degrade.
-        self.redis = redis.Redis.from_url(
-            redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+        # A bounded pool that makes a burst wait its turn (up to the timeout) instead of
+        # failing with "too many connections", which would look like an outage: at 1,000
+        # concurrent streams the default pool ran out and limits flapped into degraded mode.
+        pool = redis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_TIMEOUT_S,
+            socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
         )
+        self.redis = redis.Redis(connection_pool=pool)
         self._admit = self.redis.register_script(scripts.ADMIT)
         self._settle = self.redis.register_script(scripts.SETTLE)
         self._sweep = self.redis.register_script(scripts.SWEEP)
