@@ -6,7 +6,6 @@ streams, `stream_options.include_usage` (always on, so every stream is metered).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -15,9 +14,11 @@ import msgspec
 from msgspec import Raw
 
 from ..catalog import Model, Usage
-from ..errors import UpstreamError, UpstreamTimeout
+from ..config import ProviderConfig
+from ..errors import UpstreamError
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
+from .http import post, read_all, transport_error, upstream_error
 from .sse import SSEParser
 
 _encode = msgspec.json.encode
@@ -58,19 +59,8 @@ class _Lite(msgspec.Struct):
     usage: _Usage | None = None
 
 
-class _ErrorInner(msgspec.Struct):
-    message: str = ""
-    type: str | None = None
-    code: str | int | None = None
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorInner | str | None = None
-
-
 _decode_lite = msgspec.json.Decoder(_Lite).decode
 _decode_usage = msgspec.json.Decoder(_Usage).decode
-_decode_error = msgspec.json.Decoder(_ErrorBody).decode
 
 
 def to_usage(u: _Usage | None) -> Usage | None:
@@ -110,59 +100,6 @@ def build_body(call: ChatCall) -> bytes:
             merged["include_usage"] = True
             fields["stream_options"] = encode_raw(merged)
     return _encode(fields)
-
-
-def upstream_error(provider: str, status: int, body: bytes, retry_after: str | None) -> UpstreamError:
-    """Map a provider's error answer: 4xx pass through with its message, 5xx become 502."""
-    message, type_, code = "", None, None
-    try:
-        err = _decode_error(body).error
-        if isinstance(err, _ErrorInner):
-            message, type_ = err.message, err.type
-            code = str(err.code) if err.code is not None else None
-        elif isinstance(err, str):
-            message = err
-    except msgspec.MsgspecError:
-        pass
-    message = message or f"status {status}"
-    ra: float | None = None
-    if retry_after:
-        try:
-            ra = float(retry_after)
-        except ValueError:
-            ra = None
-    if 400 <= status < 500:
-        return UpstreamError(
-            f"Upstream provider `{provider}` refused the request: {message}",
-            status=status,
-            upstream_status=status,
-            code=code,
-            type_=type_ or "invalid_request_error",
-            retry_after=ra,
-            reason=str(status),
-        )
-    return UpstreamError(
-        f"Upstream provider `{provider}` failed with status {status}: {message}",
-        status=502,
-        upstream_status=status,
-        retry_after=ra,
-        reason=str(status),
-    )
-
-
-def transport_error(provider: str, exc: BaseException) -> UpstreamError:
-    """Connection failures, resets and timeouts, without internal addresses."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamTimeout(f"Upstream provider `{provider}` timed out.")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(
-            f"Could not connect to upstream provider `{provider}`.", reason="connect"
-        )
-    return UpstreamError(
-        f"The connection to upstream provider `{provider}` failed "
-        f"({type(exc).__name__}).",
-        reason="reset",
-    )
 
 
 class OpenAIStream(ChatStream):
@@ -231,38 +168,19 @@ class OpenAIStream(ChatStream):
 
 
 class OpenAIProvider(Provider):
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
+    def __init__(self, name: str, config: ProviderConfig, api_key: str | None) -> None:
+        super().__init__(name, config, api_key)
+        self._base = config.base_url.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}  # built once, not per request
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        assert self.session is not None
-        try:
-            resp = await self.session.post(
-                self.config.base_url.rstrip("/") + path, data=body, headers=self._headers()
-            )
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise transport_error(self.name, e) from None
-        if resp.status != 200:
-            try:
-                err_body = await resp.read()
-            except (TimeoutError, aiohttp.ClientError):
-                err_body = b""
-            finally:
-                resp.release()
-            raise upstream_error(self.name, resp.status, err_body, resp.headers.get("retry-after"))
-        return resp
+        assert self.session is not None, "start() the provider first"
+        return await post(self.session, self.name, self._base + path, body, self._headers)
 
     async def chat(self, call: ChatCall) -> Completion:
-        resp = await self._post("/chat/completions", build_body(call))
-        try:
-            body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise transport_error(self.name, e) from None
-        finally:
-            resp.release()
+        body = await read_all(self.name, await self._post("/chat/completions", build_body(call)))
         try:
             payload = _decode_fields(body)
             lite = _decode_lite(body)
@@ -281,13 +199,7 @@ class OpenAIProvider(Provider):
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         fields = dict(fields)
         fields["model"] = encode_raw(model.upstream)
-        resp = await self._post("/embeddings", _encode(fields))
-        try:
-            body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise transport_error(self.name, e) from None
-        finally:
-            resp.release()
+        body = await read_all(self.name, await self._post("/embeddings", _encode(fields)))
         try:
             payload = _decode_fields(body)
             usage = _decode_usage(payload["usage"]) if "usage" in payload else None

@@ -14,7 +14,7 @@ from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..base import ChatStream
-from ..openai import transport_error
+from ..http import transport_error
 from ..sse import SSEParser
 from .response import _AMessage, _AUsage, _Block, _chat_id, finish_reason, to_usage, usage_payload
 
