@@ -78,6 +78,9 @@ class LedgerConfig(_Strict, frozen=True):
     flush_interval_ms: int = 200
     queue_limit: int = 100_000  # past this, records go to the spool file, not to RAM
     spool_dir: str = ""  # default: <data_dir>/spool
+    # "database" (the configured database_url). "memory" keeps records in the process and
+    # loses them at exit: only for measuring what metering costs the request path.
+    store: Literal["database", "memory"] = "database"
 
 
 class CacheConfig(_Strict, frozen=True):

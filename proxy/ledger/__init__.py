@@ -11,6 +11,7 @@ The SQL ledgers also carry the writer's counters as plain attributes for metrics
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,8 @@ from ..config import Settings
 from ..migrate import is_sqlite
 from .record import UsageRecord
 from .report import UsageQuery, UsageReport, aggregate
+
+log = logging.getLogger("proxy.ledger")
 
 
 class Ledger(Protocol):
@@ -68,6 +71,10 @@ def spool_dir(settings: Settings) -> Path:
 
 def create_ledger(settings: Settings) -> Ledger:
     """PostgreSQL when `database_url` is postgresql://, SQLite otherwise."""
+    if settings.ledger.store == "memory":
+        log.warning("ledger: store = \"memory\": usage records are NOT persisted "
+                    "(benchmarks only)")
+        return MemoryLedger()
     if is_sqlite(settings.database_url):
         from .sqlite import SqliteLedger
 
