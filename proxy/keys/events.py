@@ -4,6 +4,11 @@ Every worker of every instance subscribes; a management call publishes the chang
 (its hash and limits, never a secret), so a deletion or a limit change reaches all
 caches in milliseconds. Pub/sub drops messages while a subscriber is disconnected, so
 each (re)subscription is followed by a refresh from the database.
+
+Shutdown does not rely on cancelling the listener alone: redis-py can lose a cancellation
+that lands in a pub/sub read (seen after a Redis restart), and the listener would then
+loop on. `close` also sets a flag the loop checks and closes its connection, which ends
+a pending read.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class KeyEvents:
         self._sub = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0)
         self.connected = False
         self.errors = 0  # for metrics
+        self._closing = False
 
     async def publish(self, message: bytes) -> bool:
         try:
@@ -45,8 +51,9 @@ class KeyEvents:
         on_message: Callable[[bytes], None],
         on_subscribed: Callable[[], Awaitable[None]],
     ) -> None:
-        """Run until cancelled: subscribe, catch up, apply messages; resubscribe on failure."""
-        while True:
+        """Run until cancelled or closed: subscribe, catch up, apply messages; resubscribe
+        on failure."""
+        while not self._closing:
             pubsub = self._sub.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -55,11 +62,13 @@ class KeyEvents:
                     await on_subscribed()
                 except Exception as e:  # noqa: BLE001 - the periodic refresh will catch up
                     log.warning("keys: catch-up refresh failed (%s)", type(e).__name__)
-                while True:
+                while not self._closing:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if msg is not None and msg.get("type") == "message":
                         on_message(msg["data"])
             except (RedisError, OSError) as e:
+                if self._closing:
+                    break
                 self.errors += 1
                 if self.connected:
                     log.warning("keys: lost the Redis subscription (%s); refreshing from the "
@@ -71,8 +80,11 @@ class KeyEvents:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except (RedisError, OSError):
                     pass
-            await asyncio.sleep(_RETRY_S)
+            if not self._closing:
+                await asyncio.sleep(_RETRY_S)
 
     async def close(self) -> None:
+        """Stop the listener (its pending read fails as the connection closes) and disconnect."""
+        self._closing = True
         await self._pub.aclose()
         await self._sub.aclose()

@@ -33,6 +33,7 @@ REFRESH_UNSUBSCRIBED_S: Final = 1.0  # the only path while it is not: keeps the 
 _OVERLAP: Final = timedelta(seconds=5)
 _NEGATIVE_MAX: Final = 10_000
 _NEGATIVE_TTL_S: Final = 1.0
+_CLOSE_WAIT_S: Final = 5.0
 
 
 class KeyRegistry:
@@ -139,10 +140,17 @@ class KeyRegistry:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
         if self.events is not None:
-            await self.events.close()
+            await self.events.close()  # ends the listener even if its cancellation got lost
+        if self._tasks:
+            done, stuck = await asyncio.wait(self._tasks, timeout=_CLOSE_WAIT_S)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("keys: a background task failed (%r)", task.exception())
+            if stuck:
+                log.warning("keys: %d background task(s) did not stop; closing anyway",
+                            len(stuck))
+        self._tasks.clear()
         await self.store.close()
 
     # --- management: write through, then tell everyone ------------------------------------
