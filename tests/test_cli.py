@@ -29,7 +29,7 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args], cwd=cwd, env={**environ, **(env or {})},
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, check=False,
     )
 
 

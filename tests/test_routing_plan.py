@@ -177,7 +177,7 @@ def test_policy_drops_members_outside_the_region_and_keeps_weights_aligned() -> 
 
 def test_the_config_examples_in_docs_routing_md_load(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "routing.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)
     assert len(blocks) >= 5
     config = tmp_path / "routing.toml"
     config.write_text("\n".join(blocks))

@@ -9,7 +9,7 @@ from aiohttp import web
 from ..errors import BodyTooLarge
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)  # the gateway's, unique
-CLIENT_REQUEST_ID: Final = web.RequestKey("client_request_id", str | None)  # X-Request-Id sent
+CLIENT_REQUEST_ID: Final = web.RequestKey[str | None]("client_request_id")  # X-Request-Id sent
 
 
 def echo_request_id(request: web.Request) -> str:

@@ -51,7 +51,7 @@ class AutoPipeline:
                 for script, keys, args, _ in batch:
                     await script(keys=keys, args=args, client=pipe)
                 results = await pipe.execute(raise_on_error=False)
-        except Exception as e:  # the connection failed: every caller sees it
+        except Exception as e:  # noqa: BLE001 - the round trip failed: every caller sees it
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(e)
