@@ -129,6 +129,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             outcome.status = STATUS_CLIENT_GONE
             outcome.error_code = "client_disconnected"
             raise
+        except Exception:
+            outcome.status = 500  # what the edge middleware will answer
+            outcome.error_code = "internal_error"
+            raise
         finally:
             _account(request, gw, req, outcome, admission, arrived)
 
