@@ -9,6 +9,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -35,26 +36,28 @@ def _db_url(name: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """Create a database for this test session; yields its URL and drops it afterwards."""
+@contextmanager
+def _temporary_database() -> Iterator[str]:
     name = f"proxy_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield _db_url(name)
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """Create a database for this test session; yields its URL and drops it afterwards."""
+    with _temporary_database() as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_pg() -> Iterator[str]:
     """A database of its own for one test (for tests that count rows or restart things)."""
-    name = f"proxy_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _db_url(name)
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with _temporary_database() as url:
+        yield url
 
 
 @pytest.fixture
