@@ -56,18 +56,12 @@ input_price = 0.02
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def gw(
-    tmp_path: Path, upstream: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
     redis_url: str, redis_namespace: str,
 ) -> AsyncIterator[Gateway]:
     monkeypatch.setenv("FAKE_OPENAI_KEY", UPSTREAM_SECRET)
-    settings = gateway_settings(tmp_path, unpriced_toml(upstream.base_url, redis_namespace),
+    settings = gateway_settings(tmp_path, unpriced_toml(fake_openai.base_url, redis_namespace),
                                 PROXY_REDIS_URL=redis_url)
     async with running_gateway(settings) as g:
         yield g
@@ -88,13 +82,13 @@ async def limited_key(http: aiohttp.ClientSession, gw: Gateway) -> dict[str, str
 
 @pytest.mark.parametrize(("behaviour", "status"), [(Fail(status=500), 502), (Reply(), 200)])
 async def test_a_zero_reservation_settles_without_leaving_redis(
-    gw: Gateway, upstream: FakeOpenAI, http: aiohttp.ClientSession, behaviour: Any, status: int,
+    gw: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession, behaviour: Any, status: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     headers = await limited_key(http, gw)
     limits = redis_limits(gw)
     for _ in range(3):
-        upstream.script(behaviour)
+        fake_openai.script(behaviour)
         resp = await http.post(gw.url + "/v1/chat/completions", headers=headers,
                                json={"model": "up/free", "messages": USER})
         assert resp.status == status, await resp.text()
@@ -105,10 +99,10 @@ async def test_a_zero_reservation_settles_without_leaving_redis(
 
 
 async def test_an_empty_embedding_input_reserves_nothing_and_stays_on_redis(
-    gw: Gateway, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    gw: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession,
 ) -> None:
     headers = await limited_key(http, gw)
-    upstream.script(Fail(status=500))
+    fake_openai.script(Fail(status=500))
     resp = await http.post(gw.url + "/v1/embeddings", headers=headers,
                            json={"model": "up/embed", "input": ""})
     assert resp.status == 502

@@ -16,7 +16,7 @@ from ..config import Settings
 from .admission import Admission
 from .durable import SpendSource, SpendStore
 
-__all__ = ["Admission", "Limits", "NoLimits", "create_limits"]
+__all__ = ["Admission", "Limits", "create_limits"]
 
 
 class Limits(Protocol):
@@ -38,32 +38,6 @@ class Limits(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class NoLimits:
-    """Admits everything: for tests and tools that need no accounting."""
-
-    async def admit(
-        self,
-        principal: Principal,
-        request_id: str,
-        idempotency_key: str | None,
-        worst_case_nusd: int,
-        estimated_tokens: int,
-    ) -> Admission:
-        return Admission(principal.key_id, request_id)
-
-    def settle(self, admission: Admission, cost_nusd: int, tokens: int) -> None:
-        pass
-
-    async def spend(self, principals: Sequence[Principal]) -> list[int | None]:
-        return [None for _ in principals]
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 class _KeySource(Protocol):

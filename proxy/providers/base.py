@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 from msgspec import Raw
 
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
+from ..errors import InvalidRequest
 from ..wire import Message
 
 
@@ -132,9 +132,4 @@ class Provider(abc.ABC):
         """Open the stream; returns once the provider accepted the request (status 200)."""
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
-        from ..errors import InvalidRequest
-
         raise InvalidRequest(f"The provider of `{model.id}` does not serve embeddings.")
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "protocol": self.config.protocol}
