@@ -85,7 +85,7 @@ class Bench:
         self.rows: list[Row] = []
         self.notes: list[str] = []
         self.features: dict[str, str] = {}
-        self.profiles: dict[str, str] = {}
+        self.profiles: dict[tuple[str, str], str] = {}
         self.bodies: dict[tuple[str, str], Path] = {}
 
     # --- one wrk run -------------------------------------------------------------------------
@@ -175,22 +175,23 @@ class Bench:
                   f"p99 {row.c1.p99_ms:6.3f} ms | {row.c64.cpu_us_per_req:7.0f} us/req  "
                   f"{row.c64.rss_mb:6.1f} MB  busy {row.c64.busy_pct:3.0f}%"
                   + (f"  ERRORS {_errors(row)}" if _errors(row) else ""), flush=True)
-            if target == "gateway" and a.profile:
-                self.profile(url, body, key, watched, mode)
+            if target in ("gateway", "bare") and a.profile:
+                self.profile(target, url, body, key, watched, mode)
 
-    def profile(self, url: str, body: Path, key: str | None, gw: stack.Proc, mode: str) -> None:
+    def profile(self, target: str, url: str, body: Path, key: str | None, gw: stack.Proc,
+                mode: str) -> None:
         py_spy = self.args.py_spy or shutil.which("py-spy") or str(
             Path(self.args.gateway_python).parent / "py-spy")
         if not os.path.exists(py_spy):
             self.notes.append("profile skipped: py-spy not found (pip install py-spy)")
             return
         RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / f"profile-{self.stamp}-{mode}"
+        stem = RESULTS / f"profile-{self.stamp}-{target}-{mode}"
         seconds = self.args.duration
         outputs = (("raw", stem.with_suffix(".txt")), ("flamegraph", stem.with_suffix(".svg")))
         for fmt, out in outputs:
             cmd = stack.pinned([py_spy, "record", "--pid", str(gw.pid), "--rate", "200",
-                                "--duration", str(seconds), "--format", fmt, "--nolineno",
+                                "--duration", str(seconds), "--format", fmt, *([] if os.environ.get("BENCH_PROFILE_LINES") else ["--nolineno"]),
                                 "-o", str(out)]
                                # --native must pause the process to unwind C stacks
                                + (["--native"] if self.args.profile_native else ["--nonblocking"]),
@@ -201,13 +202,13 @@ class Bench:
             self.wrk(url, body, key, self.args.connections, seconds, gw)
             _, err = spy.communicate(timeout=seconds + 30)
             if spy.returncode != 0:
-                self.notes.append(f"py-spy failed ({mode}): {err.strip()[-300:]}")
+                self.notes.append(f"py-spy failed ({target} {mode}): {err.strip()[-300:]}")
                 return
-        row = self.row("gateway", mode)
+        row = self.row(target, mode)
         cpu = row.c64.cpu_us_per_req if row and row.c64 else None
-        self.profiles[mode] = profile_summary.summarize(stem.with_suffix(".txt"), top=25,
-                                                        us_per_request=cpu)
-        print(self.profiles[mode], flush=True)
+        self.profiles[(target, mode)] = profile_summary.summarize(
+            stem.with_suffix(".txt"), top=25, us_per_request=cpu)
+        print(self.profiles[(target, mode)], flush=True)
 
     # --- the whole run ---------------------------------------------------------------------------
 
@@ -348,8 +349,8 @@ class Bench:
                   "its core with wrk.")]
         if self.notes:
             lines += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
-        for mode, text in self.profiles.items():
-            lines += ["", (f"Profile of the gateway under c={a.connections} {mode} load "
+        for (target, mode), text in self.profiles.items():
+            lines += ["", (f"Profile of the {LABELS[target]} under c={a.connections} {mode} load "
                       "(py-spy, active samples only):"), "", "```", text, "```"]
         return "\n".join(lines) + "\n"
 
@@ -423,7 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="experiment: gc.collect()+gc.freeze() in the gateway once it listens")
     p.add_argument("--gc-log", action="store_true",
                    help="report the gateway's collections (count, total and longest pause)")
-    p.add_argument("--profile", action="store_true", help="py-spy the gateway (c=64, both modes)")
+    p.add_argument("--profile", action="store_true", help="py-spy the gateway and the bare forwarder (c=64)")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
     p.add_argument("--py-spy", help="path to py-spy (default: PATH, then the gateway venv)")
     p.add_argument("--load-core", type=int, default=0)

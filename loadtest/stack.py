@@ -321,9 +321,12 @@ STREAM_MODEL: Final = "bench-sse/gpt-4o-mini"
 FALLBACK_POLICY: Final = "bench-fallback"
 
 
-def gc_env(threshold: str | None, freeze: bool, log: bool) -> dict[str, str] | None:
-    """The environment for a garbage-collector experiment (None: the gateway as it is)."""
+def gc_env(threshold: str | None, freeze: bool, log: bool,
+           stall_ms: float | None = None) -> dict[str, str] | None:
+    """The environment for a probe experiment (None: the gateway as it is)."""
     env = {}
+    if stall_ms:
+        env["BENCH_STALL_LOG"] = str(stall_ms)
     if threshold:
         env["BENCH_GC_THRESHOLD"] = threshold
     if freeze:

@@ -267,6 +267,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="experiment: gc.collect()+gc.freeze() in the gateway once it listens")
     p.add_argument("--gc-log", action="store_true",
                    help="report the gateway's collections (count, total and longest pause)")
+    p.add_argument("--stall-log", type=float, metavar="MS",
+                   help="log the gateway's stack whenever its event loop is MS late "
+                        "(loadtest/gc_probe); see the gateway log in --workdir")
     p.add_argument("--upstream-connections", type=int, default=1000,
                    help="the gateway's per-provider connection pool (its default: 1000)")
     p.add_argument("--load-core", type=int, default=0)
@@ -298,7 +301,8 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
         gw = await asyncio.to_thread(
             stack.Gateway, workdir, args.gateway_python, server_core, base + "/v1", base + "/v1",
             pg=None if args.no_pg else args.pg, redis_url=None if args.no_redis else args.redis,
-            extra_toml=extra, gc_env=stack.gc_env(args.gc_threshold, args.gc_freeze, args.gc_log),
+            extra_toml=extra, gc_env=stack.gc_env(args.gc_threshold, args.gc_freeze, args.gc_log,
+                                              args.stall_log),
             max_connections=args.upstream_connections)
         try:
             print(f"gateway: {args.streams} streams ...", flush=True)

@@ -52,3 +52,48 @@ if os.environ.get("BENCH_GC_LOG") == "1":
     atexit.register(lambda: sys.stderr.write(
         "gc_probe: totals " + ", ".join(f"gen{g}: {int(n)} runs, {s:.0f} ms, max {m:.1f} ms"
                                         for g, (n, s, m) in sorted(_totals.items())) + "\n"))
+
+if os.environ.get("BENCH_STALL_LOG"):
+    # Event-loop stall watchdog: a loop callback bumps a heartbeat every millisecond; a
+    # thread checks it, and when the heartbeat is older than the threshold it records the
+    # main thread's stack as it is at that moment (what is holding the loop), once a stall.
+    import threading
+    import traceback
+
+    _limit_s = float(os.environ["BENCH_STALL_LOG"]) / 1000
+    _beat = [time.perf_counter()]
+    _main = threading.main_thread().ident
+
+    def _heartbeat() -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            _beat[0] = time.perf_counter()
+            loop.call_later(0.001, tick)
+
+        tick()
+
+    def _watch() -> None:
+        reported = 0.0
+        while True:
+            time.sleep(0.001)
+            late = time.perf_counter() - _beat[0]
+            if late > _limit_s and _beat[0] != reported:
+                reported = _beat[0]
+                frame = sys._current_frames().get(_main or 0)
+                stack = "".join(traceback.format_stack(frame, limit=12)) if frame else "?"
+                sys.stderr.write(f"stall_probe: loop late {late * 1000:.1f} ms at\n{stack}"
+                                 "stall_probe: end\n")
+
+    from aiohttp import web
+
+    _site_start = web.TCPSite.start
+
+    async def _start_then_watch(self: web.TCPSite) -> None:
+        await _site_start(self)
+        _heartbeat()
+        threading.Thread(target=_watch, daemon=True, name="stall-probe").start()
+
+    web.TCPSite.start = _start_then_watch  # type: ignore[method-assign]

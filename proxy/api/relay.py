@@ -170,13 +170,13 @@ async def pipe(
         outcome.collect(stream)
         raise
     outcome.collect(stream)
+    tail = DONE
     if include_usage and stream.usage_chunk is not None:
         usage = settle()
         chunk = dict(stream.usage_chunk)
         chunk["usage"] = usage_with_cost(chunk.get("usage"), usage, outcome.model.cost(usage))
-        await response.write(b"data: " + _encode(chunk) + b"\n\n")
-    await response.write(DONE)
-    await response.write_eof()
+        tail = b"data: " + _encode(chunk) + b"\n\n" + DONE
+    await response.write_eof(tail)  # the usage chunk, [DONE] and the end: one write
     return response
 
 
@@ -205,10 +205,9 @@ async def replay(
         return web.Response(body=response_body(hit), content_type="application/json", headers=headers)
     response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
-    for payload in replay_chunks(hit, include_usage=include_usage):
-        await response.write(b"data: " + payload + b"\n\n")
-    await response.write(DONE)
-    await response.write_eof()
+    body = b"".join(b"data: " + payload + b"\n\n"
+                    for payload in replay_chunks(hit, include_usage=include_usage))
+    await response.write_eof(body + DONE)  # a cached answer has nothing to wait for
     return response
 
 
