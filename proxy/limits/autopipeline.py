@@ -1,10 +1,15 @@
 """Auto-pipelining: the Lua script calls made in one event-loop iteration go to Redis as one
-pipeline, one round trip.
+write, one round trip.
 
-Under load many requests admit and settle at once; one redis-py round trip per call cost
-about half of a request's CPU in the benchmark's profile. A lone call (light traffic) is
-sent as it is, so nothing waits for company. Each caller still gets its own result or its
-own error, so the callers' outage and refusal handling is unchanged.
+Under load many requests admit and settle at once; one round trip per call cost about half
+of a request's CPU in the benchmark's profile, and redis-py's pipelines most of the rest, so
+the calls travel on one lean connection of our own (`resp.py`), opened on the first call and
+again on the first call after it broke. A lone call (light traffic) is sent as it is, so
+nothing waits for company. Each caller still gets its own result or its own error, so the
+callers' outage and refusal handling is unchanged.
+
+TLS (`rediss://`) is not spoken by the lean connection: there the calls go through redis-py's
+pipelines as before, and so do they when `lean=False` (the benchmark's baseline).
 """
 
 from __future__ import annotations
@@ -16,51 +21,103 @@ from typing import Any
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
-_Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+from .resp import Address, Call, RespConnection, fail
 
 
 class AutoPipeline:
-    __slots__ = ("_client", "_queue", "_sending")
+    __slots__ = ("_address", "_client", "_connecting", "_connection", "_queue", "_sending",
+                 "_timeout_s", "_unsent")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, timeout_s: float, lean: bool = True) -> None:
         self._client = client
-        self._queue: list[_Call] = []
-        self._sending: set[asyncio.Task[None]] = set()  # references until each finishes
+        pool = client.connection_pool
+        self._address = Address.of(pool.connection_class, pool.connection_kwargs) if lean else None
+        self._timeout_s = timeout_s  # for connecting, and for each batch's replies
+        self._queue: list[Call] = []  # this iteration's calls
+        self._connection: RespConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._unsent: list[Call] = []  # calls waiting for the connection to open
+        self._sending: set[asyncio.Task[None]] = set()  # redis-py batches, until each finishes
 
     def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)  # after everything else ready in this iteration
-        self._queue.append((script, keys, args, future))
+        self._queue.append((future, script, keys, args))
         return future
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
+        if self._address is None:
+            self._send_with_redis_py(batch)
+            return
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            connection.send(batch)
+            return
+        self._unsent += batch
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect(self._address))
+
+    async def _connect(self, address: Address) -> None:
+        try:
+            self._connection = await RespConnection.open(address, self._timeout_s)
+        except Exception as e:  # noqa: BLE001 - Redis is away: every waiting caller sees it
+            fail(self._unsent, e)
+        except asyncio.CancelledError:  # closing
+            fail(self._unsent, None)
+            raise
+        else:
+            self._connection.send(self._unsent)
+        finally:
+            self._unsent = []
+            self._connecting = None
+
+    def disconnect(self) -> None:
+        """Drop the connection (after a Redis restart): the next call opens a fresh one."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        """Let the calls in flight finish (5 s at most), then close the connection."""
+        waiting: set[asyncio.Future[Any]] = {c[0] for c in self._queue + self._unsent}
+        waiting.update(self._sending)
+        if self._connection is not None:
+            waiting.update(self._connection.waiting())
+        if waiting:
+            await asyncio.wait(waiting, timeout=5)
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self.disconnect()
+
+    # --- without the lean connection (TLS; the benchmark's baseline) ----------------------
+
+    def _send_with_redis_py(self, batch: list[Call]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[_Call]) -> None:
+    async def _send(self, batch: list[Call]) -> None:
         try:
             if len(batch) == 1:
-                script, keys, args, _ = batch[0]
+                _, script, keys, args = batch[0]
+                assert script is not None
                 results: list[Any] = [await script(keys=keys, args=args)]
             else:
                 pipe = self._client.pipeline(transaction=False)
-                for script, keys, args, _ in batch:
+                for _, script, keys, args in batch:
+                    assert script is not None
                     await script(keys=keys, args=args, client=pipe)
                 results = await pipe.execute(raise_on_error=False)
         except Exception as e:  # noqa: BLE001 - the round trip failed: every caller sees it
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(e)
+            fail(batch, e)
             return
         except asyncio.CancelledError:
-            for *_, future in batch:
-                future.cancel()
+            fail(batch, None)
             raise
-        for (*_, future), result in zip(batch, results, strict=True):
+        for (future, *_), result in zip(batch, results, strict=True):
             if future.done():  # its caller went away
                 continue
             if isinstance(result, Exception):
@@ -68,6 +125,3 @@ class AutoPipeline:
             else:
                 future.set_result(result)
 
-    async def close(self) -> None:
-        if self._sending:
-            await asyncio.wait(set(self._sending), timeout=5)
