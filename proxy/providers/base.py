@@ -11,13 +11,13 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
-import aiohttp
 from msgspec import Raw
 
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
 from ..errors import InvalidRequest
 from ..wire import Message
+from .h1 import Pool
 
 
 class ChatCall:
@@ -94,35 +94,27 @@ class ChatStream(abc.ABC):
 
 
 class Provider(abc.ABC):
-    """One configured provider: its settings and, for network protocols, one pooled session."""
+    """One configured provider: its settings and, for network protocols, one connection pool."""
 
     def __init__(self, name: str, config: ProviderConfig, api_key: str | None) -> None:
         self.name = name
         self.config = config
         self.api_key = api_key
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
 
     async def start(self) -> None:
         if self.config.protocol == "simulated":
             return
-        connector = aiohttp.TCPConnector(
+        self.pool = Pool(
             limit=self.config.max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s
-            ),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
+            timeout=self.config.timeout_s,
+            connect_timeout=self.config.connect_timeout_s,
+            keepalive=30.0,
         )
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            await self.pool.close()
 
     @abc.abstractmethod
     async def chat(self, call: ChatCall) -> Completion: ...

@@ -7,12 +7,10 @@ in any message.
 
 from __future__ import annotations
 
-import asyncio
-
-import aiohttp
 import msgspec
 
 from ..errors import UpstreamError, UpstreamTimeout
+from .h1 import ConnectError, Endpoint, H1Error, Pool, Response
 
 
 class _ErrorInner(msgspec.Struct):
@@ -68,9 +66,9 @@ def upstream_error(provider: str, status: int, body: bytes, retry_after: str | N
 
 def transport_error(provider: str, exc: BaseException) -> UpstreamError:
     """Connection failures, resets and timeouts, without internal addresses."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"Upstream provider `{provider}` timed out.")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         return UpstreamError(
             f"Could not connect to upstream provider `{provider}`.", reason="connect"
         )
@@ -81,18 +79,17 @@ def transport_error(provider: str, exc: BaseException) -> UpstreamError:
     )
 
 
-async def post(
-    session: aiohttp.ClientSession, provider: str, url: str, body: bytes, headers: dict[str, str]
-) -> aiohttp.ClientResponse:
+async def post(pool: Pool | None, provider: str, endpoint: Endpoint, body: bytes) -> Response:
     """POST and check the status: a 200 response (body unread) or an `UpstreamError`."""
+    assert pool is not None, "start() the provider first"
     try:
-        resp = await session.post(url, data=body, headers=headers)
-    except (TimeoutError, aiohttp.ClientError) as e:
+        resp = await pool.post(endpoint, body)
+    except (TimeoutError, H1Error) as e:
         raise transport_error(provider, e) from None
     if resp.status != 200:
         try:
             err_body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, H1Error):
             err_body = b""
         finally:
             resp.release()
@@ -100,11 +97,11 @@ async def post(
     return resp
 
 
-async def read_all(provider: str, resp: aiohttp.ClientResponse) -> bytes:
+async def read_all(provider: str, resp: Response) -> bytes:
     """The whole body of a 200 response; the connection goes back to the pool."""
     try:
         return await resp.read()
-    except (TimeoutError, aiohttp.ClientError) as e:
+    except (TimeoutError, H1Error) as e:
         raise transport_error(provider, e) from None
     finally:
         resp.release()

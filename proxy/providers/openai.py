@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import aiohttp
 import msgspec
 from msgspec import Raw
 
@@ -18,6 +17,7 @@ from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
+from .h1 import Endpoint, H1Error, Response
 from .http import post, read_all, transport_error, upstream_error
 from .sse import SSEParser
 
@@ -103,7 +103,7 @@ def build_body(call: ChatCall) -> bytes:
 
 
 class OpenAIStream(ChatStream):
-    def __init__(self, provider: str, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, provider: str, resp: Response) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
@@ -113,7 +113,7 @@ class OpenAIStream(ChatStream):
         resp = self._resp
         done = False
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp:
                 batch: list[bytes] = []
                 for _event, data in parser.feed(chunk):
                     if data == b"[DONE]":
@@ -131,7 +131,7 @@ class OpenAIStream(ChatStream):
                     yield batch
                 if done:
                     break
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except (TimeoutError, H1Error) as e:
             raise transport_error(self._provider, e) from None
         finally:
             resp.release() if done else resp.close()
@@ -170,17 +170,18 @@ class OpenAIStream(ChatStream):
 class OpenAIProvider(Provider):
     def __init__(self, name: str, config: ProviderConfig, api_key: str | None) -> None:
         super().__init__(name, config, api_key)
-        self._base = config.base_url.rstrip("/")
-        self._headers = {"Content-Type": "application/json"}  # built once, not per request
+        base = config.base_url.rstrip("/")
+        headers = {"Content-Type": "application/json"}  # encoded once, not per request
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._chat = Endpoint(base + "/chat/completions", headers)
+        self._embeddings = Endpoint(base + "/embeddings", headers)
 
-    async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        assert self.session is not None, "start() the provider first"
-        return await post(self.session, self.name, self._base + path, body, self._headers)
+    async def _post(self, endpoint: Endpoint, body: bytes) -> Response:
+        return await post(self.pool, self.name, endpoint, body)
 
     async def chat(self, call: ChatCall) -> Completion:
-        body = await read_all(self.name, await self._post("/chat/completions", build_body(call)))
+        body = await read_all(self.name, await self._post(self._chat, build_body(call)))
         try:
             payload = _decode_fields(body)
             lite = _decode_lite(body)
@@ -193,13 +194,14 @@ class OpenAIProvider(Provider):
         return Completion(payload, to_usage(lite.usage), finish, chars)
 
     async def stream(self, call: ChatCall) -> ChatStream:
-        resp = await self._post("/chat/completions", build_body(call))
+        resp = await self._post(self._chat, build_body(call))
         return OpenAIStream(self.name, resp)
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         fields = dict(fields)
         fields["model"] = encode_raw(model.upstream)
-        body = await read_all(self.name, await self._post("/embeddings", _encode(fields)))
+        resp = await self._post(self._embeddings, _encode(fields))
+        body = await read_all(self.name, resp)
         try:
             payload = _decode_fields(body)
             usage = _decode_usage(payload["usage"]) if "usage" in payload else None

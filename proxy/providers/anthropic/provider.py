@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-import aiohttp
-
 from ...config import ProviderConfig
 from ..base import ChatCall, ChatStream, Completion, Provider
+from ..h1 import Endpoint, Response
 from ..http import post, read_all
 from .request import build_body
 from .response import to_completion
@@ -23,16 +22,16 @@ class AnthropicProvider(Provider):
         super().__init__(name, config, api_key)
         base = config.base_url.rstrip("/")
         # Accept a base URL given with `/v1`, as OpenAI-style base URLs usually are.
-        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        self._headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if api_key:
-            self._headers["x-api-key"] = api_key
+            headers["x-api-key"] = api_key
+        self._messages = Endpoint(url, headers)  # encoded once, not per request
 
-    async def _post(self, body: bytes) -> aiohttp.ClientResponse:
-        assert self.session is not None, "start() the provider first"
+    async def _post(self, body: bytes) -> Response:
         # Anthropic's error body nests {"type", "message"} under `error` as OpenAI's does,
         # so the shared mapping applies.
-        return await post(self.session, self.name, self._url, body, self._headers)
+        return await post(self.pool, self.name, self._messages, body)
 
     async def chat(self, call: ChatCall) -> Completion:
         body = await read_all(self.name, await self._post(build_body(call)))

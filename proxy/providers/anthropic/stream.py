@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import aiohttp
 import msgspec
 from msgspec import Raw
 
@@ -14,6 +13,7 @@ from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..base import ChatStream
+from ..h1 import H1Error, Response
 from ..http import transport_error
 from ..sse import SSEParser
 from .response import _AMessage, _AUsage, _Block, _chat_id, finish_reason, to_usage, usage_payload
@@ -236,7 +236,7 @@ class StreamTranslator:
 
 
 class AnthropicStream(ChatStream):
-    def __init__(self, provider: str, model: str, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, provider: str, model: str, resp: Response) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
@@ -246,7 +246,7 @@ class AnthropicStream(ChatStream):
         parser = SSEParser()
         tr = self._translator
         try:
-            async for data in self._resp.content.iter_any():
+            async for data in self._resp:
                 batch: list[bytes] = []
                 for event, payload in parser.feed(data):
                     try:
@@ -263,7 +263,7 @@ class AnthropicStream(ChatStream):
                     yield batch
                 if tr.done:
                     break
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except (TimeoutError, H1Error) as e:
             raise transport_error(self._provider, e) from None
         finally:
             self._resp.release() if tr.done else self._resp.close()

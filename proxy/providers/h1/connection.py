@@ -1,0 +1,289 @@
+"""One keep-alive HTTP/1.1 connection: an `asyncio.Protocol` feeding httptools.
+
+It carries one request at a time. The response body is queued as `data_received` brings it,
+each piece handed on as it came (no stream buffer to copy through), and reading pauses
+while more than `_HIGH_WATER` bytes wait unread, so a slow reader slows the upstream
+instead of filling memory. A single timer per request enforces the call's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import zlib
+from collections import deque
+from collections.abc import Callable
+from typing import Final, cast
+
+import httptools
+
+from .endpoint import Key
+from .errors import BadResponse, ConnectionLost
+
+_HIGH_WATER: Final = 64 * 1024  # unread body bytes that pause reading from the socket
+_LOW_WATER: Final = 16 * 1024  # ... and resume it
+# Header names the connection itself looks at have these lengths; others skip the compare.
+_WATCHED_LENGTHS: Final = frozenset((14, 16, 17))
+_FRAMING: Final = (b"content-length", b"transfer-encoding")
+
+
+def _inflater(coding: bytes) -> zlib._Decompress | None:
+    """A decompressor for a gzip or zlib-deflate body; None for identity (or unknown: as is)."""
+    if coding.strip().lower() in (b"gzip", b"x-gzip", b"deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # 32: detect a gzip or zlib header
+    return None
+
+
+class Connection(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    __slots__ = (
+        "_busy",
+        "_chunks",
+        "_closed",
+        "_exc",
+        "_framed",
+        "_got_data",
+        "_head_done",
+        "_inflate",
+        "_keep_alive",
+        "_loop",
+        "_on_close",
+        "_parser",
+        "_paused",
+        "_queued",
+        "_timer",
+        "_waiter",
+        "complete",
+        "idle_since",
+        "key",
+        "raw_headers",
+        "reused",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, key: Key, on_close: Callable[[Connection], None]) -> None:
+        self.key = key
+        self.reused = False  # served a response before: a failure may be a stale keep-alive
+        self.idle_since = 0.0  # loop time it went idle in the pool; 0 while in use
+        self.status = 0
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.complete = False  # the whole response has been received
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._paused = False
+        self._busy = False
+        self._closed = False
+        self._head_done = False
+        self._framed = False  # Content-Length or Transfer-Encoding: else the body ends at EOF
+        self._keep_alive = False
+        self._got_data = False
+        self._inflate: zlib._Decompress | None = None
+        self._exc: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- what the pool and the response use ------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self._keep_alive and not self._closed and self._exc is None
+
+    @property
+    def stale(self) -> bool:
+        """Lost before answering on a reused connection: the server dropped it while idle."""
+        return self.reused and not self._got_data
+
+    async def send(self, request: bytes, deadline: float) -> None:
+        """Write one request and wait for the response's status and headers.
+
+        Any failure, cancellation included, closes the connection.
+        """
+        self.status, self.raw_headers, self.complete = 0, [], False
+        self._busy, self._head_done, self._framed, self._got_data = True, False, False, False
+        self._inflate = None
+        self._timer = self._loop.call_at(deadline, self._time_out)
+        self.transport.write(request)
+        try:
+            while not self._head_done:
+                if self._exc is not None:
+                    raise self._exc
+                await self._new_waiter()
+        except BaseException:
+            self.abort()
+            raise
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of body as one socket read brought it; None at the end."""
+        chunks = self._chunks
+        while not chunks:
+            if self._exc is not None:
+                raise self._exc
+            if self.complete:
+                return None
+            await self._new_waiter()
+        chunk = chunks.popleft()
+        self._queued -= len(chunk)
+        if self._paused and self._queued < _LOW_WATER:
+            self._resume()
+        return chunk
+
+    async def read_all(self) -> bytes:
+        """The rest of the body, whole."""
+        parts: list[bytes] = []
+        while True:
+            parts += self._chunks
+            self._discard_body()  # the reader takes everything: never leave reading paused
+            if self.complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if self._exc is not None:
+                raise self._exc
+            await self._new_waiter()
+
+    def recycle(self) -> None:
+        """Back to idle: unread body dropped, reading on (to notice the server closing)."""
+        self._busy = False
+        self._discard_body()
+
+    def close(self) -> None:
+        """Close after a complete response, or drop at once mid-response."""
+        if self.complete and self._exc is None and not self._closed:
+            self._shut(self.transport.close)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._shut(self.transport.abort)
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # answers are small: don't let Nagle hold them
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy or self.complete:
+            self.abort()  # bytes nobody asked for: the connection's framing is lost
+            return
+        self._got_data = True
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            # A zlib error from on_body arrives here too, as the parser's callback error.
+            self._fail(BadResponse(f"invalid HTTP response from the upstream: {e!r}"))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        by_peer = not self._closed
+        if self._busy and not self.complete:
+            if by_peer and exc is None and self._head_done and not self._framed:
+                self._finish(keep_alive=False)  # a body without length ends with the connection
+            else:
+                lost = ConnectionLost("the upstream closed the connection mid-response")
+                lost.__cause__ = exc
+                self._fail(lost)
+        if by_peer:
+            self._shut(None)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        """Requests are written whole; the transport buffers what the socket can't take."""
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+        if len(name) in _WATCHED_LENGTHS:
+            lower = name.lower()
+            if lower == b"content-encoding":
+                self._inflate = _inflater(value)
+            elif lower in _FRAMING:
+                self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self._head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._inflate is not None:
+            body = self._inflate.decompress(body)  # zlib.error: see data_received
+        if body:
+            self._queue(body)
+
+    def on_message_complete(self) -> None:
+        self._finish(self._parser.should_keep_alive())
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _queue(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._queued += len(body)
+        if self._queued > _HIGH_WATER and not self._paused and not self._closed:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _finish(self, keep_alive: bool) -> None:
+        if self._inflate is not None:
+            tail = self._inflate.flush()
+            if tail:
+                self._queue(tail)
+        self.complete = True
+        self._keep_alive = keep_alive
+        self._cancel_timer()
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._exc is None:
+            self._exc = exc
+        self._wake()
+
+    def _time_out(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError())
+        self.abort()
+
+    def _shut(self, how: Callable[[], None] | None) -> None:
+        """Close once (`how`: the transport's close or abort; None when already closed)."""
+        self._closed = True
+        self._cancel_timer()
+        if how is not None:
+            how()
+        self._on_close(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _discard_body(self) -> None:
+        self._chunks.clear()
+        self._queued = 0
+        if self._paused:
+            self._resume()
+
+    def _resume(self) -> None:
+        self._paused = False
+        if not self._closed:
+            self.transport.resume_reading()
+
+    def _new_waiter(self) -> asyncio.Future[None]:
+        self._waiter = waiter = self._loop.create_future()
+        return waiter
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)

@@ -1,0 +1,76 @@
+"""An upstream response: status and headers at hand, the body read whole or piece by piece.
+
+The callers end every response with `release()` (the connection goes back to the pool if
+the whole response arrived, else it is dropped) or `close()`; any failure or cancellation
+while reading closes it as well, so a connection is never reused mid-response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Self
+
+from .connection import Connection
+from .errors import H1Error
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+
+class Response:
+    __slots__ = ("_conn", "_headers", "_pool", "_raw", "status")
+
+    def __init__(self, conn: Connection, pool: Pool) -> None:
+        self.status = conn.status
+        self._raw = conn.raw_headers
+        self._conn: Connection | None = conn
+        self._pool = pool
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Header names lower-cased (the last of repeated ones wins); built on first use."""
+        if self._headers is None:
+            self._headers = {
+                name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._raw
+            }
+        return self._headers
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        conn = self._open()
+        try:
+            return await conn.read_all()
+        except BaseException:
+            self.close()
+            raise
+
+    def __aiter__(self) -> Self:
+        """The body as it arrives: each piece is what one socket read brought."""
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._open()
+        try:
+            chunk = await conn.next_chunk()
+        except BaseException:
+            self.close()
+            raise
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.put(conn)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+
+    def _open(self) -> Connection:
+        if self._conn is None:
+            raise H1Error("the response was already released")
+        return self._conn
