@@ -28,6 +28,7 @@ from proxy.providers.anthropic import (
     to_completion,
 )
 from proxy.providers.base import ChatCall
+from proxy.providers.sse import payloads
 from proxy.wire import Message
 
 MODEL = Model(
@@ -849,7 +850,7 @@ async def test_stream_yields_openai_chunks_and_keeps_usage_aside(
 ) -> None:
     upstream, provider = fake
     stream = await provider.stream(user_call(stream=True))
-    chunks = [json.loads(c) async for batch in stream for c in batch]
+    chunks = [json.loads(c) async for events in stream for c in payloads(events)]
     assert upstream.requests[0][1]["stream"] is True
     assert deltas(chunks)[0]["role"] == "assistant"
     assert all(c["choices"] for c in chunks)
@@ -867,7 +868,7 @@ async def test_stream_closed_before_message_stop_raises_cut(
     stream = await provider.stream(user_call(stream=True))
     got: list[bytes] = []
     with pytest.raises(UpstreamError) as e:
-        async for batch in stream:
-            got += batch
+        async for events in stream:
+            got += payloads(events)
     assert e.value.reason == "cut"
     assert len(got) == 3  # role, and the two text deltas that did arrive

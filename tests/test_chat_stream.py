@@ -148,6 +148,35 @@ async def test_openai_sdk_streams_through_the_gateway(
     await client.close()
 
 
+async def test_a_stream_sent_in_one_write_reaches_the_client_event_for_event(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    paced = Reply(text="one two three four", prompt_tokens=9, completion_tokens=4)
+    fake_openai.script(paced, Reply(text="one two three four", prompt_tokens=9,
+                                    completion_tokens=4, burst=True))
+    body = {"model": "fake/gpt", "messages": USER, "stream_options": {"include_usage": True}}
+    slow = sse_events(await (await stream(http, gateway, body)).read())
+    fast = sse_events(await (await stream(http, gateway, body)).read())
+    assert len(fast) == len(slow) == 1 + 4 + 1 + 1 + 1  # role, words, finish, usage, [DONE]
+    for a, b in zip(slow[:-1], fast[:-1], strict=True):
+        a_chunk, b_chunk = json.loads(a), json.loads(b)
+        a_chunk.pop("id"), b_chunk.pop("id")
+        assert a_chunk == b_chunk
+    assert json.loads(fast[-2])["usage"]["cost"] == pytest.approx((9 * 0.15 + 4 * 0.60) / 1e6)
+
+
+async def test_error_event_inside_a_burst_follows_the_events_before_it(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    fake_openai.script(ErrorEvent(after_events=2, message="Overloaded now",
+                                  reply=Reply(text="alpha beta gamma", burst=True)))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER})
+    events = sse_events(await resp.read())
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:2]] == ["", "alpha"]
+    assert "Overloaded now" in json.loads(events[2])["error"]["message"]
+    assert len(events) == 3
+
+
 async def test_mid_stream_upstream_error_becomes_sse_error_event(
     gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:

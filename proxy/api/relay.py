@@ -19,6 +19,7 @@ from ..cache import CachedCompletion, replay_chunks, response_body
 from ..catalog import Model, Usage, nano_to_usd
 from ..errors import UpstreamError, UpstreamTimeout
 from ..providers.base import ChatCall, ChatStream, Completion
+from ..providers.sse import frame, payloads
 from .common import echo_request_id
 
 _encode = msgspec.json.encode
@@ -31,7 +32,7 @@ _SSE_HEADERS: Final = {
 DONE: Final = b"data: [DONE]\n\n"
 STATUS_CLIENT_GONE: Final = 499
 
-OpenStream = tuple[ChatStream, AsyncIterator[list[bytes]], list[bytes] | None]
+OpenStream = tuple[ChatStream, AsyncIterator[bytes], bytes | None]
 
 
 class Outcome:
@@ -147,18 +148,18 @@ async def pipe(
     After the first byte there is no retry: an upstream failure becomes an SSE error event
     and the stream ends. `keep` collects the payloads (for the response cache).
     """
-    stream, batches, first = opened
+    stream, runs, first = opened
     response = web.StreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome)})
     await response.prepare(request)
     try:
         if first is not None:
             if keep is not None:
-                keep += first
-            await response.write(_frame(first))
-            async for batch in batches:
+                keep += payloads(first)
+            await response.write(first)
+            async for events in runs:
                 if keep is not None:
-                    keep += batch
-                await response.write(_frame(batch))
+                    keep += payloads(events)
+                await response.write(events)
     except UpstreamError as e:
         outcome.collect(stream)
         outcome.status = 502
@@ -180,13 +181,6 @@ async def pipe(
     return response
 
 
-def _frame(batch: list[bytes]) -> bytes:
-    """SSE events for one batch of payloads: one write for everything one read brought."""
-    if len(batch) == 1:
-        return b"data: " + batch[0] + b"\n\n"
-    return b"".join(b"data: " + payload + b"\n\n" for payload in batch)
-
-
 class StreamBroke(Exception):
     """The upstream failed after the first byte; the error event was sent, the stream ends."""
 
@@ -205,8 +199,7 @@ async def replay(
         return web.Response(body=response_body(hit), content_type="application/json", headers=headers)
     response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
-    body = b"".join(b"data: " + payload + b"\n\n"
-                    for payload in replay_chunks(hit, include_usage=include_usage))
+    body = frame(replay_chunks(hit, include_usage=include_usage))
     await response.write_eof(body + DONE)  # a cached answer has nothing to wait for
     return response
 

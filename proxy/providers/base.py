@@ -71,9 +71,10 @@ class Embedding:
 
 
 class ChatStream(abc.ABC):
-    """An open upstream stream, iterated as batches of OpenAI `chat.completion.chunk` JSON
-    payloads: each batch is what one upstream read brought, so the relay writes it to the
-    client in one write (a paced upstream gives batches of one event).
+    """An open upstream stream, iterated as SSE bytes for the client: `data:` events of
+    OpenAI `chat.completion.chunk` JSON, each run what one upstream read brought, so the
+    relay writes it in one write (a paced upstream gives one event at a time). An OpenAI
+    upstream's events pass through as they came; other protocols are translated.
 
     The usage chunk (OpenAI's last chunk, `choices: []`) is not yielded: it is kept in
     `usage_chunk` so the caller can add the cost and send it only if the client asked.
@@ -87,7 +88,7 @@ class ChatStream(abc.ABC):
         self.text_chars = 0  # content and tool-call argument characters that flowed
 
     @abc.abstractmethod
-    def __aiter__(self) -> AsyncIterator[list[bytes]]: ...
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None:
         """Stop reading and release the upstream connection (the client went away)."""

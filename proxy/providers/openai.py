@@ -19,7 +19,7 @@ from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .h1 import Endpoint, H1Error, Response
 from .http import post, read_all, transport_error, upstream_error
-from .sse import SSEParser
+from .sse import SSEParser, frame, parse
 
 _encode = msgspec.json.encode
 _decode_fields = msgspec.json.Decoder(dict[str, Raw]).decode
@@ -57,9 +57,12 @@ class _Lite(msgspec.Struct):
 
     choices: list[_Choice] = []
     usage: _Usage | None = None
+    error: Raw | None = None  # an error event in a stream
 
 
 _decode_lite = msgspec.json.Decoder(_Lite).decode
+_decode_run = msgspec.json.Decoder(list[_Lite]).decode
+_DONE_EVENT: Final = b"data: [DONE]\n\n"
 _decode_usage = msgspec.json.Decoder(_Usage).decode
 
 
@@ -80,7 +83,12 @@ def _text_chars(choice: _Choice) -> int:
     if part is None:
         return 0
     n = len(part.content) if part.content else 0
-    for tc in part.tool_calls or ():
+    return n + _tool_chars(part.tool_calls) if part.tool_calls else n
+
+
+def _tool_chars(tool_calls: list[_ToolCall]) -> int:
+    n = 0
+    for tc in tool_calls:
         args = (tc.function or {}).get("arguments")
         if isinstance(args, str):
             n += len(args)
@@ -107,39 +115,106 @@ class OpenAIStream(ChatStream):
         super().__init__()
         self._provider = provider
         self._resp = resp
+        self._done = False
 
-    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
         resp = self._resp
-        done = False
         try:
             async for chunk in resp:
-                batch: list[bytes] = []
-                for _event, data in parser.feed(chunk):
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        forward = self._read(data)
-                    except UpstreamError:
-                        if batch:
-                            yield batch  # what came before the error still reaches the client
-                        raise
-                    if forward:
-                        batch.append(data)
-                if batch:
-                    yield batch
-                if done:
+                complete = parser.take(chunk)
+                if not complete:
+                    continue
+                out = self._read_run(complete)
+                if out is None:
+                    out = self._read_events(complete)
+                if out:
+                    yield out
+                if self._done:
                     break
         except (TimeoutError, H1Error) as e:
             raise transport_error(self._provider, e) from None
+        except _BrokeAfter as broke:
+            if broke.sent:
+                yield broke.sent  # what came before the error still reaches the client
+            raise broke.error from None
         finally:
-            resp.release() if done else resp.close()
-        if not done and self.finish_reason is None:
+            resp.release() if self._done else resp.close()
+        if not self._done and self.finish_reason is None:
             raise UpstreamError(
                 f"The stream from upstream provider `{self._provider}` ended early.",
                 reason="cut",
             )
+
+    def _read_run(self, complete: bytes) -> bytes | None:
+        """Account a run of one-line `data:` events with one decode, and forward its bytes
+        as they came; None when the run is anything else (the general path handles it).
+
+        A read usually brings one event of a paced stream, or many of a fast one: the
+        events become one JSON array (`data: ` between blocks becomes a comma, which only
+        a block boundary can hold: JSON strings have no raw newlines).
+        """
+        if complete.endswith(_DONE_EVENT):
+            self._done = True
+            complete = complete[: -len(_DONE_EVENT)]
+            if not complete:
+                return b""
+        if not complete.startswith(b"data: {"):
+            return None
+        inner = complete[6:-2]
+        joined = inner.replace(b"\n\ndata: ", b",")
+        if b"\n" in joined:
+            return None  # comments, event names, multi-line data: event by event
+        try:
+            lites = _decode_run(b"[" + joined + b"]")
+        except msgspec.MsgspecError:
+            return None
+        if len(lites) != (len(inner) - len(joined)) // 7 + 1:
+            return None  # a block held more than one JSON value: malformed, said precisely
+        chars = 0
+        finish = usage = None
+        for lite in lites:  # the hot loop of a stream: inlined `_account`, committed at the end
+            if lite.error is not None:
+                return None  # the general path raises it after forwarding what came before
+            if lite.choices:
+                for choice in lite.choices:
+                    part = choice.delta or choice.message
+                    if part is not None:
+                        if part.content:
+                            chars += len(part.content)
+                        if part.tool_calls:
+                            chars += _tool_chars(part.tool_calls)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+            elif lite.usage is not None and lite is not lites[-1]:
+                return None  # a usage chunk before the end: event by event
+            if lite.usage is not None:
+                usage = lite.usage
+        self.text_chars += chars
+        if finish is not None:
+            self.finish_reason = finish
+        if usage is not None:
+            self.usage = to_usage(usage)
+            if not lites[-1].choices:  # the usage chunk: the caller sends it, with the cost
+                cut = complete.rfind(b"\n\ndata: ") + 2 if len(lites) > 1 else 0
+                self.usage_chunk = _decode_fields(complete[cut + 6 : -2])
+                complete = complete[:cut]
+        return complete
+
+    def _read_events(self, complete: bytes) -> bytes:
+        """The general path: event by event, any SSE shape, precise errors."""
+        sent: list[bytes] = []
+        for _event, data in parse(complete):
+            if data == b"[DONE]":
+                self._done = True
+                break
+            try:
+                forward = self._read(data)
+            except UpstreamError as e:
+                raise _BrokeAfter(frame(sent), e) from None
+            if forward:
+                sent.append(data)
+        return frame(sent)
 
     def _read(self, data: bytes) -> bool:
         """Account one event; False for the usage chunk, which the caller sends itself."""
@@ -152,19 +227,31 @@ class OpenAIStream(ChatStream):
                 f"Upstream provider `{self._provider}` sent a malformed event.",
                 reason="malformed",
             ) from None
+        self._account(lite)
+        if lite.usage is not None and not lite.choices:
+            self.usage_chunk = _decode_fields(data)
+            return False
+        return True
+
+    def _account(self, lite: _Lite) -> None:
         for choice in lite.choices:
             self.text_chars += _text_chars(choice)
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
         if lite.usage is not None:
             self.usage = to_usage(lite.usage)
-            if not lite.choices:
-                self.usage_chunk = _decode_fields(data)
-                return False
-        return True
 
     async def aclose(self) -> None:
         self._resp.close()
+
+
+class _BrokeAfter(Exception):
+    """An upstream error event in the middle of a read, with the events before it."""
+
+    def __init__(self, sent: bytes, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.sent = sent
+        self.error = error
 
 
 class OpenAIProvider(Provider):

@@ -53,7 +53,7 @@ class SimulatedStream(ChatStream):
         self._id = cid
         self._prompt = prompt_tokens(call.messages)
 
-    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         created = int(time.time())
         head = {"id": self._id, "object": "chat.completion.chunk", "created": created,
                 "model": self._call.model.upstream}
@@ -70,7 +70,8 @@ class SimulatedStream(ChatStream):
             if i == n - 1:
                 finish = finish or "stop"
                 self.finish_reason = finish
-            yield [_encode({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})]
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            yield b"data: " + _encode(chunk) + b"\n\n"
         self.usage = Usage(prompt_tokens=self._prompt, completion_tokens=n)
         self.usage_chunk = {
             **{k: encode_raw(v) for k, v in head.items()},

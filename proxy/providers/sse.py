@@ -1,6 +1,9 @@
-"""Incremental Server-Sent Events parsing: bytes as they arrive in, whole events out."""
+"""Server-Sent Events: incremental parsing (bytes as they arrive in, whole events out) and
+framing (chunk payloads out to the client as `data:` events)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class SSEParser:
@@ -8,6 +11,8 @@ class SSEParser:
 
     Events end at a blank line. Multi-line `data:` fields are joined with a newline as
     the SSE spec says; comments (lines starting with ':') and `id:`/`retry:` are ignored.
+    `take` and `parse` are the two halves of `feed`, for a caller that first looks at the
+    complete events as one run of bytes.
     """
 
     __slots__ = ("_buf",)
@@ -16,30 +21,46 @@ class SSEParser:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:
+        return parse(self.take(chunk))
+
+    def take(self, chunk: bytes) -> bytes:
+        """The complete events so far (line ends normalized to `\\n`), b"" if none; the rest
+        waits for the next chunk."""
         buf = self._buf + chunk if self._buf else chunk
+        held = b""
         if b"\r" in buf:
+            if buf.endswith(b"\r"):  # maybe half a CRLF: its LF may open the next chunk
+                buf, held = buf[:-1], b"\r"
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        events: list[tuple[bytes | None, bytes]] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            block = buf[start:end]
-            start = end + 2
-            if block.startswith(b"data: ") and b"\n" not in block:
-                events.append((None, block[6:]))  # the common case: one data line
-                continue
-            parsed = _parse_block(block)
-            if parsed is not None:
-                events.append(parsed)
-        self._buf = buf[start:]
-        return events
+        end = buf.rfind(b"\n\n") + 2
+        if end < 2:
+            self._buf = buf + held
+            return b""
+        self._buf = buf[end:] + held
+        return buf[:end]
 
     @property
     def pending(self) -> bytes:
         """Bytes of an unfinished event (a stream that was cut mid-event)."""
         return self._buf
+
+
+def parse(complete: bytes) -> list[tuple[bytes | None, bytes]]:
+    """The events of a run of complete SSE blocks (as `SSEParser.take` returns)."""
+    events: list[tuple[bytes | None, bytes]] = []
+    start = 0
+    while True:
+        end = complete.find(b"\n\n", start)
+        if end < 0:
+            return events
+        block = complete[start:end]
+        start = end + 2
+        if block.startswith(b"data: ") and b"\n" not in block:
+            events.append((None, block[6:]))  # the common case: one data line
+            continue
+        parsed = _parse_block(block)
+        if parsed is not None:
+            events.append(parsed)
 
 
 def _parse_block(block: bytes) -> tuple[bytes | None, bytes] | None:
@@ -58,3 +79,20 @@ def _parse_block(block: bytes) -> tuple[bytes | None, bytes] | None:
     if not data and event is None:
         return None
     return event, b"\n".join(data)
+
+
+def frame(payloads: Iterable[bytes]) -> bytes:
+    """`data:` events for chunk payloads, ready to write to the client in one write."""
+    return b"".join(_frame_one(p) for p in payloads)
+
+
+def _frame_one(payload: bytes) -> bytes:
+    if b"\n" in payload:  # one `data:` line per line, or the client reads a field per line
+        payload = payload.replace(b"\n", b"\ndata: ")
+    return b"data: " + payload + b"\n\n"
+
+
+def payloads(framed: bytes) -> list[bytes]:
+    """The payloads of events that `frame` wrote (or an upstream wrote the same way)."""
+    return [block[6:].replace(b"\ndata: ", b"\n") for block in framed[:-2].split(b"\n\n")] \
+        if framed else []

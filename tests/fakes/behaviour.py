@@ -76,6 +76,7 @@ class Reply:
     tokens; Anthropic's `input_tokens` excludes cache reads and writes).
     `finish_reason=None` picks the provider's natural word ("stop"/"tool_calls",
     "end_turn"/"tool_use"). `omit_usage` models a server that reports no usage at all.
+    `burst` sends a whole stream in one write, as a server with the answer in hand does.
     """
 
     text: str | None = None
@@ -88,6 +89,7 @@ class Reply:
     chunks: list[str] | None = None
     interval_s: float = 0.0
     omit_usage: bool = False
+    burst: bool = False
     gate: Gate | None = None
 
     @property
@@ -375,6 +377,8 @@ class FakeServer:
     ) -> web.StreamResponse:
         resp = await self._open_stream(ex)
         gate = reply.gate
+        if reply.burst:
+            events = [b"".join(events)]
         try:
             for i, event in enumerate(events):
                 if gate is not None:

@@ -15,7 +15,7 @@ from ...wire import encode_raw
 from ..base import ChatStream
 from ..h1 import H1Error, Response
 from ..http import transport_error
-from ..sse import SSEParser
+from ..sse import SSEParser, frame
 from .response import _AMessage, _AUsage, _Block, _chat_id, finish_reason, to_usage, usage_payload
 
 _encode = msgspec.json.encode
@@ -242,7 +242,7 @@ class AnthropicStream(ChatStream):
         self._resp = resp
         self._translator = StreamTranslator(model, provider)
 
-    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
         tr = self._translator
         try:
@@ -253,14 +253,14 @@ class AnthropicStream(ChatStream):
                         batch += tr.feed(event, payload)
                     except UpstreamError:
                         if batch:
-                            yield batch  # what came before the error still reaches the client
+                            yield frame(batch)  # what came before the error still reaches the client
                         raise
                     finally:
                         self._sync()
                     if tr.done:
                         break
                 if batch:
-                    yield batch
+                    yield frame(batch)
                 if tr.done:
                     break
         except (TimeoutError, H1Error) as e:
