@@ -349,6 +349,69 @@ async def test_second_caller_waits_for_the_only_connection(serve: Any) -> None:
         await pool.close()
 
 
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+LAST_EVENT = b"data: [DONE]\n\n"
+
+
+async def test_stream_released_before_its_end_is_reused_once_the_end_arrives(
+    serve: Any,
+) -> None:
+    end = asyncio.Event()
+
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(STREAM_HEAD + b"%x\r\n%b\r\n" % (len(LAST_EVENT), LAST_EVENT))
+        await end.wait()
+        await conn.send(b"0\r\n\r\n")
+        await keep_alive(conn)
+
+    server = await serve(handle)
+    pool = Pool(limit=1, timeout=60.0, connect_timeout=2.0)
+    try:
+        async with asyncio.timeout(5):
+            resp = await pool.post(server.endpoint(), b"{}")
+            assert await anext(resp) == LAST_EVENT
+            resp.release()  # the caller is done; the body's end has not come yet
+            second = asyncio.create_task(post_read(pool, server))  # waits for the one slot
+            end.set()
+            assert await second == JSON
+        assert server.connections == 1
+        assert [number for number, _, _ in server.requests] == [1, 1]
+    finally:
+        await pool.close()
+
+
+async def test_stream_released_whose_end_never_comes_is_closed_at_its_deadline(
+    serve: Any,
+) -> None:
+    hung_up = asyncio.Event()
+
+    async def handle(conn: Conn) -> None:
+        if conn.number == 1:
+            await conn.request()
+            await conn.send(STREAM_HEAD + b"%x\r\n%b\r\n" % (len(LAST_EVENT), LAST_EVENT))
+            if not await conn.request():  # no end, ever: the client hangs up
+                hung_up.set()
+            return
+        await keep_alive(conn)
+
+    server = await serve(handle)
+    pool = Pool(limit=1, timeout=0.3, connect_timeout=2.0)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(5):  # a guard: the exchange's own 0.3 s must end it first
+            started = loop.time()
+            resp = await pool.post(server.endpoint(), b"{}")
+            assert await anext(resp) == LAST_EVENT
+            resp.release()
+            await hung_up.wait()
+            assert loop.time() - started >= 0.29  # not before its deadline (uvloop: ms clock)
+            assert await post_read(pool, server) == JSON  # and the only slot is free again
+        assert server.connections == 2
+    finally:
+        await pool.close()
+
+
 async def test_refused_connection_maps_to_could_not_connect(pool: Pool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
         "_parser",
         "_paused",
         "_queued",
+        "_then",
         "_timer",
         "_waiter",
         "complete",
@@ -87,12 +88,27 @@ class Connection(asyncio.Protocol):
         self._exc: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._then: Callable[[Connection], None] | None = None
 
     # -- what the pool and the response use ------------------------------------------------
 
     @property
     def reusable(self) -> bool:
         return self.complete and self._keep_alive and not self._closed and self._exc is None
+
+    @property
+    def can_finish(self) -> bool:
+        """Mid-body but healthy and framed: the rest can be read off in the background."""
+        return (self._busy and self._head_done and self._framed and not self.complete
+                and not self._closed and self._exc is None)
+
+    def finish_then(self, then: Callable[[Connection], None]) -> None:
+        """The caller has what it needs (an event stream's last event) but the body's end
+        has not arrived: drop what still comes and call `then` when the response is whole.
+        The exchange's deadline still runs: a body that never ends closes the connection.
+        """
+        self._then = then
+        self._discard_body()
 
     @property
     def stale(self) -> bool:
@@ -215,6 +231,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._then is not None:
+            return  # finishing in the background: nobody reads the rest
         if self._inflate is not None:
             body = self._inflate.decompress(body)  # zlib.error: see data_received
         if body:
@@ -242,6 +260,9 @@ class Connection(asyncio.Protocol):
         self._keep_alive = keep_alive
         self._cancel_timer()
         self._wake()
+        then, self._then = self._then, None
+        if then is not None:
+            then(self)
 
     def _fail(self, exc: BaseException) -> None:
         if self._exc is None:
@@ -256,6 +277,7 @@ class Connection(asyncio.Protocol):
     def _shut(self, how: Callable[[], None] | None) -> None:
         """Close once (`how`: the transport's close or abort; None when already closed)."""
         self._closed = True
+        self._then = None
         self._cancel_timer()
         if how is not None:
             how()

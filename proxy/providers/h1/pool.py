@@ -71,7 +71,14 @@ class Pool:
         return Response(conn, self)
 
     def put(self, conn: Connection) -> None:
-        """Take a connection back from a finished response: keep it for reuse, or close it."""
+        """Take a connection back from a finished response: keep it for reuse, or close it.
+
+        A response released before its body's end arrived (a stream's `[DONE]` is read
+        before the chunked terminator) comes back here once the end is in.
+        """
+        if conn.can_finish and not self._closed:
+            conn.finish_then(self.put)
+            return
         if not conn.reusable or self._closed:
             conn.close()
             return

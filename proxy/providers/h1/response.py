@@ -1,8 +1,10 @@
 """An upstream response: status and headers at hand, the body read whole or piece by piece.
 
-The callers end every response with `release()` (the connection goes back to the pool if
-the whole response arrived, else it is dropped) or `close()`; any failure or cancellation
-while reading closes it as well, so a connection is never reused mid-response.
+The callers end every response with `release()` (the connection goes back to the pool
+once the whole response has arrived: at once, or when the rest of a body with a length or
+chunked framing comes in, read off and dropped; else it is closed) or `close()`; any failure
+or cancellation while reading closes it as well, so a connection is never reused
+mid-response.
 """
 
 from __future__ import annotations
