@@ -107,6 +107,20 @@ def test_concurrent_calls_each_get_their_own_reply_on_uvloop(
     uvloop.run(scenario())
 
 
+async def test_first_call_of_an_iteration_goes_at_once_and_the_rest_are_gathered(
+    pipeline: AutoPipeline, client: aredis.Redis, redis_namespace: str,
+) -> None:
+    script = client.register_script(ECHO)
+    assert await echo(pipeline, script, redis_namespace, 0, "open") == expected(0, "open")
+    connection = pipeline._connection  # written-and-unanswered calls are what this test reads
+    assert connection is not None
+    first, second, third = (echo(pipeline, script, redis_namespace, i, f"v{i}") for i in (1, 2, 3))
+    assert list(connection.waiting()) == [first]  # written before anything else ran
+    await asyncio.sleep(0)  # one loop iteration: the gathered calls go out together
+    assert list(connection.waiting()) == [first, second, third]
+    assert await asyncio.gather(first, second, third) == [expected(i, f"v{i}") for i in (1, 2, 3)]
+
+
 @pytest.mark.parametrize("batched", [False, True])
 async def test_replies_have_the_types_redis_py_gives(
     client: aredis.Redis, redis_namespace: str, batched: bool,
