@@ -92,6 +92,7 @@ async def test_whole_stream_in_one_read_passes_through_unchanged_but_the_usage_c
     assert out == frame(ANSWER)
     assert_accounted(stream)
     assert upstream.released and not upstream.closed  # [DONE] seen: the connection is reused
+    assert stream.finished
 
 
 async def test_one_read_per_event() -> None:
@@ -168,6 +169,7 @@ async def test_stream_without_done_or_finish_is_cut() -> None:
             pass
     assert e.value.reason == "cut"
     assert upstream.closed and not upstream.released
+    assert not stream.finished
 
 
 async def test_events_after_done_are_ignored() -> None:

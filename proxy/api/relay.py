@@ -155,7 +155,9 @@ async def pipe(
         if first is not None:
             if keep is not None:
                 keep += payloads(first)
-            await response.write(first)
+            if not stream.finished:  # else it all came in one read: it goes out with the end
+                await response.write(first)
+                first = None
             async for events in runs:
                 if keep is not None:
                     keep += payloads(events)
@@ -164,7 +166,7 @@ async def pipe(
         outcome.collect(stream)
         outcome.status = 502
         outcome.error_code = e.code
-        await response.write(b"data: " + e.body() + b"\n\n")
+        await response.write((first or b"") + b"data: " + e.body() + b"\n\n")
         raise StreamBroke(response, e) from None
     except BaseException:
         await stream.aclose()
@@ -177,6 +179,8 @@ async def pipe(
         chunk = dict(stream.usage_chunk)
         chunk["usage"] = usage_with_cost(chunk.get("usage"), usage, outcome.model.cost(usage))
         tail = b"data: " + _encode(chunk) + b"\n\n" + DONE
+    if first is not None:
+        tail = first + tail
     await response.write_eof(tail)  # the usage chunk, [DONE] and the end: one write
     return response
 

@@ -86,6 +86,8 @@ class ChatStream(abc.ABC):
         self.usage_chunk: dict[str, Raw] | None = None
         self.finish_reason: str | None = None
         self.text_chars = 0  # content and tool-call argument characters that flowed
+        # The upstream's end is in, and accounted: iterating further yields nothing more.
+        self.finished = False
 
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...

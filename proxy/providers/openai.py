@@ -115,7 +115,6 @@ class OpenAIStream(ChatStream):
         super().__init__()
         self._provider = provider
         self._resp = resp
-        self._done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
@@ -130,7 +129,7 @@ class OpenAIStream(ChatStream):
                     out = self._read_events(complete)
                 if out:
                     yield out
-                if self._done:
+                if self.finished:
                     break
         except (TimeoutError, H1Error) as e:
             raise transport_error(self._provider, e) from None
@@ -139,8 +138,8 @@ class OpenAIStream(ChatStream):
                 yield broke.sent  # what came before the error still reaches the client
             raise broke.error from None
         finally:
-            resp.release() if self._done else resp.close()
-        if not self._done and self.finish_reason is None:
+            resp.release() if self.finished else resp.close()
+        if not self.finished and self.finish_reason is None:
             raise UpstreamError(
                 f"The stream from upstream provider `{self._provider}` ended early.",
                 reason="cut",
@@ -155,7 +154,7 @@ class OpenAIStream(ChatStream):
         a block boundary can hold: JSON strings have no raw newlines).
         """
         if complete.endswith(_DONE_EVENT):
-            self._done = True
+            self.finished = True
             complete = complete[: -len(_DONE_EVENT)]
             if not complete:
                 return b""
@@ -206,7 +205,7 @@ class OpenAIStream(ChatStream):
         sent: list[bytes] = []
         for _event, data in parse(complete):
             if data == b"[DONE]":
-                self._done = True
+                self.finished = True
                 break
             try:
                 forward = self._read(data)

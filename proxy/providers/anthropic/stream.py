@@ -273,6 +273,7 @@ class AnthropicStream(ChatStream):
         tr = self._translator
         self.usage, self.usage_chunk = tr.usage, tr.usage_chunk
         self.finish_reason, self.text_chars = tr.finish_reason, tr.text_chars
+        self.finished = tr.done
 
     async def aclose(self) -> None:
         self._resp.close()
