@@ -222,13 +222,17 @@ class Bench:
               f"{a.duration}s at c={a.connections}, {a.c1_duration}s at c=1, "
               f"{a.repeat} pass(es); workdir {self.workdir}", flush=True)
         nginx, upstream = stack.start_nginx(self.workdir, self.load_core)
+        services = self.load_core if a.services_on_load_core else None
         try:
-            for target in a.targets:
-                try:
-                    self.one_target(target, nginx, upstream)
-                except stack.BenchError as e:
-                    self.rows.append(Row(target, "-", problem=str(e).splitlines()[0]))
-                    print(f"  {target}: FAILED: {e}", flush=True)
+            with stack.services_on(services) as moved:
+                if moved:
+                    self.notes.append(moved)
+                for target in a.targets:
+                    try:
+                        self.one_target(target, nginx, upstream)
+                    except stack.BenchError as e:
+                        self.rows.append(Row(target, "-", problem=str(e).splitlines()[0]))
+                        print(f"  {target}: FAILED: {e}", flush=True)
         finally:
             nginx.stop()
         report = self.render()
@@ -417,6 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-db", action="store_true", help="keep the bench database afterwards")
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
     p.add_argument("--no-redis", action="store_true", help="in-process limits instead")
+    p.add_argument("--services-floating", dest="services_on_load_core", action="store_false",
+                   help="leave Redis and PostgreSQL wherever the scheduler runs them "
+                        "(default: kept on the load core, off the server's)")
     p.add_argument("--gateway-extra-toml", help="TOML appended to the generated gateway config")
     p.add_argument("--gc-threshold", help="experiment: gc.set_threshold in the gateway, e.g. "
                    "50000,20,100 (loadtest/gc_probe; proxy/ is not changed)")

@@ -23,6 +23,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -149,6 +151,36 @@ def service_pids(names: tuple[str, ...] = ("redis-server", "postgres")) -> list[
             except OSError:
                 pass
     return pids
+
+
+@contextmanager
+def services_on(core: int | None) -> Iterator[str | None]:
+    """Keep Redis and PostgreSQL on `core` (the load generator's) for the length of a run.
+
+    Left to the scheduler, they often run on the server's core: a ledger COPY or a burst of
+    Lua calls then preempts the gateway for milliseconds, which shows up as its latency
+    tail, and is not where they run in production (another machine). New PostgreSQL
+    backends inherit the postmaster's mask. Every service process gets back the affinity it
+    had (new ones: all cores) at the end. Yields a line for the report, or None if skipped.
+    """
+    if core is None:
+        yield None
+        return
+    everything = set(range(os.cpu_count() or 1))
+    before: dict[int, set[int]] = {}
+    for pid in service_pids():
+        try:
+            before[pid] = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, {core})
+        except OSError:  # gone, or not ours to move (not root): leave it
+            pass
+    try:
+        yield f"Redis and PostgreSQL processes ({len(before)}) kept on core {core}" if before \
+            else None
+    finally:
+        for pid in service_pids():
+            with suppress(OSError):
+                os.sched_setaffinity(pid, before.get(pid, everything))
 
 
 def pids_cpu_ticks(pids: list[int]) -> dict[int, int]:

@@ -260,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pg", action="store_true")
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
     p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--services-floating", dest="services_on_load_core", action="store_false",
+                   help="leave Redis and PostgreSQL wherever the scheduler runs them "
+                        "(default: kept on the load core, off the gateway's)")
     p.add_argument("--gateway-extra-toml")
     p.add_argument("--gc-threshold", help="experiment: gc.set_threshold in the gateway, e.g. "
                    "50000,20,100 (loadtest/gc_probe; proxy/ is not changed)")
@@ -280,6 +283,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+async def both_phases(args: argparse.Namespace, workdir: Path, base: str,
+                      upstream: stack.Proc, server_core: int | None, direct: Phase, via: Phase,
+                      features: dict[str, str]) -> None:
+    """The same load straight at the upstream, then through the gateway (started here)."""
+    print(f"direct: {args.streams} streams ...", flush=True)
+    await drive(base + "/v1/chat/completions", None, "gpt-4o-mini", args, direct, None,
+                upstream, server_core)
+    extra = Path(args.gateway_extra_toml).read_text() if args.gateway_extra_toml else ""
+    gw = await asyncio.to_thread(
+        stack.Gateway, workdir, args.gateway_python, server_core, base + "/v1", base + "/v1",
+        pg=None if args.no_pg else args.pg, redis_url=None if args.no_redis else args.redis,
+        extra_toml=extra, gc_env=stack.gc_env(args.gc_threshold, args.gc_freeze, args.gc_log,
+                                          args.stall_log),
+        max_connections=args.upstream_connections)
+    try:
+        print(f"gateway: {args.streams} streams ...", flush=True)
+        await drive(gw.base + "/v1/chat/completions", gw.key, stack.STREAM_MODEL, args, via,
+                    gw.proc, upstream, server_core)
+        features.update(gw.features)
+        logged = gw.errors_logged()
+        if logged:
+            features["error lines logged"] = f"{len(logged)} (first: {logged[0][-120:]})"
+    finally:
+        await asyncio.to_thread(gw.stop)
+        gc_totals = gw.gc_report()
+        if gc_totals:
+            features["garbage collector (whole run)"] = gc_totals
+
+
 async def amain(args: argparse.Namespace, workdir: Path) -> int:
     load_core = args.load_core if (os.cpu_count() or 1) > 1 else None
     server_core = args.server_core if load_core is not None else None
@@ -293,32 +325,13 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
         "--stream-tokens", str(args.tokens), "--latency-ms", str(args.latency_ms), "--stamp")
     direct, via = Phase("direct to the upstream"), Phase("through the gateway")
     features: dict[str, str] = {}
-    try:
-        print(f"direct: {args.streams} streams ...", flush=True)
-        await drive(base + "/v1/chat/completions", None, "gpt-4o-mini", args, direct, None,
-                    upstream, server_core)
-        extra = Path(args.gateway_extra_toml).read_text() if args.gateway_extra_toml else ""
-        gw = await asyncio.to_thread(
-            stack.Gateway, workdir, args.gateway_python, server_core, base + "/v1", base + "/v1",
-            pg=None if args.no_pg else args.pg, redis_url=None if args.no_redis else args.redis,
-            extra_toml=extra, gc_env=stack.gc_env(args.gc_threshold, args.gc_freeze, args.gc_log,
-                                              args.stall_log),
-            max_connections=args.upstream_connections)
+    with stack.services_on(load_core if args.services_on_load_core else None) as moved:
+        if moved:
+            features["backing services"] = moved
         try:
-            print(f"gateway: {args.streams} streams ...", flush=True)
-            await drive(gw.base + "/v1/chat/completions", gw.key, stack.STREAM_MODEL, args, via,
-                        gw.proc, upstream, server_core)
-            features = dict(gw.features)
-            logged = gw.errors_logged()
-            if logged:
-                features["error lines logged"] = f"{len(logged)} (first: {logged[0][-120:]})"
+            await both_phases(args, workdir, base, upstream, server_core, direct, via, features)
         finally:
-            await asyncio.to_thread(gw.stop)
-            gc_totals = gw.gc_report()
-            if gc_totals:
-                features["garbage collector (whole run)"] = gc_totals
-    finally:
-        upstream.stop()
+            upstream.stop()
     report = render(args, direct, via, features, versions, machine)
     print("\n" + report)
     RESULTS.mkdir(exist_ok=True)
