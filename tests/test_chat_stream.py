@@ -155,8 +155,11 @@ async def test_a_stream_sent_in_one_write_reaches_the_client_event_for_event(
     fake_openai.script(paced, Reply(text="one two three four", prompt_tokens=9,
                                     completion_tokens=4, burst=True))
     body = {"model": "fake/gpt", "messages": USER, "stream_options": {"include_usage": True}}
-    slow = sse_events(await (await stream(http, gateway, body)).read())
-    fast = sse_events(await (await stream(http, gateway, body)).read())
+    paced_resp, burst_resp = [await stream(http, gateway, body) for _ in range(2)]
+    slow, fast = sse_events(await paced_resp.read()), sse_events(await burst_resp.read())
+    for resp in (paced_resp, burst_resp):
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.headers["x-request-id"] and resp.headers["x-model"] == "fake/gpt"
     assert len(fast) == len(slow) == 1 + 4 + 1 + 1 + 1  # role, words, finish, usage, [DONE]
     for a, b in zip(slow[:-1], fast[:-1], strict=True):
         a_chunk, b_chunk = json.loads(a), json.loads(b)
