@@ -133,7 +133,7 @@ async def test_usage_chunk_before_the_last_event_is_kept_aside_all_the_same() ->
 
 async def test_error_event_mid_read_forwards_what_came_before_then_raises() -> None:
     error = b'{"error":{"message":"Overloaded","type":"server_error","code":null}}'
-    body = frame([*ANSWER[:3], error])
+    body = frame([*ANSWER[:3], error, b"[DONE]"])
     upstream = Reads([body])
     stream = OpenAIStream("openai", cast(Response, upstream))
     got: list[bytes] = []
@@ -142,7 +142,7 @@ async def test_error_event_mid_read_forwards_what_came_before_then_raises() -> N
             got.append(events)
     assert b"".join(got) == frame(ANSWER[:3])
     assert "Overloaded" in e.value.message
-    assert upstream.closed
+    assert upstream.closed and not stream.finished  # an error ends it, whatever came after
 
 
 @pytest.mark.parametrize(

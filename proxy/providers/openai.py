@@ -153,10 +153,11 @@ class OpenAIStream(ChatStream):
         events become one JSON array (`data: ` between blocks becomes a comma, which only
         a block boundary can hold: JSON strings have no raw newlines).
         """
-        if complete.endswith(_DONE_EVENT):
-            self.finished = True
+        done = complete.endswith(_DONE_EVENT)
+        if done:
             complete = complete[: -len(_DONE_EVENT)]
             if not complete:
+                self.finished = True
                 return b""
         if not complete.startswith(b"data: {"):
             return None
@@ -198,6 +199,7 @@ class OpenAIStream(ChatStream):
                 cut = complete.rfind(b"\n\ndata: ") + 2 if len(lites) > 1 else 0
                 self.usage_chunk = _decode_fields(complete[cut + 6 : -2])
                 complete = complete[:cut]
+        self.finished = done
         return complete
 
     def _read_events(self, complete: bytes) -> bytes:
