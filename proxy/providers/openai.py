@@ -102,7 +102,7 @@ def build_body(call: ChatCall) -> bytes:
         opts = fields.get("stream_options")
         if opts is None:
             fields["stream_options"] = _INCLUDE_USAGE
-        else:
+        elif opts != _INCLUDE_USAGE:  # already what we would send (compact JSON): as it is
             merged = msgspec.json.decode(opts) if opts else {}
             merged = merged if isinstance(merged, dict) else {}
             merged["include_usage"] = True
