@@ -83,12 +83,7 @@ def _text_chars(choice: _Choice) -> int:
     if part is None:
         return 0
     n = len(part.content) if part.content else 0
-    return n + _tool_chars(part.tool_calls) if part.tool_calls else n
-
-
-def _tool_chars(tool_calls: list[_ToolCall]) -> int:
-    n = 0
-    for tc in tool_calls:
+    for tc in part.tool_calls or ():
         args = (tc.function or {}).get("arguments")
         if isinstance(args, str):
             n += len(args)
@@ -171,34 +166,18 @@ class OpenAIStream(ChatStream):
             return None
         if len(lites) != (len(inner) - len(joined)) // 7 + 1:
             return None  # a block held more than one JSON value: malformed, said precisely
-        chars = 0
-        finish = usage = None
-        for lite in lites:  # the hot loop of a stream: inlined `_account`, committed at the end
+        last = lites[-1]
+        for lite in lites:  # checked before any is accounted: a fallback must not count twice
             if lite.error is not None:
                 return None  # the general path raises it after forwarding what came before
-            if lite.choices:
-                for choice in lite.choices:
-                    part = choice.delta or choice.message
-                    if part is not None:
-                        if part.content:
-                            chars += len(part.content)
-                        if part.tool_calls:
-                            chars += _tool_chars(part.tool_calls)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-            elif lite.usage is not None and lite is not lites[-1]:
+            if lite.usage is not None and not lite.choices and lite is not last:
                 return None  # a usage chunk before the end: event by event
-            if lite.usage is not None:
-                usage = lite.usage
-        self.text_chars += chars
-        if finish is not None:
-            self.finish_reason = finish
-        if usage is not None:
-            self.usage = to_usage(usage)
-            if not lites[-1].choices:  # the usage chunk: the caller sends it, with the cost
-                cut = complete.rfind(b"\n\ndata: ") + 2 if len(lites) > 1 else 0
-                self.usage_chunk = _decode_fields(complete[cut + 6 : -2])
-                complete = complete[:cut]
+        for lite in lites:
+            self._account(lite)
+        if last.usage is not None and not last.choices:  # the usage chunk: the caller sends it
+            cut = complete.rfind(b"\n\ndata: ") + 2 if len(lites) > 1 else 0
+            self.usage_chunk = _decode_fields(complete[cut + 6 : -2])
+            complete = complete[:cut]
         self.finished = done
         return complete
 

@@ -20,6 +20,7 @@ from ..catalog import Model, Usage
 from ..tokens import prompt_tokens, text_tokens
 from ..wire import EmbeddingInput, Message, embedding_texts, encode_raw, field
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
+from .sse import frame
 
 _WORDS: Final = (  # noqa: SIM905 - a sentence reads better than a 41-item list
     "the gateway answers every request with words drawn from this small list so that "
@@ -71,7 +72,7 @@ class SimulatedStream(ChatStream):
                 finish = finish or "stop"
                 self.finish_reason = finish
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            yield b"data: " + _encode(chunk) + b"\n\n"
+            yield frame((_encode(chunk),))
         self.usage = Usage(prompt_tokens=self._prompt, completion_tokens=n)
         self.usage_chunk = {
             **{k: encode_raw(v) for k, v in head.items()},

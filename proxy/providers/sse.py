@@ -93,6 +93,5 @@ def _frame_one(payload: bytes) -> bytes:
 
 
 def payloads(framed: bytes) -> list[bytes]:
-    """The payloads of events that `frame` wrote (or an upstream wrote the same way)."""
-    return [block[6:].replace(b"\ndata: ", b"\n") for block in framed[:-2].split(b"\n\n")] \
-        if framed else []
+    """The payloads of complete events, such as `frame` writes (for the response cache)."""
+    return [data for _event, data in parse(framed)]
