@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,9 @@ import openai
 import pytest
 from fakes import Cut, ErrorEvent, FakeOpenAI, Gate, Hang, Reply
 from harness import ADMIN_KEY, Gateway
+
+from proxy.api import relay
+from proxy.api.relay import _pusher
 
 USER = [{"role": "user", "content": "Tell me a story"}]
 
@@ -230,3 +234,65 @@ async def test_client_disconnect_cancels_the_upstream_request(
         if not await gate.release():
             break
     await asyncio.wait_for(fake_openai.disconnected.wait(), timeout=5)
+
+
+class _Transport:
+    """What `_pusher` uses of the client's transport, with the unsent bytes set by the test."""
+
+    def __init__(self, owed: int, closing: bool = False) -> None:
+        self.owed = owed
+        self.closing = closing
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.owed
+
+
+@pytest.mark.parametrize(
+    ("owed", "goes_on"), [(0, True), (64 * 1024, True), (64 * 1024 + 1, False)]
+)
+def test_pushing_stops_once_the_client_owes_more_than_64_kib(owed: int, goes_on: bool) -> None:
+    transport = _Transport(owed)
+    request = SimpleNamespace(transport=transport)
+    response = SimpleNamespace(headers={"Transfer-Encoding": "chunked"})
+    keep: list[bytes] = []
+    push = _pusher(request, response, keep)  # type: ignore[arg-type]
+    assert push is not None
+    assert push(b'data: {"a":1}\n\n') is goes_on
+    assert transport.written == [b'f\r\ndata: {"a":1}\n\n\r\n']  # one chunk of chunked encoding
+    assert keep == [b'{"a":1}']
+
+
+def test_nothing_is_pushed_to_a_closing_client_or_without_chunked_encoding() -> None:
+    chunked = SimpleNamespace(headers={"Transfer-Encoding": "chunked"})
+    closing = _Transport(0, closing=True)
+    push = _pusher(SimpleNamespace(transport=closing), chunked, None)  # type: ignore[arg-type]
+    assert push is not None and push(b"data: {}\n\n") is False
+    assert closing.written == []  # the next `response.write` reports the client gone
+    plain = SimpleNamespace(headers={})
+    assert _pusher(SimpleNamespace(transport=_Transport(0)), plain, None) is None  # type: ignore[arg-type]
+
+
+async def test_a_client_that_falls_behind_mid_stream_still_gets_every_event_in_order(
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every client counts as behind after its first pushed write: the rest of each stream
+    # goes through the task path, where each write waits for the client to drain.
+    monkeypatch.setattr(relay, "_CLIENT_HIGH_WATER", -1)
+    pieces = [f"{i:04d} " for i in range(300)]
+    fake_openai.script(Reply(chunks=pieces, prompt_tokens=9, completion_tokens=300))
+    resp = await stream(http, gateway, {"model": "fake/gpt", "messages": USER,
+                                        "stream_options": {"include_usage": True}})
+    events = sse_events(await resp.read())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "".join(pieces)
+    assert chunks[-1]["usage"]["completion_tokens"] == 300

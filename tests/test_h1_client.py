@@ -205,21 +205,31 @@ async def test_body_delimited_by_connection_close(serve: Any, pool: Pool) -> Non
     assert server.connections == 2
 
 
-async def test_body_pieces_are_yielded_as_they_arrive(serve: Any, pool: Pool) -> None:
-    pieces = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
-    turn = asyncio.Event()  # the server sends a piece only after the test read the last
+def chunked_pieces(pieces: list[bytes]) -> list[bytes]:
+    return [b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces]
 
+
+def piece_per_turn(pieces: list[bytes], turn: asyncio.Event) -> Handler:
+    """A chunked answer sent one piece each time `turn` is set (and the end on one more),
+    then plain answers for as long as the client keeps the connection."""
     async def handle(conn: Conn) -> None:
         await conn.request()
         await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for piece in pieces:
+        for piece in chunked_pieces(pieces):
             await turn.wait()
             turn.clear()
-            await conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await conn.send(piece)
         await turn.wait()
         await conn.send(b"0\r\n\r\n")
+        while await conn.request():
+            await conn.answer(b"next")
+    return handle
 
-    server = await serve(handle)
+
+async def test_body_pieces_are_yielded_as_they_arrive(serve: Any, pool: Pool) -> None:
+    pieces = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+    turn = asyncio.Event()  # the server sends a piece only after the test read the last
+    server = await serve(piece_per_turn(pieces, turn))
     resp = await pool.post(server.endpoint(), b"{}")
     got = []
     async with asyncio.timeout(5):
@@ -230,6 +240,81 @@ async def test_body_pieces_are_yielded_as_they_arrive(serve: Any, pool: Pool) ->
         assert [chunk async for chunk in resp] == []
     resp.release()
     assert got == pieces
+
+
+async def test_pushed_pieces_reach_the_receiver_as_they_arrive(serve: Any, pool: Pool) -> None:
+    pieces = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+    turn = asyncio.Event()  # the server sends a piece only after the receiver took the last
+    server = await serve(piece_per_turn(pieces, turn))
+    resp = await pool.post(server.endpoint(), b"{}")
+    got: list[bytes] = []
+
+    def receiver(piece: bytes) -> bool:
+        got.append(piece)
+        turn.set()
+        return True
+
+    turn.set()
+    async with asyncio.timeout(5):
+        await resp.push(receiver)  # returns at the body's end
+        assert [chunk async for chunk in resp] == []
+    assert got == pieces
+    resp.release()
+    assert await post_read(pool, server) == b"next"  # whole, so the connection was reused
+    assert server.connections == 1
+
+
+async def test_receiver_that_says_stop_leaves_the_rest_to_iteration_in_order(
+    serve: Any, pool: Pool
+) -> None:
+    pieces = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10, b"e" * 10]
+    sent = asyncio.Event()
+    more = asyncio.Event()
+
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        wire = chunked_pieces(pieces)
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire[0])
+        sent.set()
+        await more.wait()
+        for piece in wire[1:]:
+            await conn.send(piece)
+        await conn.send(b"0\r\n\r\n")
+        await conn.request()
+
+    server = await serve(handle)
+    resp = await pool.post(server.endpoint(), b"{}")
+    await sent.wait()
+    pushed: list[bytes] = []
+
+    def receiver(piece: bytes) -> bool:
+        pushed.append(piece)
+        more.set()
+        return len(pushed) < 2
+
+    async with asyncio.timeout(5):
+        await resp.push(receiver)
+        rest = [chunk async for chunk in resp]
+    assert len(pushed) == 2
+    assert b"".join(pushed + rest) == b"".join(pieces)
+    resp.release()
+
+
+async def test_push_returns_when_the_body_is_cut_and_iteration_raises(
+    serve: Any, pool: Pool
+) -> None:
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly some")
+
+    server = await serve(handle)
+    resp = await pool.post(server.endpoint(), b"{}")
+    got: list[bytes] = []
+    async with asyncio.timeout(5):
+        await resp.push(lambda piece: got.append(piece) is None)
+    assert b"".join(got) == b"only some"
+    with pytest.raises(ConnectionLost):
+        await anext(resp)
 
 
 async def test_large_body_read_while_reading_is_paused_and_resumed(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -45,20 +45,28 @@ class Reads:
     """An upstream body as the HTTP client hands it over, one bytes object per read.
 
     Read boundaries are what these tests vary, and loopback TCP does not let a test
-    choose them, so the reads come from a list instead of a socket.
+    choose them, so the reads come from a list instead of a socket. Like the real
+    response, it is iterated or pushed (`push`: the rest handed to a receiver until it
+    says stop), both from one position.
     """
 
     def __init__(self, reads: list[bytes]) -> None:
-        self._reads = reads
+        self._reads = list(reads)
         self.released = False
         self.closed = False
 
-    async def _each(self) -> AsyncIterator[bytes]:
-        for read in self._reads:
-            yield read
+    def __aiter__(self) -> Reads:
+        return self
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._each()
+    async def __anext__(self) -> bytes:
+        if not self._reads:
+            raise StopAsyncIteration
+        return self._reads.pop(0)
+
+    async def push(self, receiver: Callable[[bytes], bool]) -> None:
+        while self._reads:
+            if not receiver(self._reads.pop(0)):
+                return
 
     def release(self) -> None:
         self.released = True
@@ -72,11 +80,35 @@ def cut(body: bytes, points: list[int]) -> list[bytes]:
     return [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
-async def relay(reads: list[bytes]) -> tuple[OpenAIStream, bytes, Reads]:
+# How the relay takes the stream after its first run: iterating ("pull"), pushed from the
+# connection's callback ("push"), or pushed until the client falls behind, then iterated.
+MODES = ["pull", "push", "push-then-pull"]
+
+
+async def read_out(stream: OpenAIStream, mode: str, into: list[bytes]) -> None:
+    """Everything the stream gives the client, in order, appended to `into` as it comes."""
+    runs = aiter(stream)
+    if mode != "pull":
+        first = await anext(runs, None)
+        if first is None:
+            return
+        into.append(first)
+
+        def sink(events: bytes) -> bool:
+            into.append(events)
+            return mode == "push"
+
+        await stream.push(sink)
+    async for events in runs:
+        into.append(events)
+
+
+async def relay(reads: list[bytes], mode: str = "pull") -> tuple[OpenAIStream, bytes, Reads]:
     upstream = Reads(reads)
     stream = OpenAIStream("openai", cast(Response, upstream))
-    out = b"".join([events async for events in stream])
-    return stream, out, upstream
+    out: list[bytes] = []
+    await read_out(stream, mode, out)
+    return stream, b"".join(out), upstream
 
 
 def assert_accounted(stream: OpenAIStream) -> None:
@@ -87,92 +119,110 @@ def assert_accounted(stream: OpenAIStream) -> None:
     assert json.loads(bytes(stream.usage_chunk["usage"])) == USAGE
 
 
-async def test_whole_stream_in_one_read_passes_through_unchanged_but_the_usage_chunk() -> None:
-    stream, out, upstream = await relay([BODY])
+@pytest.mark.parametrize("mode", MODES)
+async def test_whole_stream_in_one_read_passes_through_unchanged_but_the_usage_chunk(
+    mode: str,
+) -> None:
+    stream, out, upstream = await relay([BODY], mode)
     assert out == frame(ANSWER)
     assert_accounted(stream)
     assert upstream.released and not upstream.closed  # [DONE] seen: the connection is reused
     assert stream.finished
 
 
-async def test_one_read_per_event() -> None:
-    stream, out, _ = await relay(cut(BODY, [i + 2 for i in range(len(BODY)) if BODY[i:i + 2] == b"\n\n"]))
+@pytest.mark.parametrize("mode", MODES)
+async def test_one_read_per_event(mode: str) -> None:
+    ends = [i + 2 for i in range(len(BODY)) if BODY[i:i + 2] == b"\n\n"]
+    stream, out, _ = await relay(cut(BODY, ends), mode)
     assert out == frame(ANSWER)
     assert_accounted(stream)
 
 
-async def test_every_single_cut_point_gives_the_same_events_and_accounting() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_single_cut_point_gives_the_same_events_and_accounting(mode: str) -> None:
     for point in range(1, len(BODY)):
-        stream, out, _ = await relay(cut(BODY, [point]))
+        stream, out, _ = await relay(cut(BODY, [point]), mode)
         assert out == frame(ANSWER), point
         assert_accounted(stream)
 
 
-async def test_random_cuts_give_the_same_events_and_accounting() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_random_cuts_give_the_same_events_and_accounting(mode: str) -> None:
     rng = random.Random(7)
     for _ in range(200):
-        stream, out, _ = await relay(cut(BODY, rng.sample(range(1, len(BODY)), rng.randint(2, 12))))
+        points = rng.sample(range(1, len(BODY)), rng.randint(2, 12))
+        stream, out, _ = await relay(cut(BODY, points), mode)
         assert out == frame(ANSWER)
         assert_accounted(stream)
 
 
 @pytest.mark.parametrize("reads", ["one", "bytes"])
-async def test_comments_and_crlf_take_the_general_path_with_the_same_result(reads: str) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_comments_and_crlf_take_the_general_path_with_the_same_result(
+    reads: str, mode: str
+) -> None:
     body = b": keep-alive\r\n\r\n" + BODY.replace(b"\n\n", b"\n\n: ping\n\n").replace(b"\n", b"\r\n")
-    stream, out, _ = await relay([body] if reads == "one" else cut(body, list(range(1, len(body)))))
+    reads_ = [body] if reads == "one" else cut(body, list(range(1, len(body))))
+    stream, out, _ = await relay(reads_, mode)
     assert out == frame(ANSWER)
     assert_accounted(stream)
 
 
-async def test_usage_chunk_before_the_last_event_is_kept_aside_all_the_same() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_usage_chunk_before_the_last_event_is_kept_aside_all_the_same(mode: str) -> None:
     body = frame([ANSWER[0], USAGE_CHUNK, *ANSWER[1:], b"[DONE]"])
-    stream, out, _ = await relay([body])
+    stream, out, _ = await relay([body], mode)
     assert out == frame(ANSWER)
     assert_accounted(stream)
 
 
-async def test_error_event_mid_read_forwards_what_came_before_then_raises() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_error_event_mid_read_forwards_what_came_before_then_raises(mode: str) -> None:
     error = b'{"error":{"message":"Overloaded","type":"server_error","code":null}}'
-    body = frame([*ANSWER[:3], error, b"[DONE]"])
-    upstream = Reads([body])
+    reads = [frame(ANSWER[:1]), frame([*ANSWER[1:3], error, b"[DONE]"])]
+    upstream = Reads(reads)
     stream = OpenAIStream("openai", cast(Response, upstream))
     got: list[bytes] = []
     with pytest.raises(UpstreamError) as e:
-        async for events in stream:
-            got.append(events)
+        await read_out(stream, mode, got)
     assert b"".join(got) == frame(ANSWER[:3])
     assert "Overloaded" in e.value.message
     assert upstream.closed and not stream.finished  # an error ends it, whatever came after
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "bad",
     [b'{"choices":[}', b'{"choices":[]},{"choices":[]}', b'{"choices":"nope"}'],
     ids=["broken-json", "two-values-in-one-event", "wrong-type"],
 )
-async def test_malformed_event_is_an_upstream_error_after_the_good_ones(bad: bytes) -> None:
-    body = frame([*ANSWER[:2], bad, *ANSWER[2:], USAGE_CHUNK, b"[DONE]"])
-    stream = OpenAIStream("openai", cast(Response, Reads([body])))
+async def test_malformed_event_is_an_upstream_error_after_the_good_ones(
+    bad: bytes, mode: str
+) -> None:
+    reads = [frame(ANSWER[:1]), frame([ANSWER[1], bad, *ANSWER[2:], USAGE_CHUNK, b"[DONE]"])]
+    upstream = Reads(reads)
+    stream = OpenAIStream("openai", cast(Response, upstream))
     got: list[bytes] = []
     with pytest.raises(UpstreamError) as e:
-        async for events in stream:
-            got.append(events)
+        await read_out(stream, mode, got)
     assert e.value.reason == "malformed"
     assert b"".join(got) == frame(ANSWER[:2])
+    assert upstream.closed
 
 
-async def test_stream_without_done_or_finish_is_cut() -> None:
-    upstream = Reads([frame(ANSWER[:3])])
+@pytest.mark.parametrize("mode", MODES)
+async def test_stream_without_done_or_finish_is_cut(mode: str) -> None:
+    upstream = Reads([frame(ANSWER[:1]), frame(ANSWER[1:3])])
     stream = OpenAIStream("openai", cast(Response, upstream))
     with pytest.raises(UpstreamError) as e:
-        async for _ in stream:
-            pass
+        await read_out(stream, mode, [])
     assert e.value.reason == "cut"
     assert upstream.closed and not upstream.released
     assert not stream.finished
 
 
-async def test_events_after_done_are_ignored() -> None:
-    stream, out, _ = await relay([BODY + frame([ANSWER[1]])])
+@pytest.mark.parametrize("mode", MODES)
+async def test_events_after_done_are_ignored(mode: str) -> None:
+    stream, out, _ = await relay([BODY + frame([ANSWER[1]])], mode)
     assert out == frame(ANSWER)
     assert_accounted(stream)

@@ -31,6 +31,7 @@ _SSE_HEADERS: Final = {
 }
 DONE: Final = b"data: [DONE]\n\n"
 STATUS_CLIENT_GONE: Final = 499
+_CLIENT_HIGH_WATER: Final = 64 * 1024  # unsent bytes to the client that stop pushing
 
 OpenStream = tuple[ChatStream, AsyncIterator[bytes], bytes | None]
 
@@ -145,6 +146,10 @@ async def pipe(
 ) -> web.StreamResponse:
     """Write each upstream event as it comes; a slow client slows the upstream read.
 
+    After the first write, the upstream connection's callback writes each read to the
+    client itself (`ChatStream.push`): no task switch per read. A client that falls behind
+    moves the rest to the task path, where each write waits for the client to drain.
+
     After the first byte there is no retry: an upstream failure becomes an SSE error event
     and the stream ends. `keep` collects the payloads (for the response cache).
     """
@@ -158,7 +163,10 @@ async def pipe(
             if not stream.finished:  # else it all came in one read: it goes out with the end
                 await response.write(first)
                 first = None
-            async for events in runs:
+                push = _pusher(request, response, keep)
+                if push is not None:
+                    await stream.push(push)  # until the end, or until the client falls behind
+            async for events in runs:  # the rest, if any, a task switch a read
                 if keep is not None:
                     keep += payloads(events)
                 await response.write(events)
@@ -183,6 +191,30 @@ async def pipe(
         tail = first + tail
     await response.write_eof(tail)  # the usage chunk, [DONE] and the end: one write
     return response
+
+
+def _pusher(
+    request: web.Request, response: web.StreamResponse, keep: list[bytes] | None
+) -> Callable[[bytes], bool] | None:
+    """A sink that writes SSE bytes to the client from the upstream connection's callback,
+    framed as the chunk aiohttp's writer would frame (the headers went out with the first
+    write); False once the client's socket owes more than `_CLIENT_HIGH_WATER`, so the rest
+    goes through `response.write`, whose drain waits for the client. None for a response
+    that is not chunked (an HTTP/1.0 client): it stays on the task path.
+    """
+    transport = request.transport
+    if transport is None or response.headers.get("Transfer-Encoding") != "chunked":
+        return None
+
+    def push(events: bytes) -> bool:
+        if transport.is_closing():
+            return False  # the client is gone: the next `response.write` raises it
+        if keep is not None:
+            keep.extend(payloads(events))
+        transport.write(b"%x\r\n%b\r\n" % (len(events), events))
+        return transport.get_write_buffer_size() <= _CLIENT_HIGH_WATER
+
+    return push
 
 
 class StreamBroke(Exception):

@@ -9,7 +9,7 @@ Failures are raised as `errors.UpstreamError` (status mapped, message safe to sh
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from msgspec import Raw
 
@@ -91,6 +91,12 @@ class ChatStream(abc.ABC):
 
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def push(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand what comes next to `sink` as it arrives, without a task switch per read,
+        until the stream is finished or `sink` returns False (the client fell behind);
+        iterating carries on from where this stopped. Streams that cannot return at once.
+        """
 
     async def aclose(self) -> None:
         """Stop reading and release the upstream connection (the client went away)."""

@@ -6,7 +6,7 @@ streams, `stream_options.include_usage` (always on, so every stream is metered).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import msgspec
@@ -110,18 +110,15 @@ class OpenAIStream(ChatStream):
         super().__init__()
         self._provider = provider
         self._resp = resp
+        self._parser = SSEParser()
+        self._sink: Callable[[bytes], bool] = _not_pushing
+        self._push_error: Exception | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        parser = SSEParser()
         resp = self._resp
         try:
             async for chunk in resp:
-                complete = parser.take(chunk)
-                if not complete:
-                    continue
-                out = self._read_run(complete)
-                if out is None:
-                    out = self._read_events(complete)
+                out = self._take(chunk)
                 if out:
                     yield out
                 if self.finished:
@@ -139,6 +136,48 @@ class OpenAIStream(ChatStream):
                 f"The stream from upstream provider `{self._provider}` ended early.",
                 reason="cut",
             )
+
+    async def push(self, sink: Callable[[bytes], bool]) -> None:
+        """Each read parsed, accounted and handed to `sink` in the connection's callback.
+
+        An error event or a malformed one is raised here as iterating would raise it;
+        a transport failure is left for the next iteration to raise.
+        """
+        if self.finished:
+            return
+        self._sink = sink
+        try:
+            await self._resp.push(self._pushed)
+        finally:
+            self._sink = _not_pushing
+        error, self._push_error = self._push_error, None
+        if error is None:
+            return
+        self._resp.close()
+        if isinstance(error, _BrokeAfter):
+            if error.sent:
+                sink(error.sent)  # what came before the error still reaches the client
+            raise error.error from None
+        raise error
+
+    def _pushed(self, chunk: bytes) -> bool:
+        """The connection's receiver: True while the stream goes on and the client keeps up."""
+        try:
+            out = self._take(chunk)
+        except Exception as e:  # noqa: BLE001 - raised again from push(), not in the parser
+            self._push_error = e
+            return False
+        if out and not self._sink(out):
+            return False
+        return not self.finished
+
+    def _take(self, chunk: bytes) -> bytes:
+        """One read in: the events it completes, accounted, as SSE bytes for the client."""
+        complete = self._parser.take(chunk)
+        if not complete:
+            return b""
+        out = self._read_run(complete)
+        return self._read_events(complete) if out is None else out
 
     def _read_run(self, complete: bytes) -> bytes | None:
         """Account a run of one-line `data:` events with one decode, and forward its bytes
@@ -223,6 +262,10 @@ class OpenAIStream(ChatStream):
 
     async def aclose(self) -> None:
         self._resp.close()
+
+
+def _not_pushing(_: bytes) -> bool:
+    return False
 
 
 class _BrokeAfter(Exception):

@@ -3,7 +3,9 @@
 It carries one request at a time. The response body is queued as `data_received` brings it,
 each piece handed on as it came (no stream buffer to copy through), and reading pauses
 while more than `_HIGH_WATER` bytes wait unread, so a slow reader slows the upstream
-instead of filling memory. A single timer per request enforces the call's deadline.
+instead of filling memory. A reader that can take each piece where it lands (a relay
+writing to its client) is handed it from `data_received` itself instead (`push_body`): no
+task switch per piece. A single timer per request enforces the call's deadline.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Connection(asyncio.Protocol):
         "_parser",
         "_paused",
         "_queued",
+        "_receiver",
         "_then",
         "_timer",
         "_waiter",
@@ -89,6 +92,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._then: Callable[[Connection], None] | None = None
+        self._receiver: Callable[[bytes], bool] | None = None
 
     # -- what the pool and the response use ------------------------------------------------
 
@@ -148,6 +152,30 @@ class Connection(asyncio.Protocol):
         if self._paused and self._queued < _LOW_WATER:
             self._resume()
         return chunk
+
+    async def push_body(self, receiver: Callable[[bytes], bool]) -> None:
+        """Hand each body piece to `receiver` as it arrives, from the protocol callback.
+
+        Pieces already queued go first, in order. Returns when the body has ended or failed
+        (`next_chunk` then says which), or once `receiver` returns False: it took that
+        piece but wants no more pushed, and later pieces queue for `next_chunk` again.
+        `receiver` must not raise: it runs inside the HTTP parser.
+        """
+        chunks = self._chunks
+        while chunks:
+            chunk = chunks.popleft()
+            self._queued -= len(chunk)
+            if not receiver(chunk):
+                break
+        else:
+            self._receiver = receiver
+        if self._paused and self._queued < _LOW_WATER:
+            self._resume()
+        try:
+            while self._receiver is not None and not self.complete and self._exc is None:
+                await self._new_waiter()
+        finally:
+            self._receiver = None
 
     async def read_all(self) -> bytes:
         """The rest of the body, whole."""
@@ -235,8 +263,14 @@ class Connection(asyncio.Protocol):
             return  # finishing in the background: nobody reads the rest
         if self._inflate is not None:
             body = self._inflate.decompress(body)  # zlib.error: see data_received
-        if body:
+        if not body:
+            return
+        receiver = self._receiver
+        if receiver is None:
             self._queue(body)
+        elif not receiver(body):
+            self._receiver = None
+            self._wake()
 
     def on_message_complete(self) -> None:
         self._finish(self._parser.should_keep_alive())

@@ -9,7 +9,7 @@ mid-response.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Self
 
 from .connection import Connection
@@ -61,6 +61,16 @@ class Response:
         if chunk is None:
             raise StopAsyncIteration
         return chunk
+
+    async def push(self, receiver: Callable[[bytes], bool]) -> None:
+        """Body pieces handed to `receiver` as they arrive (see `Connection.push_body`);
+        iterating again picks up where it stopped."""
+        conn = self._open()
+        try:
+            await conn.push_body(receiver)
+        except BaseException:
+            self.close()
+            raise
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
