@@ -39,7 +39,7 @@ BUCKETS: Final = (
     ("garbage collector", ("gc_collect_main", "gc_collect")),
     ("getpid() in asyncio's running-loop check (CPython 3.11)", ("getpid (",)),
     ("access log", ("AccessLog.", "access_log.py")),
-    ("metrics", ("(proxy/metrics.py)", "prometheus_client/")),
+    ("metrics", ("proxy/metrics/", "prometheus_client/")),
     ("ledger writer (background)", ("proxy/ledger/",)),
     ("limits (admit, settle)", ("proxy/limits/",)),
     ("auth", ("proxy/auth.py", "proxy/keys/", "Authenticator")),

@@ -93,7 +93,7 @@ async def _serve_one(settings: Settings, reuse_port: bool) -> None:
 def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
     import shutil
 
-    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir, worker_exited
+    from .metrics.multiprocess import MULTIPROC_ENV, prepare_multiprocess_dir, worker_exited
 
     # Workers keep their metrics in files here; a scrape of any worker adds them all up.
     metrics_dir, made = prepare_multiprocess_dir()

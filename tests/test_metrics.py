@@ -27,7 +27,8 @@ from proxy.access_log import LOGGER
 from proxy.app import build_app
 from proxy.gateway import GATEWAY
 from proxy.ledger.record import UsageRecord
-from proxy.metrics import MULTIPROC_ENV, Metrics, prepare_multiprocess_dir
+from proxy.metrics import Metrics
+from proxy.metrics.multiprocess import MULTIPROC_ENV, prepare_multiprocess_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = [{"role": "user", "content": "Say hello"}]
@@ -284,7 +285,7 @@ def test_values_of_several_processes_add_up_in_one_scrape(tmp_path: Path) -> Non
     ]
     assert [p.wait(timeout=30) for p in procs] == [0, 0]
     scrape = textwrap.dedent(f"""
-        from proxy.metrics import multiprocess_exposition
+        from proxy.metrics.multiprocess import multiprocess_exposition
         print(multiprocess_exposition({str(mp_dir)!r}).decode())
     """)
     text = subprocess.run([sys.executable, "-c", scrape], env=env, capture_output=True,

@@ -3,7 +3,9 @@
 `Ledger` is what the rest of the gateway sees. The request path only calls `enqueue`,
 which never waits on a database. `create_ledger` picks the engine from `database_url`:
 PostgreSQL (postgres.py) or SQLite (sqlite.py), both driven by the same writer
-(writer.py: queue, journal/spool, flusher) and answering the same reports (report.py).
+(writer.py: the request path and lifecycle; writer_state.py: its state and spooling;
+flusher.py: the background task; batches.py: transactions; sink.py: the engine's side)
+and answering the same reports (report.py).
 The SQL ledgers also carry the writer's counters as plain attributes for metrics:
 `queue_depth`, `records_written`, `records_spooled`, `records_replayed`,
 `records_quarantined`, `last_flush_seconds`, `database_errors` (failed flushes).

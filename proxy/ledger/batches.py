@@ -1,0 +1,86 @@
+"""How a segment's records reach the database: transactions over the sink's connections.
+
+Records are split by key over the sink's connections (`_partition`) and cut into
+transactions of at most `max_batch`. A batch the database refuses for its data
+(`RecordError`) is bisected until the bad record is alone, and that one is quarantined:
+set aside in the journal directory for an operator, while the good ones all land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from .record import UsageRecord
+from .sink import RecordError
+from .writer_state import WriterState
+
+log = logging.getLogger("proxy.ledger")
+
+
+class BatchWriter(WriterState):
+    """Writes records into the sink (the lanes' transactions, the spool path's segments)."""
+
+    def _partition(self, records: Sequence[UsageRecord]) -> list[list[UsageRecord]]:
+        """Records by lane, by key: concurrent transactions upsert disjoint rows of the
+        per-key rollups (they meet only on the small keyless ones, written last), and the
+        records of one key are never written by two transactions at once. Order inside a
+        segment does not matter: inserts are idempotent, rollup sums commute."""
+        lanes = max(1, self._sink.concurrency)
+        parts: list[list[UsageRecord]] = [[] for _ in range(lanes)]
+        for r in records:
+            parts[hash(r.key_id) % lanes].append(r)
+        return parts
+
+    async def _write_all(self, records: Sequence[UsageRecord]) -> None:
+        """One segment's records, split over the sink's connections (the spool path)."""
+        size, lanes = self._max_batch, self._sink.concurrency
+        parts: list[Sequence[UsageRecord]] = [records]
+        if lanes > 1 and len(records) >= 2 * self._flush_rows:
+            parts = [p for p in self._partition(records) if p]
+        chunks = [p[i : i + size] for p in parts for i in range(0, len(p), size)]
+        if lanes == 1 or len(chunks) == 1:
+            for chunk in chunks:
+                await self._write(chunk)
+            return
+        gate = asyncio.Semaphore(lanes)
+
+        async def lane(chunk: Sequence[UsageRecord]) -> None:
+            async with gate:
+                await self._write(chunk)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the others
+                for chunk in chunks:
+                    group.create_task(lane(chunk))
+        except ExceptionGroup as e:
+            raise e.exceptions[0] from None
+
+    async def _write(self, batch: Sequence[UsageRecord]) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                inserted = await self._sink.write(batch)
+            self.last_flush_seconds = time.perf_counter() - started
+        except RecordError as e:
+            if len(batch) == 1:
+                self._quarantine(batch[0], e)
+                return
+            # Bisect: O(log n) extra transactions per bad record; the good ones all land.
+            mid = len(batch) // 2
+            await self._write(batch[:mid])
+            await self._write(batch[mid:])
+            return
+        self.records_written += inserted
+        self.records_duplicate += len(batch) - inserted
+
+    def _quarantine(self, record: UsageRecord, error: Exception) -> None:
+        self.records_quarantined += 1
+        log.error("ledger: record %s quarantined (the database refuses it): %s",
+                  record.request_id, error)
+        try:
+            self.journal.quarantine(record, str(error))
+        except OSError as e:
+            self._journal_failed(e)
