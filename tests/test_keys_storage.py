@@ -10,12 +10,13 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 from harness import Gateway, gateway_settings, running_gateway
 from redis.asyncio.client import PubSub
@@ -236,3 +237,21 @@ async def test_closing_ends_a_key_listener_whose_cancellation_redis_py_lost(
     started = time.monotonic()
     await asyncio.wait_for(registry.close(), 3.0)  # it used to wait forever
     assert lost and time.monotonic() - started < 1.0
+
+
+def test_a_row_read_again_keeps_its_principal_and_a_changed_one_replaces_it(
+    tmp_path: Path,
+) -> None:
+    registry = KeyRegistry(SqliteKeyStore(str(tmp_path / "keys.db")))
+    now = datetime.now(UTC)
+    row = KeyRow(id="key_a", key_hash="h-a", key_prefix="sk-px-a", rpm=10, created_at=now,
+                 updated_at=now)
+    registry.apply(row)
+    held = registry.cached("h-a")
+    registry.apply(KeyRow(**{f: getattr(row, f) for f in row.__struct_fields__}))  # a refresh
+    assert registry.cached("h-a") is held
+    registry.apply(msgspec.structs.replace(row, rpm=20))  # same stamp, new content
+    changed = registry.cached("h-a")
+    assert changed is not held and changed is not None and changed.rpm == 20
+    registry.apply(msgspec.structs.replace(row, rpm=30, updated_at=now - timedelta(seconds=1)))
+    assert registry.cached("h-a") is changed  # an older version never overwrites

@@ -97,8 +97,8 @@ class KeyRegistry:
         """Take a row from any source; an older version never overwrites a newer one."""
         current = self._rows.get(row.id)
         if current is not None:
-            if current.updated_at > row.updated_at:
-                return
+            if current.updated_at > row.updated_at or current == row:
+                return  # older, or what is held already (each refresh re-reads its overlap)
             self._by_hash.pop(current.key_hash, None)
         self._rows[row.id] = row
         if not row.deleted:
