@@ -19,7 +19,7 @@ from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .h1 import Endpoint, H1Error, Response
 from .http import post, read_all, transport_error, upstream_error
-from .sse import SSEParser, frame, parse
+from .sse import LF, SSEParser, frame, parse
 
 _encode = msgspec.json.encode
 _decode_fields = msgspec.json.Decoder(dict[str, Raw]).decode
@@ -197,7 +197,7 @@ class OpenAIStream(ChatStream):
             return None
         inner = complete[6:-2]
         joined = inner.replace(b"\n\ndata: ", b",")
-        if b"\n" in joined:
+        if LF in joined:
             return None  # comments, event names, multi-line data: event by event
         try:
             lites = _decode_run(b"[" + joined + b"]")
