@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -199,6 +199,8 @@ async def test_access_log_is_one_json_line_with_ids_counts_and_timings_only(
     assert line["cost_usd"] == 2.5 and line["latency_ms"] == 120.0 and line["ttft_ms"] == 40.0
     assert line["upstream_ms"] == 35.0 and line["cache"] == "miss" and line["attempts"] == 2
     assert line["trace_id"] == "t-1"
+    assert line["ts"].endswith("Z")  # RFC 3339, UTC
+    assert abs(datetime.fromisoformat(line["ts"]) - datetime.now(UTC)) < timedelta(minutes=1)
     assert "alice" not in access_lines[0] and "secret-tag" not in access_lines[0]
     assert "team" not in access_lines[0]
 
