@@ -1,22 +1,26 @@
-"""Instructions per request of the gateway (everything on), counted by callgrind, for A/B tests.
+"""Instructions per request, by callgrind: the gateway (everything on) and the bare forwarder.
 
 Why: this 2-core VM shares a contended host (a pure-Python spin loop runs 5M-8M iterations/s
 from one second to the next), so wall-clock figures (bench.py) swing +-30 % between runs and a
 2 % optimization cannot be judged; `perf` has no hardware counters here. Callgrind counts the
-instructions the gateway process executes (Ir), which does not depend on how fast the host
-happens to be this second.
+instructions a process executes (Ir), which does not depend on how fast the host happens to
+be this second.
 
-What: the stack bench.py measures as "this gateway, everything on" (stack.gateway_toml:
-PostgreSQL ledger in a fresh database, Redis limits, a user key with a spend limit, metrics,
-access log; background timers as quiet_timers_toml says), with the gateway process under
-`valgrind --tool=callgrind --instr-atstart=no` (~50x slower while counting). For each
-mode: warm-up with instrumentation off, `callgrind_control -i on`, a few more requests (so
-the counted ones run already-translated code), `callgrind_control -z`, then N requests in
-two halves, each ended by `callgrind_control -d`; the dumps' `totals:` (Ir) divided by N.
-The halves must agree: that shows the counts are collected and proportional to N. Only the
-gateway's own process is counted (all its threads, user space): not the kernel, Redis,
-PostgreSQL or the upstream. The counted requests must not degrade the gateway (error
-counters in /metrics, warnings in its log), and the paced chunks must arrive one per read.
+What: two targets (--targets), each process under `valgrind --tool=callgrind
+--instr-atstart=no` (~50x slower while counting), pinned to --core:
+  gateway  the stack bench.py measures as "this gateway, everything on" (stack.Gateway:
+           PostgreSQL ledger in a fresh database, Redis limits, a user key with a spend
+           limit, metrics, access log; background timers as quiet_timers_toml says)
+  bare     bench.py's bare aiohttp forwarder (bare_forwarder.py), the stack's ceiling; a
+           second one in front of the fake upstream for paced
+For each target and mode: warm-up with instrumentation off, `callgrind_control -i on`, a
+few more requests (so the counted ones run already-translated code), `callgrind_control
+-z`, then N requests in two halves, each ended by `callgrind_control -d`; the dumps'
+`totals:` (Ir) divided by N. The halves must agree: that shows the counts are collected and
+proportional to N. Only the target's own process is counted (all its threads, user space):
+not the kernel, Redis, PostgreSQL or the upstream. The counted requests must not degrade
+it (the gateway's error counters in /metrics, warnings in the log), and the paced chunks
+must arrive one per read.
 
   chat    non-streaming chat completion; nginx answers bench.py's fixed 712-byte body
   stream  bench.py's 23-event SSE stream, which nginx sends in one piece
@@ -24,27 +28,40 @@ counters in /metrics, warnings in its log), and the paced chunks must arrive one
           4 streams at once, starts staggered; figures per stream and per relayed token chunk;
           the client checks each token arrived in its own read, about 20 ms after the last
 
-Commands (the gateway's venv Python, for aiohttp; ~2 min for one tree, all modes, 3 repeats;
-~4 min with --compare):
+bare/gateway, per mode, is the instruction analogue of bench.py's "gateway throughput as %
+of the bare forwarder", and lower than it. There both are CPU-bound on one core, so that
+figure is the ratio of CPU time per request, which includes the kernel's socket work
+(accept, reads, writes and epoll on the client and upstream connections): callgrind does
+not see it, and both pay about alike (the gateway adds its Redis round trips and ledger
+writes). A cost K common to both pulls the ratio towards 1: (b + K) / (g + K) > b / g.
+Also, an instruction is not a fixed time (the interpreter's cache misses and branches are
+not the kernel's), and bench.py runs 64 connections, where one loop wake-up serves many
+requests, while this counts at --concurrency (default 1). Seen together: chat 0.66 here
+against 77 % there, stream 0.51 against 69 %. So the ratio shows the direction and the
+relative size of a change in user-space work; it does not predict the throughput ratio.
 
-    /tmp/venvtest/bin/python loadtest/instructions.py                 # this tree, all modes
-    /tmp/venvtest/bin/python loadtest/instructions.py --modes chat --requests 800 --repeat 5
+Commands (the gateway's venv Python, for aiohttp; ~3 min for one tree, both targets, all
+modes, 3 repeats; ~5 min with --compare):
+
+    /tmp/venvtest/bin/python loadtest/instructions.py                 # bare and this tree
+    /tmp/venvtest/bin/python loadtest/instructions.py --targets gateway --modes chat \
+        --requests 800 --repeat 5
     git worktree add /tmp/gw-base HEAD                                 # a revision to compare
     /tmp/venvtest/bin/python loadtest/instructions.py --compare /tmp/gw-base .   # B/A per mode
     /tmp/venvtest/bin/python loadtest/instructions.py --gateway-tree /tmp/gw-base --workdir /tmp/cg
-    callgrind_annotate /tmp/cg/A/cg.<pid>.<n> | head -40    # where they went (C functions)
+    callgrind_annotate /tmp/cg/gateway/cg.<pid>.<n> | head -40    # where they went (C functions)
 
 `--compare A B` starts one gateway per tree (both stay up) and measures them alternately,
-A then B, in every repeat. Each tree runs its own code (cwd = the tree, `python -m proxy
-serve`) with this harness's config, so the configs are identical.
+A then B, in every repeat. Each tree runs its own code (stack.Gateway's `tree`) with this
+harness's config, so the configs are identical. The bare forwarder is this checkout's.
 
 Determinism: the same code measured in three runs gave per-mode medians within 0.4-0.6 %;
 repeats within a run spread 0.03-0.7 % ((max - min) / median). What is left follows the
 window's wall time (timers: the access log's 100 ms write, the key registry's 5 s refresh):
 about +0.1 % per extra second the host made a window take. What it took to get there:
-PYTHONHASHSEED fixed for the gateway (string hashes, hence dict and set layouts, change
-from run to run otherwise); a warm-up long enough for the ledger's first flushes (they
-connect to PostgreSQL); and background work counted in requests instead of seconds (see
+PYTHONHASHSEED fixed (string hashes, hence dict and set layouts, change from run to run
+otherwise); a warm-up long enough for the ledger's first flushes (they connect to
+PostgreSQL); and background work counted in requests instead of seconds (see
 quiet_timers_toml: the ledger flushes every 50 records, the limits' sweep and snapshot
 wait an hour). With the gateway's own timers (--ledger-flush-rows 0, the config bench.py
 runs) the figure is ~3.5 % higher and spreads ~1.3 %: under valgrind every request takes
@@ -59,7 +76,6 @@ import argparse
 import asyncio
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -68,6 +84,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -82,8 +99,14 @@ except ImportError:  # pragma: no cover
              f"({stack.GATEWAY_PYTHON_DEFAULT})")
 
 MODES: Final = ("chat", "stream", "paced")
+TARGETS: Final = ("bare", "gateway")
 PACED_MODEL: Final = "bench-paced/gpt-4o-mini"
+BARE_MODEL: Final = "gpt-4o-mini"  # bench.py's: the bare forwarder passes the body on as is
+CHAT_PATH: Final = "/v1/chat/completions"
+# String hashes (dict and set layouts, hence some instruction counts) the same in every run.
+FIXED_HASHES: Final = {"PYTHONHASHSEED": "0"}
 STARTUP_TIMEOUT_S: Final = 900.0  # imports, migrations and first requests, all under valgrind
+STOP_TIMEOUT_S: Final = 120.0  # draining and the ledger's last flush, under valgrind
 CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout(total=600)
 # Before zeroing and before each dump: what the last requests set off (a ledger flush, the
 # access log's write 100 ms later) lands inside the window that caused it.
@@ -98,64 +121,56 @@ class HarnessError(Exception):
     """Something other than the gateway's cost went wrong: the figure would mean nothing."""
 
 
-# --- the gateway under callgrind -------------------------------------------------------------
+# --- the targets under callgrind ---------------------------------------------------------------
 
 
-class CallgrindGateway(stack.Gateway):
-    """stack.Gateway with the gateway process under callgrind, run from `tree`.
+def valgrind(workdir: Path) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={workdir}/cg.%p"]
 
-    stack.Gateway builds its command from its `python` argument (which it also uses for a
-    psql fallback) and runs it in this repo, so it cannot take a wrapper: this sets the same
-    fields its __init__ does (stop(), _create_key() and _check_endpoints() read them) and
-    builds the command here.
-    """
 
-    def __init__(self, workdir: Path, tree: Path, python: str, chat_base: str, stream_base: str,
-                 paced_base: str, pg: str | None, redis_url: str | None,
-                 flush_rows: int) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir, self.tree, self.python, self.keep_db = workdir, tree, python, False
-        self.tag = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
-        self.admin_key = "sk-bench-admin-" + secrets.token_hex(8)
-        self.port = stack.free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.db_name = f"proxy_bench_{self.tag}" if pg else ""
-        self.database_url = (f"{pg}/{self.db_name}" if pg
-                             else f"sqlite:///{workdir / 'gateway-data' / 'proxy.db'}")
-        self.redis_url = redis_url
-        self.namespace = f"bench-{self.tag}"
-        self.features: dict[str, str] = {}
-        self.key = self.admin_key
-        if pg:
-            stack._psql(self.database_url, f'CREATE DATABASE "{self.db_name}"', python)
-        self.config = workdir / "gateway.toml"
-        self.config.write_text(stack.gateway_toml(
-            self.port, workdir / "gateway-data", self.database_url, redis_url, self.namespace,
-            chat_base, stream_base, extra=paced_toml(paced_base) + quiet_timers_toml(flush_rows)))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-        env.update(PROXY_ADMIN_KEY=self.admin_key, PROXY_KEY_SECRET=secrets.token_hex(16),
-                   BENCH_UPSTREAM_KEY="sk-bench-upstream",
-                   # string hashes (dict/set layouts, hence some instruction counts) the
-                   # same in every run
-                   PYTHONHASHSEED="0")
-        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-               f"--callgrind-out-file={workdir}/cg.%p",
-               python, "-m", "proxy", "serve", "--config", str(self.config)]
-        # cwd = the tree: `python -m` puts the cwd first on sys.path, so its proxy/ is the
-        # one imported, whatever the venv's editable install points at.
-        self.proc = stack.Proc("gateway", cmd, workdir / "gateway.log", env=env, cwd=tree)
-        self.callgrind = Callgrind(self.proc.pid, workdir)
-        try:
-            stack.wait_http(self.base + "/healthz", self.proc, timeout=STARTUP_TIMEOUT_S)
-            self._create_key()
-            self._check_endpoints()
-        except BaseException:
-            self.stop()
-            raise
+@dataclass
+class Target:
+    """One process under callgrind, and how the client calls it."""
 
-    def stop(self) -> None:
-        self.proc.stop(timeout=120)  # draining and the ledger's last flush, under valgrind
-        super().stop()
+    label: str  # "bare", or the gateway's tree: "gateway" (one tree), "A", "B" (--compare)
+    proc: stack.Proc
+    workdir: Path  # its callgrind dumps and log
+    base: str
+    key: str | None
+    models: dict[str, str]  # the modes it serves, and the model to ask for
+    stop: Callable[[], None]
+    gateway: stack.Gateway | None = None  # None: the bare forwarder (no /metrics, no ledger)
+    callgrind: Callgrind = field(init=False)
+
+    def __post_init__(self) -> None:
+        # taskset and valgrind exec in place: the pid is the counted process
+        self.callgrind = Callgrind(self.proc.pid, self.workdir)
+
+
+def start_gateway(label: str, tree: Path, workdir: Path, args: argparse.Namespace, nginx: str,
+                  paced: str) -> Target:
+    gw = stack.Gateway(workdir, args.gateway_python, args.core, nginx + "/v1", nginx + "/sse/v1",
+                       pg=None if args.no_pg else args.pg,
+                       redis_url=None if args.no_redis else args.redis,
+                       extra_toml=paced_toml(paced + "/v1")
+                       + quiet_timers_toml(args.ledger_flush_rows),
+                       tree=tree, wrapper=valgrind(workdir), env=FIXED_HASHES,
+                       start_timeout=STARTUP_TIMEOUT_S, stop_timeout=STOP_TIMEOUT_S)
+    models = {"chat": stack.CHAT_MODEL, "stream": stack.STREAM_MODEL, "paced": PACED_MODEL}
+    return Target(label, gw.proc, workdir, gw.base, gw.key, models, gw.stop, gw)
+
+
+def start_bare(workdir: Path, args: argparse.Namespace, upstream: str,
+               modes: list[str]) -> Target:
+    """A bare forwarder to `upstream` for `modes`: it has one upstream, so nginx (chat,
+    stream: /sse/ is nginx's stream) and the paced fake upstream need one each."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc, base = stack.start_bare(workdir, args.gateway_python, args.core, upstream,
+                                  wrapper=valgrind(workdir), env=FIXED_HASHES,
+                                  timeout=STARTUP_TIMEOUT_S)
+    return Target("bare", proc, workdir, base, None, dict.fromkeys(modes, BARE_MODEL),
+                  lambda: proc.stop(timeout=STOP_TIMEOUT_S))
 
 
 def paced_toml(base: str) -> str:
@@ -236,20 +251,23 @@ class Callgrind:
         raise HarnessError(f"no callgrind dump appeared in {self.out_dir}")
 
 
-def scrape_health(gw: CallgrindGateway) -> dict[str, float]:
-    """The error counters from /metrics, and warnings/errors in the log so far."""
-    status, _, data = stack.http("GET", gw.base + "/metrics", timeout=120)
-    if status != 200:
-        raise HarnessError(f"/metrics answered {status}")
-    totals = dict.fromkeys(HEALTH_METRICS, 0.0)
-    for line in data.decode().splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
-    log = gw.proc.log.read_text(errors="replace")
+def scrape_health(t: Target) -> dict[str, float]:
+    """The gateway's error counters from /metrics, and warnings/errors in the log so far
+    (the bare forwarder logs only aiohttp's "Error handling request" and tracebacks)."""
+    totals: dict[str, float] = {}
+    if t.gateway:
+        status, _, data = stack.http("GET", t.base + "/metrics", timeout=120)
+        if status != 200:
+            raise HarnessError(f"/metrics answered {status}")
+        totals = dict.fromkeys(HEALTH_METRICS, 0.0)
+        for line in data.decode().splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    log = t.proc.log.read_text(errors="replace")
     totals["log warnings/errors"] = sum(1 for ln in log.splitlines()
                                         if " WARNING " in ln or " ERROR " in ln
-                                        or "Traceback" in ln)
+                                        or "Traceback" in ln or "Error handling" in ln)
     return totals
 
 
@@ -273,13 +291,15 @@ class Reads:
 class Client:
     """Requests of one mode on one keep-alive session: `one()` sends one and checks it."""
 
-    def __init__(self, session: aiohttp.ClientSession, gw: CallgrindGateway, mode: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, t: Target, mode: str) -> None:
         self.session = session
-        self.url = gw.base + "/v1/chat/completions"
-        model = {"chat": stack.CHAT_MODEL, "stream": stack.STREAM_MODEL,
-                 "paced": PACED_MODEL}[mode]
-        self.body = shapes.chat_request(model, stream=mode != "chat")
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.key}"}
+        # nginx serves the stream under /sse/; the gateway routes by model
+        sse = mode == "stream" and not t.gateway
+        self.url = t.base + ("/sse" if sse else "") + CHAT_PATH
+        self.body = shapes.chat_request(t.models[mode], stream=mode != "chat")
+        self.headers = {"Content-Type": "application/json"}
+        if t.key:
+            self.headers["Authorization"] = f"Bearer {t.key}"
         self.stream = mode != "chat"
         self.reads = Reads()
 
@@ -329,7 +349,7 @@ async def run_n(one: Callable[[], Awaitable[None]], n: int, concurrency: int,
 
 @dataclass
 class Sample:
-    tree: str
+    target: str  # Target.label
     mode: str
     requests: int
     halves: tuple[int, int]  # Ir of each half
@@ -349,18 +369,17 @@ class Sample:
         return 100 * abs(a - b) / ((a + b) / 2) if a + b else float("nan")
 
 
-async def measure(gw: CallgrindGateway, label: str, mode: str,
-                  args: argparse.Namespace) -> Sample:
+async def measure(t: Target, mode: str, args: argparse.Namespace) -> Sample:
     """Warm up, count N requests of `mode` in two halves, check nothing degraded."""
     n = args.paced_streams if mode == "paced" else args.requests
     concurrency = args.paced_concurrency if mode == "paced" else args.concurrency
     stagger = 1 / args.paced_tps / concurrency if mode == "paced" else 0.0
-    cg = gw.callgrind
+    cg = t.callgrind
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=CLIENT_TIMEOUT) as session:
-        client = Client(session, gw, mode)
+        client = Client(session, t, mode)
         await run_n(client.one, max(args.warmup, concurrency), concurrency, stagger)
-        health0 = scrape_health(gw)
+        health0 = scrape_health(t)
         cg.instrument(True)
         # Code run for the first time since instrumentation went on is translated again;
         # these requests do that outside the counted window.
@@ -377,14 +396,14 @@ async def measure(gw: CallgrindGateway, label: str, mode: str,
         second, dump2 = cg.dump()
         wall = time.monotonic() - t0
         cg.instrument(False)
-    health1 = scrape_health(gw)
+    health1 = scrape_health(t)
     moved = {k: health1[k] - health0[k] for k in health0 if health1[k] != health0[k]}
     if moved:
-        raise HarnessError(f"{label}/{mode}: the gateway degraded while counting: {moved} "
-                           f"(see {gw.proc.log})")
+        raise HarnessError(f"{t.label}/{mode}: it degraded while counting: {moved} "
+                           f"(see {t.proc.log})")
     if not first or not second:
-        raise HarnessError(f"{label}/{mode}: callgrind counted nothing ({first}, {second})")
-    sample = Sample(label, mode, n, (first, second), wall, dumps=(dump1.name, dump2.name))
+        raise HarnessError(f"{t.label}/{mode}: callgrind counted nothing ({first}, {second})")
+    sample = Sample(t.label, mode, n, (first, second), wall, dumps=(dump1.name, dump2.name))
     if mode == "paced":
         r = client.reads
         sample.tokens_per_request = r.tokens / n
@@ -393,19 +412,19 @@ async def measure(gw: CallgrindGateway, label: str, mode: str,
     return sample
 
 
-async def prime(gw: CallgrindGateway, n: int) -> None:
+async def prime(t: Target, n: int) -> None:
     """Uncounted chat requests once after start: enough for the ledger's first flushes,
     which connect to PostgreSQL (migration check, TLS negotiation): a one-time cost that
     would otherwise land in the first counted window."""
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
-        await run_n(Client(session, gw, "chat").one, n, 1)
+        await run_n(Client(session, t, "chat").one, n, 1)
     await asyncio.sleep(1.0)
 
 
-def idle_rate(gw: CallgrindGateway, seconds: float = 10.0) -> float:
+def idle_rate(t: Target, seconds: float = 10.0) -> float:
     """Instructions a second with no traffic: what is left on timers. 10 s: two of the key
     registry's 5 s refreshes, the biggest of them, whatever the phase."""
-    cg = gw.callgrind
+    cg = t.callgrind
     cg.instrument(True)
     time.sleep(0.5)
     cg.zero()
@@ -429,18 +448,21 @@ def describe_tree(tree: Path) -> str:
     return f"{tree} @ {commit}" + (" (proxy/ has uncommitted changes)" if dirty else "")
 
 
-def start_gateways(trees: list[Path], workdir: Path, args: argparse.Namespace, nginx: str,
-                   paced: str) -> list[CallgrindGateway]:
-    """One gateway per tree, started side by side (startup under valgrind takes a while)."""
-    def start(i: int, tree: Path) -> CallgrindGateway:
-        return CallgrindGateway(workdir / "AB"[i], tree, args.gateway_python, nginx + "/v1",
-                                nginx + "/sse/v1", paced + "/v1",
-                                pg=None if args.no_pg else args.pg,
-                                redis_url=None if args.no_redis else args.redis,
-                                flush_rows=args.ledger_flush_rows)
-
-    with ThreadPoolExecutor(len(trees)) as pool:
-        futures = [pool.submit(start, i, tree) for i, tree in enumerate(trees)]
+def start_targets(args: argparse.Namespace, workdir: Path, trees: dict[str, Path], nginx: str,
+                  paced: str) -> list[Target]:
+    """Every process to count, started side by side (startup under valgrind takes a while):
+    the bare forwarder(s), then one gateway per tree, the order they are measured in."""
+    starts: list[Callable[[], Target]] = []
+    if "bare" in args.targets:
+        unpaced = [m for m in args.modes if m != "paced"]
+        if unpaced:
+            starts.append(partial(start_bare, workdir / "bare", args, nginx, unpaced))
+        if "paced" in args.modes:
+            starts.append(partial(start_bare, workdir / "bare-paced", args, paced, ["paced"]))
+    starts += [partial(start_gateway, label, tree, workdir / label, args, nginx, paced)
+               for label, tree in trees.items()]
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
         started, failed = [], None
         for f in futures:
             try:
@@ -448,24 +470,29 @@ def start_gateways(trees: list[Path], workdir: Path, args: argparse.Namespace, n
             except Exception as e:  # noqa: BLE001 - stop the others, then report this one
                 failed = failed or e
     if failed:
-        for gw in started:
-            gw.stop()
+        for t in started:
+            t.stop()
         raise failed
     return started
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
-    trees = [Path(t).resolve() for t in (args.compare or [args.gateway_tree])]
-    labels = ["A", "B"][:len(trees)]
-    for tree in trees:
+    trees = ({} if "gateway" not in args.targets
+             else dict(zip("AB", map(Path, args.compare), strict=True)) if args.compare
+             else {"gateway": Path(args.gateway_tree)})
+    trees = {label: tree.resolve() for label, tree in trees.items()}
+    for tree in trees.values():
         if not (tree / "proxy" / "__main__.py").exists():
             raise HarnessError(f"{tree} has no proxy/__main__.py: not a checkout of the gateway")
     started = time.monotonic()
-    print(f"instructions: modes {', '.join(args.modes)}; {args.requests} requests (paced: "
-          f"{args.paced_streams} streams); {args.repeat} repeat(s); workdir {workdir}",
-          flush=True)
-    for label, tree in zip(labels, trees, strict=True):
-        print(f"  {label}: {describe_tree(tree)}", flush=True)
+    print(f"instructions: targets {', '.join(args.targets)}; modes {', '.join(args.modes)}; "
+          f"{args.requests} requests (paced: {args.paced_streams} streams); "
+          f"{args.repeat} repeat(s); core {args.core}; workdir {workdir}", flush=True)
+    # described before the run: the tree may change (commits, edits) while it runs
+    sources = {"bare": f"loadtest/bare_forwarder.py of {stack.REPO}",
+               **{label: describe_tree(tree) for label, tree in trees.items()}}
+    for label in trees:
+        print(f"  {label}: {sources[label]}", flush=True)
     nginx_proc, nginx = stack.start_nginx(workdir, None)
     upstream_proc, paced = stack.start_fake_upstream(
         workdir, args.gateway_python, None, "--tokens-per-second", str(args.paced_tps),
@@ -475,22 +502,23 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     features: dict[str, str] = {}
     try:
         t0 = time.monotonic()
-        gateways = start_gateways(trees, workdir, args, nginx, paced)
-        print(f"  gateway(s) up under valgrind in {time.monotonic() - t0:.0f} s", flush=True)
-        features = {"database": f"PostgreSQL, fresh database {gateways[0].db_name}"
-                    if gateways[0].db_name else "SQLite",
-                    "redis": gateways[0].redis_url or "none (in-process limits)",
-                    **gateways[0].features}
+        targets = start_targets(args, workdir, trees, nginx, paced)
+        print(f"  {len(targets)} process(es) up under valgrind in {time.monotonic() - t0:.0f} s",
+              flush=True)
+        gateways = [t.gateway for t in targets if t.gateway]
+        features = dict(gateways[0].features) if gateways else {}
         try:
-            for label, gw in zip(labels, gateways, strict=True):
-                asyncio.run(prime(gw, 2 * max(args.ledger_flush_rows, 100)))
-                idle[label] = idle_rate(gw)
+            for t in targets:
+                if t.gateway:
+                    asyncio.run(prime(t, 2 * max(args.ledger_flush_rows, 100)))
+                if t.label not in idle:  # the bare forwarder in front of nginx stands for both
+                    idle[t.label] = idle_rate(t)
             for r in range(args.repeat):
-                for label, gw in zip(labels, gateways, strict=True):
-                    for mode in args.modes:
-                        s = asyncio.run(measure(gw, label, mode, args))
+                for t in targets:
+                    for mode in (m for m in args.modes if m in t.models):
+                        s = asyncio.run(measure(t, mode, args))
                         samples.append(s)
-                        print(f"  [{r + 1}/{args.repeat}] {label} {mode:6} "
+                        print(f"  [{r + 1}/{args.repeat}] {t.label:7} {mode:6} "
                               f"{s.per_request:14,.0f} Ir/request  halves differ "
                               f"{s.halves_diff_pct:.2f}%  {s.wall_s:5.1f} s  "
                               f"({', '.join(s.dumps)})"
@@ -499,12 +527,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                                  f"{s.gap_p50_ms:.1f} ms" if mode == "paced" else ""),
                               flush=True)
         finally:
-            for gw in gateways:
-                gw.stop()
+            for t in targets:
+                t.stop()
     finally:
         upstream_proc.stop()
         nginx_proc.stop()
-    print("\n" + render(args, labels, trees, samples, idle, features,
+    print("\n" + render(args, list(trees), sources, samples, idle, features,
                          time.monotonic() - started))
     return 0
 
@@ -516,27 +544,30 @@ def spread_pct(values: list[float]) -> float:
     return 100 * (max(values) - min(values)) / statistics.median(values) if values else 0.0
 
 
-def render(args: argparse.Namespace, labels: list[str], trees: list[Path],
+def render(args: argparse.Namespace, trees: list[str], sources: dict[str, str],
            samples: list[Sample], idle: dict[str, float], features: dict[str, str],
            elapsed: float) -> str:
+    """`trees`: the gateways' labels; `sources`: what each label ran."""
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    lines = [f"## Gateway instructions per request (callgrind Ir), {stamp}", ""]
-    for label, tree in zip(labels, trees, strict=True):
-        lines.append(f"- {label}: {describe_tree(tree)}; idle background "
+    lines = [f"## Instructions per request (callgrind Ir), {stamp}", ""]
+    labels = (["bare"] if "bare" in args.targets else []) + trees
+    for label in labels:
+        lines.append(f"- {label}: {sources[label]}; idle background "
                      f"{idle.get(label, 0) / 1e6:.2f} M Ir/s")
-    lines.append("- gateway: " + "; ".join(f"{k}: {v}" for k, v in features.items()))
-    if args.ledger_flush_rows:
+    if features:
+        lines.append("- gateway config: " + "; ".join(f"{k}: {v}" for k, v in features.items()))
+    if trees and args.ledger_flush_rows:
         lines.append(f"- ledger flush every {args.ledger_flush_rows} records, limits' sweep and "
                      "snapshot hourly (--ledger-flush-rows 0: the gateway's timers)")
     lines += [(f"- {args.repeat} repeat(s); median over repeats; spread = (max - min) / "
                f"median; whole run {elapsed / 60:.1f} min"), "",
-              ("| tree | mode | requests | M Ir/request | M Ir/token chunk | spread | "
+              ("| target | mode | requests | M Ir/request | M Ir/token chunk | spread | "
                "halves differ (max) | counted wall s |"),
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     medians: dict[tuple[str, str], float] = {}
     for label in labels:
         for mode in args.modes:
-            ss = [s for s in samples if s.tree == label and s.mode == mode]
+            ss = [s for s in samples if s.target == label and s.mode == mode]
             if not ss:
                 continue
             per = [s.per_request for s in ss]
@@ -546,14 +577,24 @@ def render(args: argparse.Namespace, labels: list[str], trees: list[Path],
             lines.append(f"| {label} | {mode} | {ss[0].requests} | {med / 1e6:.4f} | {chunk} | "
                          f"{spread_pct(per):.2f}% | {max(s.halves_diff_pct for s in ss):.2f}% | "
                          f"{statistics.median(s.wall_s for s in ss):.1f} |")
-    if len(labels) == 2:
-        lines += ["", "| mode | A M Ir/request | B M Ir/request | B/A |",
-                  "| --- | --- | --- | --- |"]
+
+    def ratios(a: str, b: str) -> list[str]:
+        """`b/a` per mode where both were measured."""
+        out = ["", f"| mode | {a} M Ir/request | {b} M Ir/request | {b}/{a} |",
+               "| --- | --- | --- | --- |"]
         for mode in args.modes:
-            a, b = medians.get(("A", mode)), medians.get(("B", mode))
-            if a and b:
-                lines.append(f"| {mode} | {a / 1e6:.4f} | {b / 1e6:.4f} | {b / a:.4f} |")
-    uneven = [f"{s.tree}/{s.mode}" for s in samples if s.halves_diff_pct > 1.0]
+            x, y = medians.get((a, mode)), medians.get((b, mode))
+            if x and y:
+                out.append(f"| {mode} | {x / 1e6:.4f} | {y / 1e6:.4f} | {y / x:.4f} |")
+        return out if len(out) > 3 else []
+
+    bare_rows = [row for label in trees if "bare" in labels for row in ratios(label, "bare")]
+    if bare_rows:
+        lines += [*bare_rows, "", ("bare/gateway counts user-space instructions only: "
+                                   "bench.py's throughput ratio is higher (see the docstring)")]
+    if len(trees) == 2:
+        lines += ratios("A", "B")
+    uneven = [f"{s.target}/{s.mode}" for s in samples if s.halves_diff_pct > 1.0]
     if uneven:
         lines += ["", (f"**Check:** the two halves differ by more than 1 % in {', '.join(uneven)}:"
                        " something other than the requests was counted (see the dumps)")]
@@ -567,17 +608,19 @@ def render(args: argparse.Namespace, labels: list[str], trees: list[Path],
                        f"{statistics.median(s.gap_p50_ms for s in paced):.1f} ms "
                        f"(pace {1000 / args.paced_tps:g} ms)")]
         if min(s.separate_pct for s in paced) < 95:
-            lines += [("**Check:** token chunks coalesced: the gateway did not keep up with "
+            lines += [("**Check:** token chunks coalesced: the target did not keep up with "
                        "the pace under valgrind; lower --paced-concurrency or --paced-tps")]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"subset of {','.join(TARGETS)} (default both)")
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     p.add_argument("--requests", type=int, default=400,
                    help="counted requests per mode and repeat, chat and stream (default 400)")
-    p.add_argument("--repeat", type=int, default=3, help="measurements per tree and mode")
+    p.add_argument("--repeat", type=int, default=3, help="measurements per target and mode")
     p.add_argument("--concurrency", type=int, default=1, help="chat and stream (default 1)")
     p.add_argument("--warmup", type=int, default=20,
                    help="uncounted requests per mode before counting (default 20)")
@@ -600,13 +643,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flush the ledger every this many records, not every 200 ms, and the "
                         "limits' sweep and snapshot hourly, so every window holds the same "
                         "background work (default 50; 0: the gateway's timers, as bench.py)")
+    p.add_argument("--core", type=int, default=1 if (os.cpu_count() or 1) > 1 else -1,
+                   help="the core the counted processes run on (default 1; -1: not pinned)")
     p.add_argument("--workdir", help="keep configs, logs and callgrind dumps here "
                    "(default: a temp dir, removed)")
     a = p.parse_args(argv)
     a.modes = [m for m in a.modes.split(",") if m]
-    for m in a.modes:
-        if m not in MODES:
-            p.error(f"unknown mode {m!r}")
+    a.targets = [t for t in a.targets.split(",") if t]
+    for given, known in ((a.modes, MODES), (a.targets, TARGETS)):
+        for x in given:
+            if x not in known:
+                p.error(f"{x!r}: not one of {', '.join(known)}")
+    if not a.modes or not a.targets:
+        p.error("--modes and --targets: at least one each")
+    if a.compare and "gateway" not in a.targets:
+        p.error("--compare measures gateways: --targets must include gateway")
+    a.core = None if a.core < 0 else a.core
     rows = a.ledger_flush_rows
     for n in (a.requests, a.paced_streams):
         if n < 2 or rows and n % (2 * rows):

@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -336,13 +336,21 @@ def start_fake_upstream(workdir: Path, python: str, core: int | None,
     return proc, base
 
 
-def start_bare(workdir: Path, python: str, core: int | None, upstream: str) -> tuple[Proc, str]:
+def start_bare(workdir: Path, python: str, core: int | None, upstream: str,
+               wrapper: Sequence[str] = (), env: dict[str, str] | None = None,
+               timeout: float = 30.0) -> tuple[Proc, str]:
+    """The bare forwarder; `wrapper` and `env` as for Gateway."""
     port = free_port()
-    cmd = pinned([python, str(HERE / "bare_forwarder.py"), "--port", str(port),
+    cmd = pinned([*wrapper, python, str(HERE / "bare_forwarder.py"), "--port", str(port),
                   "--upstream", upstream], core)
-    proc = Proc("bare forwarder", cmd, workdir / "bare.log")
+    proc = Proc("bare forwarder", cmd, workdir / "bare.log",
+                env={**os.environ, **env} if env else None)
     base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/nothing", proc)
+    try:
+        wait_http(base + "/nothing", proc, timeout=timeout)
+    except BaseException:
+        proc.stop()
+        raise
     return proc, base
 
 
@@ -458,16 +466,26 @@ def _psql(database_url: str, sql: str, python: str) -> None:
 
 
 class Gateway:
-    """The gateway started from a generated config, with a fresh database and its own key."""
+    """The gateway started from a generated config, with a fresh database and its own key.
+
+    `tree`: the checkout whose proxy/ runs (`python -m proxy serve` with cwd = tree puts
+    it first on sys.path, whatever the venv's editable install points at). `wrapper`: a
+    command the gateway runs under (instructions.py: valgrind). `env`: added to its
+    environment. The timeouts are for startup and for stopping (drain, last ledger flush).
+    """
 
     def __init__(self, workdir: Path, python: str, core: int | None, chat_base: str,
                  stream_base: str | None, pg: str | None = PG_DEFAULT,
                  redis_url: str | None = REDIS_DEFAULT, extra_toml: str = "",
                  keep_db: bool = False, gc_env: dict[str, str] | None = None,
-                 max_connections: int = 1000) -> None:
+                 max_connections: int = 1000, tree: Path = REPO, wrapper: Sequence[str] = (),
+                 env: dict[str, str] | None = None, start_timeout: float = 60.0,
+                 stop_timeout: float = 15.0) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.python = python
         self.keep_db = keep_db
+        self.stop_timeout = stop_timeout
         self.tag = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
         self.admin_key = (os.environ.get("PROXY_ADMIN_KEY")
                           or "sk-bench-admin-" + secrets.token_hex(8))
@@ -490,19 +508,23 @@ class Gateway:
                                        redis_url, self.namespace, chat_base, stream_base,
                                        extra_toml, max_connections))
         self.config = config
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-        env.update(PROXY_ADMIN_KEY=self.admin_key, PROXY_KEY_SECRET=secrets.token_hex(16),
-                   BENCH_UPSTREAM_KEY="sk-bench-upstream")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+        full_env.update(PROXY_ADMIN_KEY=self.admin_key, PROXY_KEY_SECRET=secrets.token_hex(16),
+                        BENCH_UPSTREAM_KEY="sk-bench-upstream", **(env or {}))
         if gc_env:  # garbage-collector experiments: gc_probe/sitecustomize.py reads these
-            env.update(gc_env)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "gc_probe"),
-                                                              env.get("PYTHONPATH")]))
+            full_env.update(gc_env)
+            full_env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(HERE / "gc_probe"), full_env.get("PYTHONPATH")]))
             self.features["gc experiment"] = ", ".join(f"{k}={v}" for k, v in gc_env.items())
-        cmd = pinned([python, "-m", "proxy", "serve", "--config", str(config)], core)
-        self.proc = Proc("gateway", cmd, workdir / "gateway.log", env=env, cwd=REPO)
-        wait_http(self.base + "/healthz", self.proc, timeout=60)
-        self._create_key()
-        self._check_endpoints()
+        cmd = pinned([*wrapper, python, "-m", "proxy", "serve", "--config", str(config)], core)
+        self.proc = Proc("gateway", cmd, workdir / "gateway.log", env=full_env, cwd=tree)
+        try:
+            wait_http(self.base + "/healthz", self.proc, timeout=start_timeout)
+            self._create_key()
+            self._check_endpoints()
+        except BaseException:  # the process and the fresh database go too
+            self.stop()
+            raise
 
     def _create_key(self) -> None:
         """A user key with a spend limit, through the admin API, when it exists."""
@@ -550,7 +572,7 @@ class Gateway:
                 if " ERROR " in ln or "Traceback" in ln]
 
     def stop(self) -> None:
-        self.proc.stop()
+        self.proc.stop(timeout=self.stop_timeout)
         if self.redis_url and shutil.which("redis-cli"):
             host_port = self.redis_url.split("//", 1)[1].split("/", 1)[0]
             host, _, port = host_port.rpartition(":")
