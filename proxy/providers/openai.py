@@ -6,7 +6,7 @@ streams, `stream_options.include_usage` (always on, so every stream is metered).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -83,7 +83,14 @@ def _text_chars(choice: _Choice) -> int:
     if part is None:
         return 0
     n = len(part.content) if part.content else 0
-    for tc in part.tool_calls or ():
+    if part.tool_calls:
+        n += _argument_chars(part.tool_calls)
+    return n
+
+
+def _argument_chars(tool_calls: list[_ToolCall]) -> int:
+    n = 0
+    for tc in tool_calls:
         args = (tc.function or {}).get("arguments")
         if isinstance(args, str):
             n += len(args)
@@ -211,8 +218,7 @@ class OpenAIStream(ChatStream):
                 return None  # the general path raises it after forwarding what came before
             if lite.usage is not None and not lite.choices and lite is not last:
                 return None  # a usage chunk before the end: event by event
-        for lite in lites:
-            self._account(lite)
+        self._account(lites)
         if last.usage is not None and not last.choices:  # the usage chunk: the caller sends it
             cut = complete.rfind(b"\n\ndata: ") + 2 if len(lites) > 1 else 0
             self.usage_chunk = _decode_fields(complete[cut + 6 : -2])
@@ -246,19 +252,29 @@ class OpenAIStream(ChatStream):
                 f"Upstream provider `{self._provider}` sent a malformed event.",
                 reason="malformed",
             ) from None
-        self._account(lite)
+        self._account((lite,))
         if lite.usage is not None and not lite.choices:
             self.usage_chunk = _decode_fields(data)
             return False
         return True
 
-    def _account(self, lite: _Lite) -> None:
-        for choice in lite.choices:
-            self.text_chars += _text_chars(choice)
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
-        if lite.usage is not None:
-            self.usage = to_usage(lite.usage)
+    def _account(self, lites: Sequence[_Lite]) -> None:
+        """Add the events' text and take their finish reason and usage. One loop, with the
+        common delta (text, no tool calls) inline: it runs for every event of a stream."""
+        chars = self.text_chars
+        for lite in lites:
+            for choice in lite.choices:
+                part = choice.delta or choice.message
+                if part is not None:
+                    if part.content:
+                        chars += len(part.content)
+                    if part.tool_calls:
+                        chars += _argument_chars(part.tool_calls)
+                if choice.finish_reason:
+                    self.finish_reason = choice.finish_reason
+            if lite.usage is not None:
+                self.usage = to_usage(lite.usage)
+        self.text_chars = chars
 
     async def aclose(self) -> None:
         self._resp.close()
