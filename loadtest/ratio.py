@@ -1,0 +1,139 @@
+"""The gateway's throughput as a share of the bare forwarder's, measured in alternation.
+
+    python3 loadtest/ratio.py                          # 15 rounds of 3 s a mode (~4 min)
+    python3 loadtest/ratio.py --rounds 30 --seconds 2 --modes stream
+
+bench.py measures its targets one after another, minutes apart. On a contended host (see
+instructions.py: the same spin loop ran 5–8.7 M iterations a second from one second to the
+next) the machine a target gets drifts within those minutes, and the throughput ratio, the
+issue's target, moves with it (53 % and 85 % for chat and stream in one bench.py run on
+2026-11-26, against 77 % and 69 % on a quiet day). Here both run at once on the server core,
+only one under load at a time, and short wrk runs at c=64 alternate: bare, gateway, bare,
+gateway, ..., bare. Each gateway run's ratio is its RPS over the mean of the two bare runs
+around it, so a drift slower than a round cancels; the report gives the median of the
+rounds and their spread, and the CPU µs a request of each side (from /proc, as bench.py).
+Same setup as bench.py: nginx answering fixed bodies on the load core with wrk, Redis and
+PostgreSQL kept there too, the gateway with everything on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stack
+from bench import RESULTS, Bench, Run
+
+
+def alternate(bench: Bench, mode: str, targets: dict[str, tuple[str, str | None, stack.Proc]],
+              rounds: int, seconds: int) -> tuple[list[Run], list[Run]]:
+    """bare, gateway, bare, ..., bare: `rounds` gateway runs, each between two bare runs."""
+    urls = {}
+    for name, (base, key, proc) in targets.items():
+        path = "/sse/v1/chat/completions" if mode == "stream" and name == "bare" \
+            else "/v1/chat/completions"
+        urls[name] = base + path
+        body = bench.body(name, mode)
+        problem = stack.probe(urls[name], body.read_bytes(), key, stream=mode == "stream")
+        if problem:
+            raise stack.BenchError(f"{name}/{mode} probe failed: {problem}")
+        bench.wrk(urls[name], body, key, bench.args.connections, 2, proc)  # warm-up
+
+    def run(name: str) -> Run:
+        _, key, proc = targets[name]
+        return bench.wrk(urls[name], bench.body(name, mode), key, bench.args.connections,
+                         seconds, proc)
+
+    bare, gateway = [run("bare")], []
+    for _ in range(rounds):
+        gateway.append(run("gateway"))
+        bare.append(run("bare"))
+    return bare, gateway
+
+
+def summarize(mode: str, bare: list[Run], gateway: list[Run]) -> str:
+    ratios = sorted(g.rps / ((b0.rps + b1.rps) / 2)
+                    for g, b0, b1 in zip(gateway, bare, bare[1:], strict=False))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    errors = sum(sum(r.errors.values()) for r in bare + gateway)
+
+    def med(runs: list[Run], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs)
+
+    return (f"| {mode} | {len(ratios)} | **{100 * q[1]:.0f} %** | {100 * q[0]:.0f}–{100 * q[2]:.0f} % "
+            f"| {100 * ratios[0]:.0f}–{100 * ratios[-1]:.0f} % | {med(bare, 'rps'):,.0f} "
+            f"| {med(gateway, 'rps'):,.0f} | {med(bare, 'cpu_us_per_req'):.0f} "
+            f"| {med(gateway, 'cpu_us_per_req'):.0f} | {errors or 'none'} |")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modes", default="chat,stream", type=lambda s: s.split(","))
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT)
+    p.add_argument("--pg", default=stack.PG_DEFAULT)
+    p.add_argument("--redis", default=stack.REDIS_DEFAULT)
+    p.add_argument("--load-core", type=int, default=0)
+    p.add_argument("--server-core", type=int, default=1)
+    p.add_argument("--wrk-timeout", type=int, default=10)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    args.no_pin = False  # what Bench reads
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = time.strftime("%Y-%m-%dT%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="gateway-ratio-") as tmp:
+        workdir = Path(tmp)
+        bench = Bench(args, workdir)
+        core = bench.server_core
+        nginx, upstream = stack.start_nginx(workdir, bench.load_core)
+        rows: list[str] = []
+        try:
+            with stack.services_on(bench.load_core):
+                bare, bare_base = stack.start_bare(workdir, args.gateway_python, core, upstream)
+                gw = None
+                try:
+                    gw = stack.Gateway(workdir, args.gateway_python, core, upstream + "/v1",
+                                       upstream + "/sse/v1", pg=args.pg, redis_url=args.redis)
+                    targets = {"bare": (bare_base, None, bare),
+                               "gateway": (gw.base, gw.key, gw.proc)}
+                    for mode in args.modes:
+                        print(f"{mode}: {args.rounds} rounds of {args.seconds} s", flush=True)
+                        rows.append(summarize(mode, *alternate(bench, mode, targets,
+                                                               args.rounds, args.seconds)))
+                        print(rows[-1], flush=True)
+                finally:
+                    bare.stop()
+                    if gw is not None:
+                        gw.stop()
+        finally:
+            nginx.stop()
+    machine, versions = stack.machine(), stack.versions(args.gateway_python, None)
+    setup = (f"{machine['cpu']}, {versions['gateway stack']}; gateway commit "
+             f"{versions['gateway commit']}; {args.rounds} rounds of {args.seconds} s at "
+             f"c={args.connections} a mode, bare and gateway alternating on the server core")
+    header = ("| mode | rounds | median | middle half | all rounds | bare RPS | gateway RPS "
+              "| bare µs/req | gateway µs/req | errors |")
+    report = "\n".join([
+        f"# Gateway throughput as a share of the bare forwarder's, {stamp}", "", setup, "",
+        header, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
+    print("\n" + report)
+    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"ratio-{stamp}.md"
+    out.write_text(report)
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
