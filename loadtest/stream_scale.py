@@ -101,7 +101,9 @@ class Timing:
         self.transit: list[int] = []  # ns
 
     def read(self, data: bytes, now: int) -> None:
-        if b'"content"' in data:
+        # find(), not `in`: `bytes in bytes` first tries the needle as an int and formats
+        # and drops a TypeError (~1,800 instructions), twice a read at 20,000 reads a second
+        if data.find(b'"content"') >= 0:
             m = _TX.search(data)
             if m:
                 tx = int(m.group(2))
@@ -113,7 +115,7 @@ class Timing:
             else:
                 self.gaps.append(now - self.last_token)
             self.last_token = now
-        if b"data: [DONE]" in data:
+        if data.find(b"data: [DONE]") >= 0:
             self.done = True
 
 
