@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
 
 from proxy.errors import UpstreamTimeout
 from proxy.providers.h1 import BadResponse, ConnectError, ConnectionLost, Endpoint, Pool
@@ -22,18 +21,6 @@ from proxy.providers.http import transport_error
 
 Handler = Callable[["Conn"], Awaitable[None]]
 JSON = b'{"ok":true}'
-
-
-# pytest-asyncio 1.x would rather have a `pytest_asyncio_loop_factories` hook in conftest.py;
-# until there is one, this (deprecated) fixture override runs the module on both loops.
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
 
 
 class Conn:
