@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-from fakes import Cut, ErrorEvent, FakeOpenAI, Gate, Hang, Reply
-from harness import ADMIN_KEY, Gateway
+from conftest import UPSTREAM_SECRET, fake_provider_toml
+from fakes import Cut, ErrorEvent, FakeAnthropic, FakeOpenAI, Gate, Hang, Reply
+from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
 
 from proxy.api import relay
 from proxy.api.relay import _pusher
@@ -297,3 +299,26 @@ async def test_a_client_that_falls_behind_mid_stream_still_gets_every_event_in_o
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "".join(pieces)
     assert chunks[-1]["usage"]["completion_tokens"] == 300
+
+
+async def test_a_stream_that_stalls_past_the_upstream_deadline_ends_with_an_error_event(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession,
+) -> None:
+    # The events so far are relayed from the connection's callback; the deadline's failure
+    # must still reach the client as an error event, and the upstream connection be dropped.
+    monkeypatch.setenv("FAKE_OPENAI_KEY", UPSTREAM_SECRET)
+    toml = fake_provider_toml(fake_openai.base_url, fake_anthropic.base_url).replace(
+        "timeout_s = 10", "timeout_s = 0.5", 1)
+    gate = Gate()
+    fake_openai.script(Reply(text="one two three four five six", gate=gate))
+    async with running_gateway(gateway_settings(tmp_path, toml)) as gw:
+        request = asyncio.ensure_future(stream(http, gw, {"model": "fake/gpt", "messages": USER}))
+        for _ in range(3):  # the role chunk and two words; then the upstream goes quiet
+            assert await gate.release()
+        resp = await request
+        events = sse_events(await asyncio.wait_for(resp.read(), timeout=5))
+        await asyncio.wait_for(fake_openai.disconnected.wait(), timeout=5)
+    words = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert words == ["", "one", " two"]
+    assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
