@@ -5,6 +5,7 @@ in-process (the embedded default) and in Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -162,3 +163,25 @@ async def test_a_cache_hit_costs_nothing_in_the_ledger(
     assert report["total_savings"] == cost  # what the hit would have cost
     (row,) = report["breakdown"]
     assert (row["requests"], row["cached_requests"], row["cost"]) == (2, 1, cost)
+
+
+async def test_a_paced_stream_is_cached_as_it_is_relayed_and_replayed_whole(
+    gw: Gateway, upstream: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # Paced events reach the client from the upstream connection's callback; the cache
+    # entry is collected there too.
+    text = "An owner of keys, one word at a time."
+    upstream.default = Reply(text=text, prompt_tokens=10, completion_tokens=9, interval_s=0.01)
+    admin_key = gw.headers["Authorization"].removeprefix("Bearer ")
+    seen: list[tuple[bool, str]] = []
+    for _ in range(2):
+        resp = await http.post(gw.url + "/v1/chat/completions", json={**OPT_IN, "stream": True},
+                               headers={"Authorization": f"Bearer {admin_key}"})
+        assert resp.status == 200
+        blocks = (await resp.read()).decode().split("\n\n")
+        events = [block[6:] for block in blocks if block.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(event) for event in events[:-1]]
+        seen.append((hit(resp), "".join(c["choices"][0]["delta"].get("content") or ""
+                                        for c in chunks if c["choices"])))
+    assert seen == [(False, text), (True, text)] and upstream.hits == 1
