@@ -322,3 +322,27 @@ async def test_a_stream_that_stalls_past_the_upstream_deadline_ends_with_an_erro
     words = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert words == ["", "one", " two"]
     assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
+
+
+async def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection_closes(
+    gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    # No chunked encoding for HTTP/1.0: the relay does not push (that writes chunks), the
+    # task path writes the events as they are and the end of the body is the connection's.
+    fake_openai.script(Reply(text="one two three", interval_s=0.01))
+    host, port = gateway.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "fake/gpt", "messages": USER, "stream": True}).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/chat/completions HTTP/1.0\r\nHost: gw\r\n"
+                 b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                 % (len(body), body))
+    raw = await asyncio.wait_for(reader.read(), timeout=5)  # to EOF: the server closes
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+    events = sse_events(rest)
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-1] if json.loads(e)["choices"])
+    assert text == "one two three"
