@@ -28,8 +28,8 @@ _TRACE_ID_LEN: Final = 128
 
 
 class AccessLine(msgspec.Struct, kw_only=True):
-    # When the request finished, UTC; msgspec writes RFC 3339 with `Z` (µs), ~1.1 µs less
-    # a request than formatting it with isoformat.
+    # When the request finished, UTC; msgspec writes RFC 3339 with `Z` (µs): ~1.5 µs less a
+    # line than isoformat + replace + encoding the string (timeit, 1.80 against 0.34 µs).
     ts: datetime
     request_id: str
     key_id: str

@@ -260,7 +260,9 @@ class OpenAIStream(ChatStream):
 
     def _account(self, lites: Sequence[_Lite]) -> None:
         """Add the events' text and take their finish reason and usage. One loop, with the
-        common delta (text, no tool calls) inline: it runs for every event of a stream."""
+        common delta (text, no tool calls) inline: it runs for every event of a stream.
+        (It repeats `_text_chars` on purpose: calling it per event, or a shared tally
+        returning a tuple, cost 1.3 % of a paced stream's instructions.)"""
         chars = self.text_chars
         for lite in lites:
             for choice in lite.choices:
