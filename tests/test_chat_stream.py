@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from conftest import UPSTREAM_SECRET, fake_provider_toml
 from fakes import Cut, ErrorEvent, FakeAnthropic, FakeOpenAI, Gate, Hang, Reply
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
@@ -280,6 +282,39 @@ def test_nothing_is_pushed_to_a_closing_client_or_without_chunked_encoding() -> 
     assert closing.written == []  # the next `response.write` reports the client gone
     plain = SimpleNamespace(headers={})
     assert _pusher(SimpleNamespace(transport=_Transport(0)), plain, None) is None  # type: ignore[arg-type]
+
+
+async def test_an_event_stream_sends_its_headers_with_its_first_bytes_in_one_write() -> None:
+    writes: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        write, writelines = transport.write, transport.writelines  # asyncio's: patchable
+
+        def counted_writelines(parts: Any) -> None:
+            parts = list(parts)
+            writes.append(b"".join(parts))
+            writelines(parts)
+
+        transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        transport.writelines = counted_writelines  # type: ignore[method-assign]
+        response = relay.EventStreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        assert writes == []  # the headers wait for the first event
+        await response.write(b"data: 1\n\n")
+        await response.write_eof(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/")
+        assert sse_events(await resp.read()) == ["1", "[DONE]"]
+    assert len(writes) == 2
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes[0].endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n")  # headers, then the chunk
+    assert writes[1] == b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
 
 
 async def test_a_client_that_falls_behind_mid_stream_still_gets_every_event_in_order(

@@ -36,6 +36,13 @@ _CLIENT_HIGH_WATER: Final = 64 * 1024  # unsent bytes to the client that stop pu
 OpenStream = tuple[ChatStream, AsyncIterator[bytes], bytes | None]
 
 
+class EventStreamResponse(web.StreamResponse):
+    """An SSE response whose headers leave with its first bytes: one socket write, not
+    two, for every stream (aiohttp's `Response` does the same for bodies)."""
+
+    _send_headers_immediately = False
+
+
 class Outcome:
     """What one request came to: filled in as the relay goes, read by accounting."""
 
@@ -154,7 +161,7 @@ async def pipe(
     and the stream ends. `keep` collects the payloads (for the response cache).
     """
     stream, runs, first = opened
-    response = web.StreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome)})
+    response = EventStreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome)})
     await response.prepare(request)
     try:
         if first is not None:
@@ -233,7 +240,7 @@ async def replay(
     headers = {**served_by(request, outcome), "x-cache": "HIT"}
     if not stream:
         return web.Response(body=response_body(hit), content_type="application/json", headers=headers)
-    response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    response = EventStreamResponse(headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
     body = frame(replay_chunks(hit, include_usage=include_usage))
     await response.write_eof(body + DONE)  # a cached answer has nothing to wait for

@@ -251,6 +251,37 @@ async def test_pushed_pieces_reach_the_receiver_as_they_arrive(serve: Any, pool:
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("pushed", [True, False], ids=["push", "iterate"])
+async def test_the_chunks_one_read_brings_are_handed_on_as_one_piece(
+    serve: Any, pool: Pool, pushed: bool
+) -> None:
+    # A burst of events, each in its own chunk of chunked encoding, in one write (one read
+    # on loopback): the relay should parse and write it once, not once a chunk.
+    pieces = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+    head_read = asyncio.Event()
+
+    async def handle(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await head_read.wait()
+        await conn.send(b"".join(chunked_pieces(pieces)) + b"0\r\n\r\n")
+        while await conn.request():
+            await conn.answer(b"next")
+
+    server = await serve(handle)
+    resp = await pool.post(server.endpoint(), b"{}")
+    head_read.set()
+    got: list[bytes] = []
+    async with asyncio.timeout(5):
+        if pushed:
+            await resp.push(lambda piece: got.append(piece) is None)
+        got += [chunk async for chunk in resp]
+    assert got == [b"".join(pieces)]
+    resp.release()
+    assert await post_read(pool, server) == b"next"  # read to its end: the connection is reused
+    assert server.connections == 1
+
+
 async def test_receiver_that_says_stop_leaves_the_rest_to_iteration_in_order(
     serve: Any, pool: Pool
 ) -> None:

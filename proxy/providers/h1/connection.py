@@ -1,7 +1,8 @@
 """One keep-alive HTTP/1.1 connection: an `asyncio.Protocol` feeding httptools.
 
 It carries one request at a time. The response body is queued as `data_received` brings it,
-each piece handed on as it came (no stream buffer to copy through), and reading pauses
+one piece a socket read (the chunks of chunked encoding that one read holds are joined, so
+a burst of events is parsed and relayed once, not once a chunk), and reading pauses
 while more than `_HIGH_WATER` bytes wait unread, so a slow reader slows the upstream
 instead of filling memory. A reader that can take each piece where it lands (a relay
 writing to its client) is handed it from `data_received` itself instead (`push_body`): no
@@ -53,6 +54,7 @@ class Connection(asyncio.Protocol):
         "_loop",
         "_on_close",
         "_parser",
+        "_parts",
         "_paused",
         "_queued",
         "_receiver",
@@ -79,6 +81,7 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._chunks: deque[bytes] = deque()
+        self._parts: list[bytes] = []  # body pieces of the read being parsed
         self._queued = 0
         self._paused = False
         self._busy = False
@@ -223,8 +226,11 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             # A zlib error from on_body arrives here too, as the parser's callback error.
+            self._deliver()  # what parsed before the error, as it would have gone
             self._fail(BadResponse(f"invalid HTTP response from the upstream: {e!r}"))
             self.abort()
+        else:
+            self._deliver()
 
     def connection_lost(self, exc: Exception | None) -> None:
         by_peer = not self._closed
@@ -263,19 +269,27 @@ class Connection(asyncio.Protocol):
             return  # finishing in the background: nobody reads the rest
         if self._inflate is not None:
             body = self._inflate.decompress(body)  # zlib.error: see data_received
-        if not body:
+        if body:
+            self._parts.append(body)  # handed on once the whole read is parsed: `_deliver`
+
+    def on_message_complete(self) -> None:
+        self._finish(self._parser.should_keep_alive())
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        """The body pieces of one read, joined, to the receiver or the queue."""
+        parts = self._parts
+        if not parts:
             return
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
         receiver = self._receiver
         if receiver is None:
             self._queue(body)
         elif not receiver(body):
             self._receiver = None
             self._wake()
-
-    def on_message_complete(self) -> None:
-        self._finish(self._parser.should_keep_alive())
-
-    # -- internals -------------------------------------------------------------------------
 
     def _queue(self, body: bytes) -> None:
         self._chunks.append(body)
@@ -286,6 +300,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _finish(self, keep_alive: bool) -> None:
+        self._deliver()  # the body's last pieces go before its end
         if self._inflate is not None:
             tail = self._inflate.flush()
             if tail:
