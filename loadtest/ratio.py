@@ -2,6 +2,8 @@
 
     python3 loadtest/ratio.py                          # 15 rounds of 3 s a mode (~4 min)
     python3 loadtest/ratio.py --rounds 30 --seconds 2 --modes stream
+    git worktree add /tmp/gw-base HEAD~1
+    python3 loadtest/ratio.py --against /tmp/gw-base   # this tree's gateway over that one's
 
 bench.py measures its targets one after another, minutes apart. On a contended host (see
 instructions.py: the same spin loop ran 5–8.7 M iterations a second from one second to the
@@ -14,6 +16,11 @@ around it, so a drift slower than a round cancels; the report gives the median o
 rounds and their spread, and the CPU µs a request of each side (from /proc, as bench.py).
 Same setup as bench.py: nginx answering fixed bodies on the load core with wrk, Redis and
 PostgreSQL kept there too, the gateway with everything on.
+
+`--against TREE` puts the gateway of another checkout (its own database, Redis namespace
+and key, the same config) where the bare forwarder was: the ratio is then this tree's
+throughput over that one's, a wall-clock A/B of a change that the host's drift would
+otherwise hide (instructions.py counts user space only; this sees the kernel's share).
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ from bench import RESULTS, Bench, Run
 
 def alternate(bench: Bench, mode: str, targets: dict[str, tuple[str, str | None, stack.Proc]],
               rounds: int, seconds: int) -> tuple[list[Run], list[Run]]:
-    """bare, gateway, bare, ..., bare: `rounds` gateway runs, each between two bare runs."""
+    """bare, gateway, bare, ..., bare: `rounds` gateway runs, each between two bare runs.
+    ("bare" is the reference: the bare forwarder, or with --against the other gateway.)"""
     urls = {}
     for name, (base, key, proc) in targets.items():
-        path = "/sse/v1/chat/completions" if mode == "stream" and name == "bare" \
-            else "/v1/chat/completions"
+        bare = name == "bare" and key is None
+        path = "/sse/v1/chat/completions" if mode == "stream" and bare else "/v1/chat/completions"
         urls[name] = base + path
-        body = bench.body(name, mode)
+        body = bench.body("bare" if bare else "gateway", mode)
         problem = stack.probe(urls[name], body.read_bytes(), key, stream=mode == "stream")
         if problem:
             raise stack.BenchError(f"{name}/{mode} probe failed: {problem}")
@@ -46,8 +54,8 @@ def alternate(bench: Bench, mode: str, targets: dict[str, tuple[str, str | None,
 
     def run(name: str) -> Run:
         _, key, proc = targets[name]
-        return bench.wrk(urls[name], bench.body(name, mode), key, bench.args.connections,
-                         seconds, proc)
+        body = bench.body("bare" if key is None else "gateway", mode)
+        return bench.wrk(urls[name], body, key, bench.args.connections, seconds, proc)
 
     bare, gateway = [run("bare")], []
     for _ in range(rounds):
@@ -83,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-core", type=int, default=0)
     p.add_argument("--server-core", type=int, default=1)
     p.add_argument("--wrk-timeout", type=int, default=10)
+    p.add_argument("--against", metavar="TREE", type=Path,
+                   help="the reference is the gateway of this checkout, not the bare forwarder")
     p.add_argument("--out")
     args = p.parse_args(argv)
     args.no_pin = False  # what Bench reads
@@ -100,28 +110,42 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[str] = []
         try:
             with stack.services_on(bench.load_core):
-                bare, bare_base = stack.start_bare(workdir, args.gateway_python, core, upstream)
+                ref: stack.Gateway | None = None
+                if args.against is None:
+                    bare, bare_base = stack.start_bare(workdir, args.gateway_python, core,
+                                                       upstream)
+                    reference: tuple[str, str | None, stack.Proc] = (bare_base, None, bare)
+                else:
+                    ref = stack.Gateway(workdir / "against", args.gateway_python, core,
+                                        upstream + "/v1", upstream + "/sse/v1", pg=args.pg,
+                                        redis_url=args.redis, tree=args.against.resolve())
+                    bare, reference = ref.proc, (ref.base, ref.key, ref.proc)
                 gw = None
                 try:
                     gw = stack.Gateway(workdir, args.gateway_python, core, upstream + "/v1",
                                        upstream + "/sse/v1", pg=args.pg, redis_url=args.redis)
-                    targets = {"bare": (bare_base, None, bare),
-                               "gateway": (gw.base, gw.key, gw.proc)}
+                    targets = {"bare": reference, "gateway": (gw.base, gw.key, gw.proc)}
                     for mode in args.modes:
                         print(f"{mode}: {args.rounds} rounds of {args.seconds} s", flush=True)
                         rows.append(summarize(mode, *alternate(bench, mode, targets,
                                                                args.rounds, args.seconds)))
                         print(rows[-1], flush=True)
                 finally:
-                    bare.stop()
+                    if ref is not None:
+                        ref.stop()
+                    else:
+                        bare.stop()
                     if gw is not None:
                         gw.stop()
         finally:
             nginx.stop()
     machine, versions = stack.machine(), stack.versions(args.gateway_python, None)
+    reference = ("the bare forwarder" if args.against is None
+                 else f"the gateway at {args.against} (\"bare\" below)")
     setup = (f"{machine['cpu']}, {versions['gateway stack']}; gateway commit "
              f"{versions['gateway commit']}; {args.rounds} rounds of {args.seconds} s at "
-             f"c={args.connections} a mode, bare and gateway alternating on the server core")
+             f"c={args.connections} a mode, {reference} and this gateway alternating on the "
+             f"server core")
     header = ("| mode | rounds | median | middle half | all rounds | bare RPS | gateway RPS "
               "| bare µs/req | gateway µs/req | errors |")
     report = "\n".join([
