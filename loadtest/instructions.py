@@ -81,8 +81,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -476,11 +477,31 @@ def start_targets(args: argparse.Namespace, workdir: Path, trees: dict[str, Path
     return started
 
 
-def run(args: argparse.Namespace, workdir: Path) -> int:
+def gateway_trees(args: argparse.Namespace) -> dict[str, Path]:
+    """The checkouts whose gateways run, by label: "gateway", or "A" and "B" (--compare)."""
     trees = ({} if "gateway" not in args.targets
              else dict(zip("AB", map(Path, args.compare), strict=True)) if args.compare
              else {"gateway": Path(args.gateway_tree)})
-    trees = {label: tree.resolve() for label, tree in trees.items()}
+    return {label: tree.resolve() for label, tree in trees.items()}
+
+
+@contextmanager
+def upstreams(workdir: Path, python: str, tps: float, tokens: int) -> Iterator[tuple[str, str]]:
+    """nginx (chat, the one-piece stream) and the paced fake upstream, unpinned: their bases."""
+    nginx_proc, nginx = stack.start_nginx(workdir, None)
+    try:
+        upstream_proc, paced = stack.start_fake_upstream(
+            workdir, python, None, "--tokens-per-second", str(tps), "--stream-tokens", str(tokens))
+        try:
+            yield nginx, paced
+        finally:
+            upstream_proc.stop()
+    finally:
+        nginx_proc.stop()
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    trees = gateway_trees(args)
     for tree in trees.values():
         if not (tree / "proxy" / "__main__.py").exists():
             raise HarnessError(f"{tree} has no proxy/__main__.py: not a checkout of the gateway")
@@ -493,14 +514,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                **{label: describe_tree(tree) for label, tree in trees.items()}}
     for label in trees:
         print(f"  {label}: {sources[label]}", flush=True)
-    nginx_proc, nginx = stack.start_nginx(workdir, None)
-    upstream_proc, paced = stack.start_fake_upstream(
-        workdir, args.gateway_python, None, "--tokens-per-second", str(args.paced_tps),
-        "--stream-tokens", str(args.paced_tokens))
     samples: list[Sample] = []
     idle: dict[str, float] = {}
     features: dict[str, str] = {}
-    try:
+    with upstreams(workdir, args.gateway_python, args.paced_tps, args.paced_tokens) as (
+            nginx, paced):
         t0 = time.monotonic()
         targets = start_targets(args, workdir, trees, nginx, paced)
         print(f"  {len(targets)} process(es) up under valgrind in {time.monotonic() - t0:.0f} s",
@@ -529,9 +547,6 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         finally:
             for t in targets:
                 t.stop()
-    finally:
-        upstream_proc.stop()
-        nginx_proc.stop()
     print("\n" + render(args, list(trees), sources, samples, idle, features,
                          time.monotonic() - started))
     return 0
