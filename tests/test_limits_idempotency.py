@@ -6,12 +6,15 @@ budget the first attempt holds, while a different request is.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from harness import Gateway, gateway_settings, running_gateway
+
+from proxy.limits.memory import reservation_id
 
 SLOW = """
 [providers.slowsim]
@@ -58,3 +61,23 @@ async def test_retry_with_the_same_idempotency_key_does_not_reserve_twice(
     await asyncio.sleep(0.1)  # the first attempt holds its reservation upstream
     retry, other = await asyncio.gather(send("order-42"), send(None))
     assert (await first, retry, other) == (200, 200, 429)
+
+
+def test_reservation_ids_are_unique_and_a_forked_worker_draws_its_own() -> None:
+    # Without an Idempotency-Key each request reserves under an id of its own; workers
+    # forked from one parent must not count up from the same prefix.
+    assert reservation_id("retry-me") == "i:retry-me"
+    ids = {reservation_id(None) for _ in range(1000)}
+    assert len(ids) == 1000
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave without pytest's teardown
+        os.write(write_end, reservation_id(None).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    prefix = reservation_id(None).rsplit(":", 1)[0]
+    assert child.startswith("r:")
+    assert not child.startswith(prefix + ":")

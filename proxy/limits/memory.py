@@ -11,6 +11,7 @@ reservation between a request and its retries. rpm and tpm are per-minute token 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +61,21 @@ class _Bucket:
 
 def reservation_id(idempotency_key: str | None) -> str:
     # Idempotency keys are scoped by the counter (per API key), so clients cannot collide.
-    return "i:" + idempotency_key if idempotency_key else "r:" + os.urandom(9).hex()
+    return "i:" + idempotency_key if idempotency_key else f"{_rid_prefix}{next(_rid_counter):x}"
+
+
+def _new_reservation_ids() -> None:
+    """A random prefix per process (drawn again in a forked worker) and a counter: unique
+    across workers, instances and restarts, without `os.urandom`'s syscall per request."""
+    global _rid_prefix, _rid_counter
+    _rid_prefix = "r:" + os.urandom(6).hex() + ":"
+    _rid_counter = itertools.count(1)
+
+
+_rid_prefix = ""
+_rid_counter = itertools.count(1)
+_new_reservation_ids()
+os.register_at_fork(after_in_child=_new_reservation_ids)
 
 
 class MemoryLimits:
