@@ -4,6 +4,7 @@ poisoned records, the queue limit, close(), and a worker killed with SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from ledger_support import (
 )
 
 from proxy.config import LedgerConfig
-from proxy.ledger.postgres import PostgresLedger
+from proxy.ledger.postgres import COPY_SLICE, PostgresLedger, PostgresSink, _in_slices
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
 from proxy.ledger.sqlite import SqliteLedger
@@ -316,3 +317,41 @@ async def test_a_record_enqueued_after_close_waits_on_disk_for_the_next_start(
     await heir.start()
     await heir.close()
     assert heir.records_written == 1
+
+
+async def test_copy_rows_come_in_slices_with_a_loop_turn_between_them() -> None:
+    # COPY encodes every row on the event loop; a busy worker's 200 ms batch must not hold
+    # the requests behind it for the whole encoding. Another task counts the loop's turns
+    # while the rows are read (nothing else here yields to the loop).
+    rows = [(i,) for i in range(10 * COPY_SLICE + 1)]
+    turns_at: list[int] = []
+    turns = 0
+    reading = True
+
+    async def ticker() -> None:
+        nonlocal turns
+        while reading:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticks = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    async for _ in _in_slices(rows):
+        turns_at.append(turns)
+    reading = False
+    await ticks
+    assert len(turns_at) == len(rows)
+    slices = [turns_at[i:i + COPY_SLICE] for i in range(0, len(rows), COPY_SLICE)]
+    assert all(len(set(piece)) == 1 for piece in slices)  # no turn inside a slice
+    firsts = [piece[0] for piece in slices]
+    assert all(a < b for a, b in itertools.pairwise(firsts))  # a turn between each
+
+
+async def test_a_batch_of_many_slices_lands_whole(fresh_pg: str) -> None:
+    await migrate(fresh_pg)
+    sink = PostgresSink(fresh_pg)
+    try:
+        assert await sink.write(known_records(BASE, n=1000)) == 1000
+    finally:
+        await sink.close()
+    assert await count_records(fresh_pg) == (1000, 1000, 1000)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +45,12 @@ STAGING: Final = "ledger_staging"
 # program limit exceeded (a value too large). Anything else means "not now", not "never".
 _DATA_CLASSES: Final = ("22", "23", "54")
 
+# Rows are built (`pg_row`, 1.5-3 µs each) and encoded by COPY (asyncpg, 5-8 µs each) on
+# the event loop: a batch of 2,000 held it for 6-12 ms, every request waiting behind. Both
+# happen in slices of this many rows with a loop turn between them: the longest turn is then
+# 0.7-1.3 ms (loadtest/bench_copy_slices.py).
+COPY_SLICE: Final = 64
+
 _CREATE_STAGING: Final = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE usage_records) ON COMMIT DELETE ROWS"
 )
@@ -69,6 +75,15 @@ def is_data_error(e: BaseException) -> bool:
     # Raised by asyncpg while encoding a value client-side: out of range, wrong type,
     # a lone surrogate in a string.
     return isinstance(e, (TypeError, ValueError, OverflowError))
+
+
+async def _in_slices(rows: list[tuple[object, ...]]) -> AsyncIterator[tuple[object, ...]]:
+    """The rows, with a turn of the event loop after every `COPY_SLICE` of them."""
+    for i in range(0, len(rows), COPY_SLICE):
+        if i:
+            await asyncio.sleep(0)
+        for row in rows[i:i + COPY_SLICE]:
+            yield row
 
 
 class _Lane:
@@ -116,8 +131,12 @@ class PostgresSink:
         return conn
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
+        rows: list[tuple[object, ...]] = []
         try:
-            rows = [pg_row(r) for r in records]
+            for i in range(0, len(records), COPY_SLICE):
+                if i:
+                    await asyncio.sleep(0)
+                rows += [pg_row(r) for r in records[i:i + COPY_SLICE]]
         except (TypeError, ValueError, OverflowError) as e:
             raise RecordError(str(e)) from e
         lane = await self._lanes.get()
@@ -125,7 +144,8 @@ class PostgresSink:
             conn = await self._connection(lane)
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
+                    await conn.copy_records_to_table(STAGING, records=_in_slices(rows),
+                                                     columns=COLUMNS)
                     inserted = await conn.fetchval(FLUSH_SQL)
             except BaseException as e:
                 if isinstance(e, Exception) and is_data_error(e) and not conn.is_closed():
