@@ -12,14 +12,16 @@ of calls does not drift: `strace -c -f` attached to the server for N requests of
 paced streams) counts every call of every thread, Redis and PostgreSQL round trips and the
 ledger's writes included. strace slows each call, so this counts; it does not time.
 
-Counts at concurrency 1 are exact per request; the paced mode's 4 streams at once may share
-an epoll wake-up now and then, so its epoll figure moves a little between runs.
+Reads and writes at concurrency 1 repeat exactly from run to run; epoll wake-ups depend on
+timing (whether the next bytes are already there when the loop looks), so they move by a
+few tenths a request between runs, more in the paced mode's 4 streams at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -117,7 +119,7 @@ def start_targets(args: argparse.Namespace, workdir: Path, trees: dict[str, Path
 
 
 async def count(t: Target, mode: str, args: argparse.Namespace, out: Path) -> Counter[str]:
-    """Calls per request of `mode` (summed over all names), N requests after a warm-up."""
+    """Calls per request of `mode`, by name: N requests after a warm-up."""
     n = args.paced_streams if mode == "paced" else args.requests
     concurrency = 4 if mode == "paced" else 1
     stagger = 1 / 50 / concurrency if mode == "paced" else 0.0
@@ -192,8 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT)
     p.add_argument("--pg", default=stack.PG_DEFAULT)
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
-    p.add_argument("--core", type=int, default=1)
+    p.add_argument("--core", type=int, default=1 if (os.cpu_count() or 1) > 1 else -1,
+                   help="the core the servers run on (default 1; -1: not pinned)")
     a = p.parse_args(argv)
+    a.core = None if a.core < 0 else a.core
     a.modes = [m for m in a.modes.split(",") if m]
     a.targets = [t for t in a.targets.split(",") if t]
     return a
