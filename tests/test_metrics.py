@@ -91,6 +91,22 @@ async def test_request_done_counts_requests_tokens_cost_and_latency_by_model(
     assert total(text, "proxy_request_duration_seconds_bucket", le="0.25") == 2
 
 
+async def test_a_value_on_a_bound_counts_in_that_bucket_and_each_scrape_adds_only_the_new(
+    metrics: Metrics,
+) -> None:
+    metrics.request_done("chat", record(latency_ms=250.0), upstream_s=0.0)  # exactly le=0.25
+    text = (await metrics.scrape()).decode()
+    assert total(text, "proxy_request_duration_seconds_bucket", le="0.1") == 0
+    assert total(text, "proxy_request_duration_seconds_bucket", le="0.25") == 1
+    metrics.request_done("chat", record(latency_ms=250.0), upstream_s=0.0)
+    text = (await metrics.scrape()).decode()
+    assert total(text, "proxy_requests_total", status="200") == 2
+    assert total(text, "proxy_request_duration_seconds_bucket", le="0.25") == 2
+    assert total(text, "proxy_request_duration_seconds_sum") == pytest.approx(0.5)
+    assert total(text, "proxy_tokens_total", type="prompt") == 24
+    assert total(text, "proxy_cost_usd_total") == pytest.approx(5.0)
+
+
 async def test_overhead_is_request_time_minus_upstream_time(metrics: Metrics) -> None:
     metrics.request_done("chat", record(latency_ms=100.4), upstream_s=0.1)  # 0.4 ms own
     # a stream: time to first token 50.3 ms, of which upstream 50 ms; the long tail is not ours

@@ -40,6 +40,7 @@ class Metrics(Recording):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        self.fold()  # a worker's last requests reach its files
         if self.access_log is not None:
             self.access_log.flush()
 
