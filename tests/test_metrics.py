@@ -107,6 +107,26 @@ async def test_a_value_on_a_bound_counts_in_that_bucket_and_each_scrape_adds_onl
     assert total(text, "proxy_cost_usd_total") == pytest.approx(5.0)
 
 
+def test_a_histogram_child_without_the_parts_fold_uses_is_observed_at_once() -> None:
+    # Folding reaches into prometheus_client's Histogram child; a release that renames
+    # those attributes must cost the deferral, not the observations.
+    from proxy.metrics.recording import _Observations
+
+    class Child:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    child = Child()
+    observations = _Observations.of(child)
+    observations.observe(0.25)
+    assert child.seen == [0.25]  # at once
+    observations.fold()
+    assert child.seen == [0.25]  # and only once
+
+
 async def test_overhead_is_request_time_minus_upstream_time(metrics: Metrics) -> None:
     metrics.request_done("chat", record(latency_ms=100.4), upstream_s=0.1)  # 0.4 ms own
     # a stream: time to first token 50.3 ms, of which upstream 50 ms; the long tail is not ours

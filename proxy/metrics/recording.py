@@ -67,6 +67,14 @@ class _Observations:
 
     __slots__ = ("_bounds", "_child", "_counts", "_sum")
 
+    @staticmethod
+    def of(child: Any) -> _Observations | _Direct:
+        """Deferred where the child has the parts `fold` adds to (prometheus_client's own
+        attributes, not its API); observed at once where a release has renamed them."""
+        if all(hasattr(child, a) for a in ("_upper_bounds", "_buckets", "_sum")):
+            return _Observations(child)
+        return _Direct(child)
+
     def __init__(self, child: Any) -> None:
         self._child = child
         self._bounds: list[float] = list(child._upper_bounds)  # the last is +Inf
@@ -88,6 +96,18 @@ class _Observations:
         if self._sum:
             self._child._sum.inc(self._sum)
             self._sum = 0.0
+
+
+class _Direct:
+    """A histogram child observed at once (see `_Observations.of`)."""
+
+    __slots__ = ("observe",)
+
+    def __init__(self, child: Any) -> None:
+        self.observe = child.observe
+
+    def fold(self) -> None:
+        pass
 
 
 class _Series:
@@ -118,9 +138,9 @@ class _Series:
                  stream: bool) -> None:
         streamed = "true" if stream else "false"
         self.requests = m.requests.labels(route, model, provider, str(status))
-        self.duration = _Observations(m.duration.labels(route, model, provider, streamed))
-        self.ttft = _Observations(m.ttft.labels(route, model, provider))
-        self.overhead = _Observations(m.overhead.labels(route, streamed))
+        self.duration = _Observations.of(m.duration.labels(route, model, provider, streamed))
+        self.ttft = _Observations.of(m.ttft.labels(route, model, provider))
+        self.overhead = _Observations.of(m.overhead.labels(route, streamed))
         self.prompt = m.tokens.labels(model, provider, "prompt")
         self.completion = m.tokens.labels(model, provider, "completion")
         self.cached = m.tokens.labels(model, provider, "cached")
