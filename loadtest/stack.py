@@ -472,6 +472,7 @@ class Gateway:
     it first on sys.path, whatever the venv's editable install points at). `wrapper`: a
     command the gateway runs under (instructions.py: valgrind). `env`: added to its
     environment. The timeouts are for startup and for stopping (drain, last ledger flush).
+    `key_limit_usd`: the user key's spend limit (None: a key with no limit at all).
     """
 
     def __init__(self, workdir: Path, python: str, core: int | None, chat_base: str,
@@ -480,7 +481,7 @@ class Gateway:
                  keep_db: bool = False, gc_env: dict[str, str] | None = None,
                  max_connections: int = 1000, tree: Path = REPO, wrapper: Sequence[str] = (),
                  env: dict[str, str] | None = None, start_timeout: float = 60.0,
-                 stop_timeout: float = 15.0) -> None:
+                 stop_timeout: float = 15.0, key_limit_usd: float | None = 1_000_000) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.python = python
@@ -520,22 +521,26 @@ class Gateway:
         self.proc = Proc("gateway", cmd, workdir / "gateway.log", env=full_env, cwd=tree)
         try:
             wait_http(self.base + "/healthz", self.proc, timeout=start_timeout)
-            self._create_key()
+            self._create_key(key_limit_usd)
             self._check_endpoints()
         except BaseException:  # the process and the fresh database go too
             self.stop()
             raise
 
-    def _create_key(self) -> None:
-        """A user key with a spend limit, through the admin API, when it exists."""
-        body = {"name": f"bench-{self.tag}", "limit": 1_000_000, "labels": ["loadtest"]}
+    def _create_key(self, limit_usd: float | None) -> None:
+        """A user key with a spend limit (or none), through the admin API, when it exists."""
+        body: dict[str, Any] = {"name": f"bench-{self.tag}", "labels": ["loadtest"]}
+        if limit_usd is not None:
+            body["limit"] = limit_usd
         status, _, data = http("POST", self.base + "/v1/api-keys", body, self.admin_key)
         if status in (200, 201):
             created = json.loads(data)
             self.key = created["key"]
             self.features["auth"] = (f"user key {created.get('id', '?')} created via "
                                      "POST /v1/api-keys")
-            self.features["spend limit"] = f"USD {created.get('limit', body['limit'])} on that key"
+            self.features["spend limit"] = (f"USD {created['limit']} on that key"
+                                            if created.get("limit") is not None
+                                            else "none on that key (nothing to enforce)")
         elif status in (404, 405, 501):
             self.features["auth"] = f"admin key (POST /v1/api-keys answered {status})"
             self.features["spend limit"] = "none (needs a user key)"

@@ -318,6 +318,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pg", action="store_true")
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
     p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--no-key-limit", action="store_true",
+                   help="the user key has no spend limit: nothing to enforce, no admission "
+                        "round trip to Redis (default: USD 1,000,000, as in bench.py)")
     p.add_argument("--services-floating", dest="services_on_load_core", action="store_false",
                    help="leave Redis and PostgreSQL wherever the scheduler runs them "
                         "(default: kept on the load core, off the gateway's)")
@@ -356,7 +359,8 @@ async def both_phases(args: argparse.Namespace, workdir: Path, base: str,
         pg=None if args.no_pg else args.pg, redis_url=None if args.no_redis else args.redis,
         extra_toml=extra, gc_env=stack.gc_env(args.gc_threshold, args.gc_freeze, args.gc_log,
                                           args.stall_log),
-        max_connections=args.upstream_connections)
+        max_connections=args.upstream_connections,
+        key_limit_usd=None if args.no_key_limit else 1_000_000)
     try:
         for i in range(args.rounds):
             if i:

@@ -169,4 +169,38 @@ async def test_a_refused_admission_fails_only_keys_with_a_spend_limit(
     assert refused.value.code == "limits_unavailable"
     admission = await limits.admit(Principal("k1"), "req", None, 1000, 5)  # nothing to enforce
     assert admission.reserved_nusd == 0
-    assert not limits.degraded and limits.refusals == 2
+    assert not limits.degraded and limits.refusals == 1  # it did not even ask Redis
+
+
+@pytest.mark.parametrize("fail_closed", [False, True])
+async def test_a_key_with_nothing_to_enforce_is_admitted_without_a_round_trip_and_charged(
+    redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch, fail_closed: bool,
+) -> None:
+    limits = RedisLimits(LimitsConfig(reservation_ttl_s=60, fail_closed=fail_closed), redis_url,
+                         redis_namespace, SpendSource(None, lambda: None), lambda: ["k1"],
+                         Clock())
+    scripts_run: list[str] = []
+    run = limits._run
+
+    async def counted(name: str, *args: Any) -> Any:
+        scripts_run.append(name)
+        return await run(name, *args)
+
+    monkeypatch.setattr(limits, "_run", counted)
+    try:
+        admission = await limits.admit(Principal("k1"), "req", None, 1000, 5)
+        # failing closed, a request is served only while Redis answers: it still asks
+        assert ("admit" in scripts_run) is fail_closed and (scripts_run == []) is not fail_closed
+        assert admission.reserved_nusd == (1000 if fail_closed else 0)
+        limits.settle(admission, 700, 5)
+        await limits.drain()
+        client = redis.Redis.from_url(redis_url)
+        try:
+            counter = keys_of(redis_namespace, "k1", period_id("monthly", limits.clock()))[0]
+            assert int(client.hget(counter, "s") or 0) == 700  # the spend still counts
+            assert not client.hgetall(keys_of(redis_namespace, "k1",
+                                              period_id("monthly", limits.clock()))[1])
+        finally:
+            client.close()
+    finally:
+        await limits.close()

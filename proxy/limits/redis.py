@@ -59,6 +59,12 @@ class RedisLimits(RedisOutage):
         now = self.clock()
         period = periods.period_id(principal.period, now)
         rid = reservation_id(idempotency_key)
+        if (principal.limit_nusd is None and not principal.rpm and not principal.tpm
+                and not self.config.fail_closed):
+            # Nothing to enforce: no round trip (and loop turn) before the upstream call.
+            # The settle still charges the spend: one without a reservation charges in full.
+            # (Failing closed, every request must find Redis up: it still asks.)
+            return Admission(principal.key_id, rid, 0, period=period)
         ttl_ms = int(self.config.reservation_ttl_s * 1000)
         now_ms = int(now * 1000)
         limit = principal.limit_nusd if principal.limit_nusd is not None else -1
