@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,15 +26,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from ledger_support import known_records  # the tests' record generator
 
-from proxy.ledger.postgres import _in_slices
+from proxy.ledger.postgres import in_slices
 from proxy.ledger.schema import COLUMNS, pg_row
 from proxy.migrate import migrate
 
-Rows = list[tuple[object, ...]]
+Row = tuple[object, ...]
+# How the rows reach COPY: the list itself, or the ledger's slices (proxy/ledger/postgres.py)
+WAYS: tuple[tuple[str, Callable[[list[Row]], Iterable[Row] | AsyncIterable[Row]]], ...] = (
+    ("all at once", lambda rows: rows),
+    ("slices", in_slices),
+)
 
 
-async def copy_once(conn: asyncpg.Connection, rows: Iterable[tuple[object, ...]]
-                    | AsyncIterable[tuple[object, ...]], probe: bool) -> tuple[float, float]:
+async def copy_once(conn: asyncpg.Connection, rows: Iterable[Row] | AsyncIterable[Row],
+                    probe: bool) -> tuple[float, float]:
     """(total ms, longest loop turn ms) of one COPY into the scratch table."""
     await conn.execute("TRUNCATE scratch")
     longest = 0.0
@@ -70,19 +75,16 @@ async def main(args: argparse.Namespace) -> None:
         await conn.execute("CREATE TEMP TABLE scratch (LIKE usage_records)")
         records = known_records(datetime(2024, 6, 1, tzinfo=UTC), n=args.rows)
         t0 = time.perf_counter()
-        rows: Rows = [pg_row(r) for r in records]
+        rows = [pg_row(r) for r in records]
         build_ms = (time.perf_counter() - t0) * 1000
         print(f"{args.rows} rows; pg_row {1000 * build_ms / args.rows:.2f} µs a row "
               f"({build_ms:.2f} ms at once)")
         print("| way | total ms (no probe) | µs a row | longest loop turn ms (probe) |")
         print("| --- | ---: | ---: | ---: |")
         for _ in range(args.runs):
-            for name in ("all at once", "slices"):
-                def source(way: str = name) -> Iterable[tuple[object, ...]] | AsyncIterable[
-                        tuple[object, ...]]:
-                    return rows if way == "all at once" else _in_slices(rows)
-                total, _ = await copy_once(conn, source(), probe=False)
-                _, longest = await copy_once(conn, source(), probe=True)
+            for name, way in WAYS:
+                total, _ = await copy_once(conn, way(rows), probe=False)
+                _, longest = await copy_once(conn, way(rows), probe=True)
                 print(f"| {name} | {total:.2f} | {1000 * total / args.rows:.2f} | {longest:.2f} |")
         await conn.close()
     finally:

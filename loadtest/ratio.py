@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,16 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[str] = []
         try:
             with stack.services_on(bench.load_core):
-                ref: stack.Gateway | None = None
                 if args.against is None:
                     bare, bare_base = stack.start_bare(workdir, args.gateway_python, core,
                                                        upstream)
                     reference: tuple[str, str | None, stack.Proc] = (bare_base, None, bare)
+                    stop_reference: Callable[[], None] = bare.stop
                 else:
                     ref = stack.Gateway(workdir / "against", args.gateway_python, core,
                                         upstream + "/v1", upstream + "/sse/v1", pg=args.pg,
                                         redis_url=args.redis, tree=args.against.resolve())
-                    bare, reference = ref.proc, (ref.base, ref.key, ref.proc)
+                    reference, stop_reference = (ref.base, ref.key, ref.proc), ref.stop
                 gw = None
                 try:
                     gw = stack.Gateway(workdir, args.gateway_python, core, upstream + "/v1",
@@ -131,20 +132,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                args.rounds, args.seconds)))
                         print(rows[-1], flush=True)
                 finally:
-                    if ref is not None:
-                        ref.stop()
-                    else:
-                        bare.stop()
+                    stop_reference()
                     if gw is not None:
                         gw.stop()
         finally:
             nginx.stop()
     machine, versions = stack.machine(), stack.versions(args.gateway_python, None)
-    reference = ("the bare forwarder" if args.against is None
+    described = ("the bare forwarder" if args.against is None
                  else f"the gateway at {args.against} (\"bare\" below)")
     setup = (f"{machine['cpu']}, {versions['gateway stack']}; gateway commit "
              f"{versions['gateway commit']}; {args.rounds} rounds of {args.seconds} s at "
-             f"c={args.connections} a mode, {reference} and this gateway alternating on the "
+             f"c={args.connections} a mode, {described} and this gateway alternating on the "
              f"server core")
     header = ("| mode | rounds | median | middle half | all rounds | bare RPS | gateway RPS "
               "| bare µs/req | gateway µs/req | errors |")

@@ -27,7 +27,7 @@ from ledger_support import (
 )
 
 from proxy.config import LedgerConfig
-from proxy.ledger.postgres import COPY_SLICE, PostgresLedger, PostgresSink, _in_slices
+from proxy.ledger.postgres import COPY_SLICE, PostgresLedger, PostgresSink, in_slices
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
 from proxy.ledger.sqlite import SqliteLedger
@@ -336,7 +336,7 @@ async def test_copy_rows_come_in_slices_with_a_loop_turn_between_them() -> None:
 
     ticks = asyncio.create_task(ticker())
     await asyncio.sleep(0)
-    async for _ in _in_slices(rows):
+    async for _ in in_slices(rows):
         turns_at.append(turns)
     reading = False
     await ticks

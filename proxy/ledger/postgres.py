@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 
@@ -77,13 +77,16 @@ def is_data_error(e: BaseException) -> bool:
     return isinstance(e, (TypeError, ValueError, OverflowError))
 
 
-async def _in_slices(rows: list[tuple[object, ...]]) -> AsyncIterator[tuple[object, ...]]:
-    """The rows, with a turn of the event loop after every `COPY_SLICE` of them."""
-    for i in range(0, len(rows), COPY_SLICE):
+T = TypeVar("T")
+
+
+async def in_slices(items: Sequence[T]) -> AsyncIterator[T]:
+    """The items, with a turn of the event loop after every `COPY_SLICE` of them."""
+    for i in range(0, len(items), COPY_SLICE):
         if i:
             await asyncio.sleep(0)
-        for row in rows[i:i + COPY_SLICE]:
-            yield row
+        for item in items[i:i + COPY_SLICE]:
+            yield item
 
 
 class _Lane:
@@ -131,12 +134,8 @@ class PostgresSink:
         return conn
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
-        rows: list[tuple[object, ...]] = []
         try:
-            for i in range(0, len(records), COPY_SLICE):
-                if i:
-                    await asyncio.sleep(0)
-                rows += [pg_row(r) for r in records[i:i + COPY_SLICE]]
+            rows = [pg_row(r) async for r in in_slices(records)]
         except (TypeError, ValueError, OverflowError) as e:
             raise RecordError(str(e)) from e
         lane = await self._lanes.get()
@@ -144,7 +143,7 @@ class PostgresSink:
             conn = await self._connection(lane)
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(STAGING, records=_in_slices(rows),
+                    await conn.copy_records_to_table(STAGING, records=in_slices(rows),
                                                      columns=COLUMNS)
                     inserted = await conn.fetchval(FLUSH_SQL)
             except BaseException as e:
