@@ -71,6 +71,11 @@ class LimitsConfig(_Strict, frozen=True):
     reservation_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
     sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # durable spend floor
+    # Leases (with Redis; `limits/leases.py`): for a key with only a spend limit, a worker
+    # reserves up to this many worst cases in one call and admits requests from them without
+    # a round trip (0: every request reserves its own). What is unused goes back after lease_s.
+    lease_requests: Annotated[int, msgspec.Meta(ge=0)] = 32
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class LedgerConfig(_Strict, frozen=True):

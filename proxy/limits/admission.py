@@ -7,6 +7,7 @@ class Admission:
     __slots__ = (
         "headers",
         "key_id",
+        "leased",
         "local",
         "period",
         "reservation_id",
@@ -26,6 +27,7 @@ class Admission:
         tokens: int = 0,
         tpm: int = 0,
         local: bool = False,
+        leased: bool = False,
     ) -> None:
         self.key_id = key_id
         self.reservation_id = reservation_id
@@ -35,3 +37,6 @@ class Admission:
         self.tokens = tokens  # tokens taken from the tpm bucket (the estimate), refunded on settle
         self.tpm = tpm
         self.local = local  # admitted by the in-process stand-in while Redis was away
+        # Drawn from a lease (`leases.py`): `reservation_id` is the lease's, `reserved_nusd`
+        # the draw.
+        self.leased = leased

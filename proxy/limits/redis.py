@@ -9,6 +9,8 @@ their estimate), rebuild (a missing counter from its durable floor). This module
 - `redis_counters.py`: the connection and all the state, running a script, rebuilding a
   missing counter from its durable floor, charging a settle;
 - `redis_outage.py`: Redis unreachable: count in-process, then hand the spend back;
+- `redis_leases.py`: leases, so that most requests of a key with only a spend limit are
+  admitted without a round trip (`leases.py`);
 - `redis_failures.py`: which failures are outages and which are refusals. A refusal
   (`ScriptRefused`) is counted, logged once per script, and the call is given up (a
   settle) or the key's limit reported as uncheckable (an admission); Redis stays in use.
@@ -29,7 +31,7 @@ from .admission import Admission
 from .memory import reservation_id
 from .redis_counters import REDIS_TIMEOUT_S
 from .redis_failures import REDIS_FAILURES, ScriptRefused, is_refusal
-from .redis_outage import RedisOutage
+from .redis_leases import RedisLeases
 from .responses import bucket_state, quota_exceeded, rate_headers, rate_limited
 
 # REDIS_TIMEOUT_S: for loadtest/bench_limits_transport.py, which imports it from here.
@@ -40,7 +42,7 @@ log = logging.getLogger("proxy.limits")
 _BATCH: Final = 500
 
 
-class RedisLimits(RedisOutage):
+class RedisLimits(RedisLeases):
     """The limits on Redis (`create_limits` picks it when `redis_url` is set)."""
 
     # --- admit --------------------------------------------------------------------------
@@ -65,16 +67,25 @@ class RedisLimits(RedisOutage):
             # The settle still charges the spend: one without a reservation charges in full.
             # (Failing closed, every request must find Redis up: it still asks.)
             return Admission(principal.key_id, rid, 0, period=period)
+        lease = 0
+        if self._leasable(principal, idempotency_key):
+            drawn = self.leases.draw(principal.key_id, period, worst_case_nusd, now)
+            if drawn is not None:
+                return drawn  # reserved in Redis already, as part of the lease
+            lease = self._ask_for_lease(principal.key_id, period, worst_case_nusd)
         ttl_ms = int(self.config.reservation_ttl_s * 1000)
         now_ms = int(now * 1000)
         limit = principal.limit_nusd if principal.limit_nusd is not None else -1
+        lid = reservation_id(None) if lease else ""
         args: list[str | int] = [rid, worst_case_nusd, limit, now_ms, now_ms + ttl_ms, principal.rpm or 0,
-                principal.tpm or 0, estimated_tokens, 2 * ttl_ms]
+                principal.tpm or 0, estimated_tokens, 2 * ttl_ms, lease, lid]
         keys = scripts.keys_of(self.namespace, principal.key_id, period)
         why = "the database is unreachable"
         try:
             for _ in range(3):
                 result: list[int] = await self._run("admit", self._admit, keys, args)
+                if result[0] == 0 and result[6]:
+                    return self._granted(principal.key_id, period, lid, result[5], worst_case_nusd)
                 if result[0] != -1:
                     return self._admitted(principal, period, rid, estimated_tokens, result)
                 if not await self._rebuild_counter(principal.key_id, period):
@@ -85,6 +96,9 @@ class RedisLimits(RedisOutage):
             self._failed(e)
             return await self._admit_locally(principal, idempotency_key, worst_case_nusd,
                                              estimated_tokens)
+        finally:
+            if lease:
+                self.leases.asked(principal.key_id, period)
         if principal.limit_nusd is None:  # nothing to enforce: serve, the ledger still counts
             return Admission(principal.key_id, rid, 0, period=period)
         raise ServiceUnavailable(
@@ -119,8 +133,7 @@ class RedisLimits(RedisOutage):
         # The common case costs no task: one pipelined call and a callback (a task per
         # request was a tenth of the limits' CPU). A missing counter or a failure goes on
         # in `_settled`.
-        keys, args = self._settle_call(admission, cost_nusd, tokens)
-        future = self._pipeline.call(self._settle, keys, args)
+        future = self._pipeline.call(*self._settle_call(admission, cost_nusd, tokens))
         self._settling.add(future)
         future.add_done_callback(partial(self._settled, admission, cost_nusd, tokens))
 
@@ -135,6 +148,7 @@ class RedisLimits(RedisOutage):
             if settled != -1:
                 self._saw(admission.key_id, admission.period, settled)
             else:  # the counter is missing; the script changed nothing, so run it again
+                self.leases.take(admission.key_id, admission.period)  # Redis lost it too
                 self._tasks.spawn(self._settle_one(admission, cost, tokens))
         elif is_refusal(error):
             self._refused("the settle script", error)
@@ -241,9 +255,11 @@ class RedisLimits(RedisOutage):
             await self.source.store.start()
         self._loops.spawn(self._sweeper())
         self._loops.spawn(self._every(self.config.snapshot_interval_s, self.snapshots.flush))
+        self._loops.spawn(self._expire_leases())
 
     async def close(self) -> None:
         await self._loops.cancel()
+        self._give_back_all()
         await self.drain()
         if self.degraded:
             try:  # one last chance to hand the outage's spend over

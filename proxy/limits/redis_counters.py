@@ -27,6 +27,7 @@ from . import periods, scripts
 from .admission import Admission
 from .autopipeline import AutoPipeline
 from .durable import SnapshotWriter, SpendSource
+from .leases import Lease, Leases
 from .memory import MemoryLimits
 from .redis_failures import ScriptRefused, is_refusal
 from .tasks import TaskSet
@@ -68,6 +69,9 @@ class RedisCounters:
         self._settle = self.redis.register_script(scripts.SETTLE)
         self._sweep = self.redis.register_script(scripts.SWEEP)
         self._rebuild = self.redis.register_script(scripts.REBUILD)
+        self._lease_settle = self.redis.register_script(scripts.LEASE_SETTLE)
+        self._lease_return = self.redis.register_script(scripts.LEASE_RETURN)
+        self.leases = Leases()
         self.snapshots = SnapshotWriter(source.store)
         # (key, period) -> [settled, reserved] as Redis last reported them.
         self.seen: dict[tuple[str, str], list[int]] = {}
@@ -77,6 +81,7 @@ class RedisCounters:
         self.degraded = False  # for metrics: counting in-process, Redis unreachable
         self._fallback: MemoryLimits | None = None
         self._pending: list[tuple[Admission, int, int]] = []  # settles for Redis to replay
+        self._returns: list[Lease] = []  # leases' rests for Redis to take back, likewise
         self._tasks = TaskSet()
         self._settling: set[asyncio.Future[Any]] = set()  # settle calls awaiting Redis
         self._loops = TaskSet()
@@ -142,18 +147,21 @@ class RedisCounters:
 
     def _settle_call(
         self, admission: Admission, cost: int, tokens: int
-    ) -> tuple[list[str], list[str | int]]:
+    ) -> tuple[AsyncScript, list[str], list[str | int]]:
         k = scripts.keys_of(self.namespace, admission.key_id, admission.period)
+        if admission.leased:
+            return self._lease_settle, k[:3], [admission.reservation_id, cost,
+                                               admission.reserved_nusd]
         args: list[str | int] = [admission.reservation_id, cost,
                                  max(0, admission.tokens - tokens), admission.tpm]
-        return [k[0], k[1], k[2], k[4]], args
+        return self._settle, [k[0], k[1], k[2], k[4]], args
 
     async def _settle_remote(self, admission: Admission, cost: int, tokens: int) -> None:
         key_id, period = admission.key_id, admission.period
-        keys, args = self._settle_call(admission, cost, tokens)
+        script, keys, args = self._settle_call(admission, cost, tokens)
         try:
             for _ in range(3):
-                settled = int(await self._run("settle", self._settle, keys, args))
+                settled = int(await self._run("settle", script, keys, args))
                 if settled != -1:
                     self._saw(key_id, period, settled)
                     return
@@ -162,6 +170,17 @@ class RedisCounters:
         except ScriptRefused:
             pass  # a replay would be refused again
         self._not_charged(admission, cost)
+
+    # --- handing a lease's rest back -------------------------------------------------------
+
+    def _return_call(self, lease: Lease) -> tuple[list[str], list[str | int]]:
+        return scripts.keys_of(self.namespace, lease.key_id, lease.period)[:3], [lease.id, lease.left]
+
+    async def _give_back_remote(self, lease: Lease) -> None:
+        try:
+            await self._run("lease return", self._lease_return, *self._return_call(lease))
+        except ScriptRefused:
+            pass  # counted and logged; the sweep charges its rest: the budget errs safe
 
     @staticmethod
     def _not_charged(admission: Admission, cost: int) -> None:

@@ -2,9 +2,10 @@
 
 On the first failed call the limits degrade (unless `limits.fail_closed`, which refuses
 requests meanwhile): new requests are admitted by an in-process `MemoryLimits` floored at
-the last values Redis reported, settles of requests Redis admitted are queued, and a
-background task probes Redis every `RECOVER_S`. When Redis answers again the spend counted
-meanwhile is pushed and the queue replayed, before Redis is used again.
+the last values Redis reported, settles of requests Redis admitted are queued, leases are
+taken out of use and their rests queued, and a background task probes Redis every
+`RECOVER_S`. When Redis answers again the spend counted meanwhile is pushed and the queues
+replayed, before Redis is used again.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class RedisOutage(RedisCounters):
             return
         self.degraded = True
         self._fallback = MemoryLimits(self.config, _OutageSource(self), self.clock)
+        self._returns += (lease for lease in self.leases.take_all() if lease.left)
         log.warning("limits: Redis unreachable (%s); counting spend and rate limits in-process "
                     "until it is back%s", type(error).__name__,
                     " (refusing requests: fail_closed)" if self.config.fail_closed else "")
@@ -105,7 +107,8 @@ class RedisOutage(RedisCounters):
         while True:  # settles can land while we push: loop until nothing is left
             local = fallback.take_local()
             pending, self._pending = self._pending, []
-            if not local and not pending:
+            returns, self._returns = self._returns, []
+            if not local and not pending and not returns:
                 break
             # Counters that only queued settles touch get their floor too, before the replay:
             # a replay onto a missing counter would rebuild it from the ledger, which
@@ -115,19 +118,21 @@ class RedisOutage(RedisCounters):
                 if (admission.key_id, admission.period) not in known:
                     known.add((admission.key_id, admission.period))
                     local.append((admission.key_id, admission.period, 0))
-            done = 0
-            try:
-                for key_id, period, delta in local:
-                    await self._push(key_id, period, delta)
-                    done += 1
-                pushed += done
-                local, done = [], 0
-                for admission, cost, tokens in pending:
-                    await self._settle_remote(admission, cost, tokens)
-                    done += 1
+            try:  # each list shrinks as its items land: what is left on a failure is kept
+                while local:
+                    await self._push(*local[0])
+                    del local[0]
+                    pushed += 1
+                while pending:
+                    await self._settle_remote(*pending[0])
+                    del pending[0]
+                while returns:
+                    await self._give_back_remote(returns[0])
+                    del returns[0]
             except BaseException:
-                fallback.give_back(local[done:])
-                self._pending[:0] = pending[done:] if not local else pending
+                fallback.give_back(local)
+                self._pending[:0] = pending
+                self._returns[:0] = returns
                 raise
         self.degraded = False
         self._fallback = None

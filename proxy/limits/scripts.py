@@ -9,6 +9,12 @@ Reservations hash `res`: a:<id> = amount, n:<id> = requests sharing it (idempote
 x:<id> = amount charged by the sweeper (a late settle then only adds the difference).
 Sorted set `due`: reservation ids by deadline (ms). Buckets `rpm`/`tpm`: v = level, t = ms.
 
+A lease (`leases.py`) is a reservation a worker draws many requests' worst cases from: it
+lives in `res` and `due` like any other, its `a:` shrinking by each request's draw as that
+request settles (`LEASE_SETTLE`) and by the unused rest when the worker hands it back
+(`LEASE_RETURN`); it is gone when nothing of it is left. So `r` is at all times the worst
+cases in flight plus the leases' unused rest, and admission sees both.
+
 A reservation can be 0 (a model without prices, an empty input): releasing one must not
 send Redis "-0", which it refuses as not an integer (`_RELEASE`).
 """
@@ -16,6 +22,10 @@ send Redis "-0", which it refuses as not an integer (`_RELEASE`).
 from __future__ import annotations
 
 from typing import Final
+
+# A lease takes at most this share of a key's headroom (limit - settled - reserved), so the
+# budget other workers' leases hold idle is a small part of what is left.
+LEASE_SHARE: Final = 64
 
 
 def keys_of(namespace: str, key_id: str, period: str) -> list[str]:
@@ -36,10 +46,13 @@ local function level(key, cap)
 end
 """
 
-# ARGV: rid, amount, limit (-1: none), now_ms, deadline_ms, rpm, tpm, tokens, res_ttl_ms
+# ARGV: rid, amount, limit (-1: none), now_ms, deadline_ms, rpm, tpm, tokens, res_ttl_ms,
+#       lease (the most to reserve as a lease instead; 0: none), lease id
 # -> {-1} counter missing | {2, which(1 rpm, 2 tpm), retry_ms, rpm_level*1000, tpm_level*1000}
 #    | {1, settled, reserved} over quota | {0, settled, reserved, rpm_level*1000,
-#    tpm_level*1000, amount reserved}
+#    tpm_level*1000, amount reserved, 1 when that amount is a lease under the lease id}
+# A lease takes at most 1/LEASE_SHARE of the headroom left, and only when that is at least
+# two worst cases: near its limit a key is admitted request by request, as without leases.
 ADMIT: Final = _BUCKET + """
 local s = redis.call('HGET', KEYS[1], 's')
 if not s then return {-1} end
@@ -57,15 +70,26 @@ if tpm > 0 and tv < need then
 end
 local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
 local amount = '0'
+local leased = 0
 if redis.call('HEXISTS', KEYS[2], 'a:' .. ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[1], 1)
 else
   local limit = tonumber(ARGV[3])
   if limit >= 0 and tonumber(s) + r >= limit then return {1, tonumber(s), r} end
   amount = ARGV[2]
+  local id = ARGV[1]
+  local lease = tonumber(ARGV[10])
+  if lease > 0 and limit >= 0 then
+    lease = math.min(lease, math.floor((limit - tonumber(s) - r) / LEASE_SHARE))
+    if lease > 0 and lease >= 2 * tonumber(amount) then
+      amount = string.format('%d', lease)
+      id = ARGV[11]
+      leased = 1
+    end
+  end
   r = redis.call('HINCRBY', KEYS[1], 'r', amount)
-  redis.call('HSET', KEYS[2], 'a:' .. ARGV[1], amount, 'n:' .. ARGV[1], 1)
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  redis.call('HSET', KEYS[2], 'a:' .. id, amount, 'n:' .. id, 1)
+  redis.call('ZADD', KEYS[3], ARGV[5], id)
   redis.call('PEXPIRE', KEYS[2], ARGV[9])
   redis.call('PEXPIRE', KEYS[3], ARGV[9])
 end
@@ -79,14 +103,54 @@ if tpm > 0 then
   redis.call('HSET', KEYS[5], 'v', tostring(tv), 't', ARGV[4])
   redis.call('PEXPIRE', KEYS[5], 120000)
 end
-return {0, tonumber(s), r, math.floor(rv * 1000), math.floor(tv * 1000), tonumber(amount)}
-"""
+return {0, tonumber(s), r, math.floor(rv * 1000), math.floor(tv * 1000), tonumber(amount), leased}
+""".replace("LEASE_SHARE", str(LEASE_SHARE))
 
 # Take a reservation's amount (a decimal string, as stored) off the counter's `r`.
 _RELEASE: Final = """
 local function release(counter, amount)
   if amount ~= '0' then redis.call('HINCRBY', counter, 'r', '-' .. amount) end
 end
+"""
+
+# Take `amount` off a lease and off `r`; the lease is gone once nothing of it is left.
+_SHRINK: Final = _RELEASE + """
+local function shrink(counter, res, due, id, amount)
+  local left = 0
+  if amount ~= '0' then left = redis.call('HINCRBY', res, 'a:' .. id, '-' .. amount)
+  else left = tonumber(redis.call('HGET', res, 'a:' .. id)) end
+  release(counter, amount)
+  if left <= 0 then
+    redis.call('HDEL', res, 'a:' .. id, 'n:' .. id)
+    redis.call('ZREM', due, id)
+  end
+end
+"""
+
+# KEYS: counter, reservations, due. ARGV: lease id, cost, the request's draw.
+# -> settled after, or -1 when the counter is missing (the caller rebuilds it, retries).
+# A lease the sweeper charged (x:) was charged every draw: only a cost above it is added.
+LEASE_SETTLE: Final = _SHRINK + """
+if redis.call('HEXISTS', KEYS[1], 's') == 0 then return -1 end
+local id = ARGV[1]
+local cost = ARGV[2]
+if redis.call('HEXISTS', KEYS[2], 'a:' .. id) == 1 then
+  shrink(KEYS[1], KEYS[2], KEYS[3], id, ARGV[3])
+elseif redis.call('HEXISTS', KEYS[2], 'x:' .. id) == 1 then
+  local rest = tonumber(cost) - tonumber(ARGV[3])
+  if rest < 0 then rest = 0 end
+  cost = string.format('%d', rest)
+end
+return redis.call('HINCRBY', KEYS[1], 's', cost)
+"""
+
+# KEYS: counter, reservations, due. ARGV: lease id, its unused rest. -> 1, 0 when not there
+# (swept, or the counter lost: then there is no `r` to give it back to).
+LEASE_RETURN: Final = _SHRINK + """
+if redis.call('HEXISTS', KEYS[1], 's') == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], 'a:' .. ARGV[1]) == 0 then return 0 end
+shrink(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+return 1
 """
 
 # KEYS: counter, reservations, due, tpm bucket. ARGV: rid, cost, token refund, tpm.
