@@ -60,19 +60,19 @@ class RedisLimits(RedisLeases):
                                              estimated_tokens)
         now = self.clock()
         period = periods.period_id(principal.period, now)
-        rid = reservation_id(idempotency_key)
         if (principal.limit_nusd is None and not principal.rpm and not principal.tpm
                 and not self.config.fail_closed):
             # Nothing to enforce: no round trip (and loop turn) before the upstream call.
             # The settle still charges the spend: one without a reservation charges in full.
             # (Failing closed, every request must find Redis up: it still asks.)
-            return Admission(principal.key_id, rid, 0, period=period)
+            return Admission(principal.key_id, reservation_id(idempotency_key), 0, period=period)
         lease = 0
         if self._leasable(principal, idempotency_key):
             drawn = self.leases.draw(principal.key_id, period, worst_case_nusd, now)
             if drawn is not None:
                 return drawn  # reserved in Redis already, as part of the lease
             lease = self._ask_for_lease(principal.key_id, period, worst_case_nusd)
+        rid = reservation_id(idempotency_key)
         ttl_ms = int(self.config.reservation_ttl_s * 1000)
         now_ms = int(now * 1000)
         limit = principal.limit_nusd if principal.limit_nusd is not None else -1
@@ -148,7 +148,7 @@ class RedisLimits(RedisLeases):
             if settled != -1:
                 self._saw(admission.key_id, admission.period, settled)
             else:  # the counter is missing; the script changed nothing, so run it again
-                self.leases.take(admission.key_id, admission.period)  # Redis lost it too
+                self._retire(admission.key_id, admission.period)  # Redis lost it too
                 self._tasks.spawn(self._settle_one(admission, cost, tokens))
         elif is_refusal(error):
             self._refused("the settle script", error)

@@ -31,9 +31,7 @@ class RedisLeases(RedisOutage):
     def _ask_for_lease(self, key_id: str, period: str, worst: int) -> int:
         """The most this request's admit may reserve as a lease (0: its own reservation).
         The key's lease, which could not serve it, goes back."""
-        lease = self.leases.take(key_id, period)
-        if lease is not None:
-            self._give_back(lease)
+        self._retire(key_id, period)
         if not worst or not self.leases.may_ask(key_id, period):
             return 0
         self.leases.asking(key_id, period)
@@ -48,6 +46,13 @@ class RedisLeases(RedisOutage):
         return Admission(key_id, lease_id, worst, period=period, leased=True)
 
     # --- handing back ----------------------------------------------------------------------
+
+    def _retire(self, key_id: str, period: str) -> None:
+        """Take the key's lease out of use and hand its rest back. (Also when Redis may have
+        lost it with the key's counter: a return of a lease Redis does not have does nothing.)"""
+        lease = self.leases.take(key_id, period)
+        if lease is not None:
+            self._give_back(lease)
 
     def _give_back(self, lease: Lease) -> None:
         """Hand a lease's unused rest back to the key's budget, without waiting for it."""
