@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-timeout", type=int, default=10)
     p.add_argument("--against", metavar="TREE", type=Path,
                    help="the reference is the gateway of this checkout, not the bare forwarder")
+    p.add_argument("--against-toml", metavar="FILE", type=Path,
+                   help="extra gateway config for the --against gateway only: with "
+                        "--against . it A/Bs a switch in this tree")
     p.add_argument("--out")
     args = p.parse_args(argv)
     args.no_pin = False  # what Bench reads
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     ref = stack.Gateway(workdir / "against", args.gateway_python, core,
                                         upstream + "/v1", upstream + "/sse/v1", pg=args.pg,
-                                        redis_url=args.redis, tree=args.against.resolve())
+                                        redis_url=args.redis, tree=args.against.resolve(),
+                                        extra_toml=args.against_toml.read_text()
+                                        if args.against_toml else "")
                     reference, stop_reference = (ref.base, ref.key, ref.proc), ref.stop
                 gw = None
                 try:
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             nginx.stop()
     machine, versions = stack.machine(), stack.versions(args.gateway_python, None)
     described = ("the bare forwarder" if args.against is None
-                 else f"the gateway at {args.against} (\"bare\" below)")
+                 else f"the gateway at {args.against} (\"bare\" below)"
+                 + (f" with {args.against_toml.read_text().strip()!r}" if args.against_toml else ""))
     setup = (f"{machine['cpu']}, {versions['gateway stack']}; gateway commit "
              f"{versions['gateway commit']}; {args.rounds} rounds of {args.seconds} s at "
              f"c={args.connections} a mode, {described} and this gateway alternating on the "

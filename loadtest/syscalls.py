@@ -121,7 +121,7 @@ def start_targets(args: argparse.Namespace, workdir: Path, trees: dict[str, Path
 async def count(t: Target, mode: str, args: argparse.Namespace, out: Path) -> Counter[str]:
     """Calls per request of `mode`, by name: N requests after a warm-up."""
     n = args.paced_streams if mode == "paced" else args.requests
-    concurrency = 4 if mode == "paced" else 1
+    concurrency = 4 if mode == "paced" else args.concurrency
     stagger = 1 / 50 / concurrency if mode == "paced" else 0.0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
                                      timeout=CLIENT_TIMEOUT) as session:
@@ -148,7 +148,7 @@ def render(results: list[tuple[str, str, Counter[str]]], sources: dict[str, str]
     names = [name for name, _ in totals.most_common()]
     lines = [f"# System calls per request (strace -c -f), {time.strftime('%Y-%m-%d %H:%M')}", "",
              *(f"- {label}: {src}" for label, src in sources.items()), "",
-             (f"chat and stream: {args.requests} requests one at a time; paced: "
+             (f"chat and stream: {args.requests} requests, {args.concurrency} at a time; paced: "
               f"{args.paced_streams} streams of 20 tokens at 50 tokens/s, 4 at once"), "",
              "| target | mode | all | " + " | ".join(names) + " | other |",
              "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]
@@ -188,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--requests", type=int, default=200, help="chat and stream (default 200)")
     p.add_argument("--paced-streams", type=int, default=40)
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="chat and stream requests at once (default 1; wake-ups shared above)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--gateway-tree", default=str(stack.REPO))
     p.add_argument("--compare", nargs=2, metavar=("PATH_A", "PATH_B"))
