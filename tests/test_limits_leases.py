@@ -22,6 +22,7 @@ from proxy.errors import QuotaExceeded
 from proxy.keys.sqlite import SqliteKeyStore
 from proxy.limits import Admission
 from proxy.limits.durable import SpendSource
+from proxy.limits.leases import Lease
 from proxy.limits.periods import period_id
 from proxy.limits.redis import RedisLimits
 from proxy.limits.scripts import LEASE_SHARE, keys_of
@@ -129,9 +130,8 @@ async def test_settles_charge_each_actual_cost_and_the_unused_rest_goes_back(
     assert workers.reservations() == {}, "an ended lease left its entry"
 
 
-async def test_a_lease_handed_back_with_requests_in_flight_ends_with_their_settles(
-    workers: Workers,
-) -> None:
+async def two_draws_then_handed_back(workers: Workers) -> tuple[RedisLimits, Admission, Admission]:
+    """A worker draws two requests from a lease whose time is then up: its rest goes back."""
     limits = await workers.start()
     p = key(10_000 * WC)
     a, b = [await limits.admit(p, "r", None, WC, 10) for _ in range(2)]
@@ -139,6 +139,13 @@ async def test_a_lease_handed_back_with_requests_in_flight_ends_with_their_settl
     limits.expire_leases()
     await limits.drain()
     assert workers.counter() == (0, 2 * WC)  # only the two draws in flight are held
+    return limits, a, b
+
+
+async def test_a_lease_handed_back_with_requests_in_flight_ends_with_their_settles(
+    workers: Workers,
+) -> None:
+    limits, a, b = await two_draws_then_handed_back(workers)
     assert workers.reservations() == {a.reservation_id: 2 * WC}
     limits.settle(a, 70_000, 10)
     limits.settle(b, 90_000, 10)
@@ -258,3 +265,50 @@ async def test_closing_hands_every_lease_back(workers: Workers) -> None:
     workers.all.remove(limits)
     await limits.close()  # the request in flight keeps its draw
     assert workers.counter() == (0, WC)
+
+
+async def test_a_return_replayed_after_a_timeout_releases_nothing_twice(
+    workers: Workers,
+) -> None:
+    limits, a, b = await two_draws_then_handed_back(workers)
+    # Redis ran the return but its reply came too late: the outage replay sends it again.
+    rest = Lease(a.reservation_id, "k1", a.period, (LEASE_REQUESTS - 2) * WC, 0.0)
+    await limits._give_back_remote(rest)
+    assert workers.counter() == (0, 2 * WC)
+    limits.settle(a, WC, 10)
+    limits.settle(b, WC, 10)
+    await limits.drain()
+    assert workers.counter() == (2 * WC, 0) and workers.reservations() == {}
+
+
+async def test_a_lease_whose_grant_got_no_answer_is_handed_back_whole(workers: Workers) -> None:
+    limits = await workers.start()
+    p = key(10_000 * WC)
+    warm = await limits.admit(p, "r", None, WC, 10)  # creates the counter; its lease goes back
+    limits.settle(warm, WC, 10)
+    workers.clock.t += 1.0
+    limits.expire_leases()
+    await limits.drain()
+    assert workers.counter() == (WC, 0)
+    asking = asyncio.create_task(limits.admit(p, "r", None, WC, 10))
+    await asyncio.sleep(0)  # it starts, writes its call (the first of this loop turn), waits
+    assert not asking.done()
+    asking.cancel()  # the client went away: Redis grants the lease, nobody hears of it
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    await limits.drain()
+    assert workers.counter() == (WC, 0) and workers.reservations() == {}
+
+
+async def test_a_counter_lost_with_its_reservations_kept_is_rebuilt_without_them(
+    workers: Workers,
+) -> None:
+    limits = await workers.start()
+    p = key(10_000 * WC)
+    a = await limits.admit(p, "r", None, WC, 10)
+    workers.redis.delete(keys_of(workers.ns, "k1", a.period)[0])  # evicted: the counter only
+    limits.settle(a, 70_000, 10)  # finds no counter: rebuilt, then charged in full
+    await limits.drain()
+    await limits.drain()  # the settle's retry, then the lease's hand-back
+    assert workers.counter() == (70_000, 0)
+    assert workers.reservations() == {}

@@ -17,8 +17,12 @@ scripts that settle against them and hand them back.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
 from .admission import Admission
+
+# A lease's `left` when its grant's reply was lost: hand back all Redis holds of it.
+ALL: Final = -1
 
 
 class Lease:

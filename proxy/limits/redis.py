@@ -81,11 +81,14 @@ class RedisLimits(RedisLeases):
                 principal.tpm or 0, estimated_tokens, 2 * ttl_ms, lease, lid]
         keys = scripts.keys_of(self.namespace, principal.key_id, period)
         why = "the database is unreachable"
+        answered = False
         try:
             for _ in range(3):
+                answered = False
                 result: list[int] = await self._run("admit", self._admit, keys, args)
+                answered = True
                 if result[0] == 0 and result[6]:
-                    return self._granted(principal.key_id, period, lid, result[5], worst_case_nusd)
+                    return self._granted(principal.key_id, period, lid, result, worst_case_nusd)
                 if result[0] != -1:
                     return self._admitted(principal, period, rid, estimated_tokens, result)
                 if not await self._rebuild_counter(principal.key_id, period):
@@ -99,6 +102,8 @@ class RedisLimits(RedisLeases):
         finally:
             if lease:
                 self.leases.asked(principal.key_id, period)
+                if not answered:
+                    self._grant_lost(principal.key_id, period, lid)
         if principal.limit_nusd is None:  # nothing to enforce: serve, the ledger still counts
             return Admission(principal.key_id, rid, 0, period=period)
         raise ServiceUnavailable(

@@ -27,7 +27,7 @@ from . import periods, scripts
 from .admission import Admission
 from .autopipeline import AutoPipeline
 from .durable import SnapshotWriter, SpendSource
-from .leases import Lease, Leases
+from .leases import ALL, Lease, Leases
 from .memory import MemoryLimits
 from .redis_failures import ScriptRefused, is_refusal
 from .tasks import TaskSet
@@ -135,13 +135,17 @@ class RedisCounters:
                       key_id, type(e).__name__)
             return False
         ttl = periods.counter_ttl_s(period, self.clock())
-        settled = await self._run("rebuild", self._rebuild, [self._counter(key_id, period)],
+        settled = await self._run("rebuild", self._rebuild, self._counter_keys(key_id, period),
                                   [base, delta, ttl])
         self._saw(key_id, period, int(settled))
         return True
 
     def _counter(self, key_id: str, period: str) -> str:
         return scripts.keys_of(self.namespace, key_id, period)[0]
+
+    def _counter_keys(self, key_id: str, period: str) -> list[str]:
+        """counter, reservations, due: what REBUILD and the lease scripts touch."""
+        return scripts.keys_of(self.namespace, key_id, period)[:3]
 
     # --- charging a settle --------------------------------------------------------------
 
@@ -174,7 +178,8 @@ class RedisCounters:
     # --- handing a lease's rest back -------------------------------------------------------
 
     def _return_call(self, lease: Lease) -> tuple[list[str], list[str | int]]:
-        return scripts.keys_of(self.namespace, lease.key_id, lease.period)[:3], [lease.id, lease.left]
+        rest: str | int = "all" if lease.left == ALL else lease.left
+        return self._counter_keys(lease.key_id, lease.period), [lease.id, rest]
 
     async def _give_back_remote(self, lease: Lease) -> None:
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..auth import Principal
 from .admission import Admission
-from .leases import Lease
+from .leases import ALL, Lease
 from .redis_failures import REDIS_FAILURES, is_refusal
 from .redis_outage import RedisOutage
 
@@ -38,12 +38,20 @@ class RedisLeases(RedisOutage):
         return worst * self.config.lease_requests
 
     def _granted(
-        self, key_id: str, period: str, lease_id: str, amount: int, worst: int
+        self, key_id: str, period: str, lease_id: str, result: list[int], worst: int
     ) -> Admission:
-        """A lease came with the admission: this request draws from it first."""
-        until = self.clock() + self.config.lease_s
-        self.leases.hold(Lease(lease_id, key_id, period, amount - worst, until))
+        """A lease came with the admission: this request draws from it first. (Drawing
+        stops well before the sweep could charge the lease as abandoned.)"""
+        self._saw(key_id, period, result[1], result[2])
+        lease_s = min(self.config.lease_s, self.config.reservation_ttl_s / 4)
+        self.leases.hold(Lease(lease_id, key_id, period, result[5] - worst,
+                               self.clock() + lease_s))
         return Admission(key_id, lease_id, worst, period=period, leased=True)
+
+    def _grant_lost(self, key_id: str, period: str, lease_id: str) -> None:
+        """An admit that asked for a lease got no answer (a timeout, a cancelled request):
+        Redis may have granted it, and nobody will draw from it. Hand all of it back."""
+        self._give_back(Lease(lease_id, key_id, period, ALL, 0.0))
 
     # --- handing back ----------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ class RedisOutage(RedisCounters):
             log.warning("limits: no spend snapshot for key %s (%s)", key_id, type(e).__name__)
         ttl = periods.counter_ttl_s(period, self.clock())
         try:
-            settled = await self._run("rebuild", self._rebuild, [self._counter(key_id, period)],
+            settled = await self._run("rebuild", self._rebuild, self._counter_keys(key_id, period),
                                       [floor, delta, ttl])
         except ScriptRefused:
             log.error("limits: could not push %d nano-USD counted in-process to key %s; the "

@@ -144,12 +144,18 @@ end
 return redis.call('HINCRBY', KEYS[1], 's', cost)
 """
 
-# KEYS: counter, reservations, due. ARGV: lease id, its unused rest. -> 1, 0 when not there
-# (swept, or the counter lost: then there is no `r` to give it back to).
+# KEYS: counter, reservations, due. ARGV: lease id, its unused rest, or "all" for a grant
+# whose reply was lost (nothing was drawn from it). -> 1, 0 when not there (swept, or the
+# counter lost: then there is no `r` to give it back to) or already returned: a return
+# replayed after a timeout must not release twice (g: marks it, until `res` expires).
 LEASE_RETURN: Final = _SHRINK + """
 if redis.call('HEXISTS', KEYS[1], 's') == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[2], 'a:' .. ARGV[1]) == 0 then return 0 end
-shrink(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+local a = redis.call('HGET', KEYS[2], 'a:' .. ARGV[1])
+if not a then return 0 end
+if redis.call('HSETNX', KEYS[2], 'g:' .. ARGV[1], 1) == 0 then return 0 end
+local rest = ARGV[2]
+if rest == 'all' then rest = a end
+shrink(KEYS[1], KEYS[2], KEYS[3], ARGV[1], rest)
 return 1
 """
 
@@ -206,12 +212,15 @@ local s = redis.call('HGET', KEYS[1], 's')
 return {n, tonumber(s or '-1')}
 """
 
-# KEYS: counter. ARGV: base, delta, ttl_s (0: keep). Creates the counter at `base` when it
-# is missing (Redis lost it), then adds `delta` (spend counted in-process meanwhile).
-# -> settled after
+# KEYS: counter, reservations, due. ARGV: base, delta, ttl_s (0: keep). Creates the counter
+# at `base` when it is missing (Redis lost it), then adds `delta` (spend counted in-process
+# meanwhile). -> settled after. A new counter has nothing reserved, so reservations that
+# outlived the old one go too: their settles and returns would take them off the new `r`
+# (their settles now charge in full).
 REBUILD: Final = """
 if redis.call('HSETNX', KEYS[1], 's', ARGV[1]) == 1 then
   redis.call('HSETNX', KEYS[1], 'r', '0')
+  redis.call('DEL', KEYS[2], KEYS[3])
   if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 end
 if ARGV[2] ~= '0' then return redis.call('HINCRBY', KEYS[1], 's', ARGV[2]) end
