@@ -10,8 +10,8 @@ limit a key gets no lease and is admitted request by request.
 Only keys with a spend limit and nothing else to check are leased (rpm and tpm buckets count
 each request in Redis); a request with an idempotency key keeps its own shared reservation.
 
-This module is the bookkeeping; `redis.py` asks for leases, `redis_counters.py` runs the
-scripts that settle against them and hand them back.
+This module is the bookkeeping; `redis_leases.py` asks for leases and hands them back,
+`redis_counters.py` runs the scripts that settle against them and take them back.
 """
 
 from __future__ import annotations
@@ -86,4 +86,3 @@ class Leases:
         leases = list(self._held.values())
         self._held.clear()
         return leases
-
