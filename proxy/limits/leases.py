@@ -56,12 +56,13 @@ class Leases:
         lease.left -= amount
         return Admission(key_id, lease.id, amount, period=period, leased=True)
 
-    def may_ask(self, key_id: str, period: str) -> bool:
-        """Whether this request may ask for a lease: one grant in flight per key."""
-        return (key_id, period) not in self._asking
-
-    def asking(self, key_id: str, period: str) -> None:
+    def ask(self, key_id: str, period: str) -> bool:
+        """Whether this request may ask for a lease (one grant in flight per key); if so,
+        the key's grant is in flight until `asked`."""
+        if (key_id, period) in self._asking:
+            return False
         self._asking.add((key_id, period))
+        return True
 
     def asked(self, key_id: str, period: str) -> None:
         self._asking.discard((key_id, period))

@@ -32,9 +32,8 @@ class RedisLeases(RedisOutage):
         """The most this request's admit may reserve as a lease (0: its own reservation).
         The key's lease, which could not serve it, goes back."""
         self._retire(key_id, period)
-        if not worst or not self.leases.may_ask(key_id, period):
+        if not worst or not self.leases.ask(key_id, period):
             return 0
-        self.leases.asking(key_id, period)
         return worst * self.config.lease_requests
 
     def _granted(

@@ -147,6 +147,9 @@ class _Series:
         self.cache_write = m.tokens.labels(model, provider, "cache_write")
         self.cost = m.cost.labels(model, provider)
         self.savings = m.savings.labels(model, provider)
+        self._reset()
+
+    def _reset(self) -> None:
         self._requests = self._prompt = self._completion = self._cached = 0
         self._cache_write = self._cost = self._savings = 0
 
@@ -181,8 +184,7 @@ class _Series:
             self.cost.inc(self._cost / NANO)
         if self._savings:
             self.savings.inc(self._savings / NANO)
-        self._requests = self._prompt = self._completion = self._cached = 0
-        self._cache_write = self._cost = self._savings = 0
+        self._reset()
 
 
 class InFlight:
