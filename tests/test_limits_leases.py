@@ -58,6 +58,10 @@ class Workers:
         res = self.redis.hgetall(keys_of(self.ns, "k1", period_id("monthly", self.clock()))[1])
         return {k.decode()[2:]: int(v) for k, v in res.items() if k.startswith(b"a:")}
 
+    def entries(self) -> dict[bytes, bytes]:
+        """Every field of the key's reservations hash: what Redis keeps for it."""
+        return self.redis.hgetall(keys_of(self.ns, "k1", period_id("monthly", self.clock()))[1])
+
     async def drain(self) -> None:
         for limits in self.all:
             await limits.drain()
@@ -127,7 +131,7 @@ async def test_settles_charge_each_actual_cost_and_the_unused_rest_goes_back(
     assert limits.expire_leases() == 1
     await limits.drain()
     assert workers.counter() == (sum(costs), 0)
-    assert workers.reservations() == {}, "an ended lease left its entry"
+    assert workers.entries() == {}, "an ended lease left its entries"
 
 
 async def two_draws_then_handed_back(workers: Workers) -> tuple[RedisLimits, Admission, Admission]:
@@ -150,7 +154,8 @@ async def test_a_lease_handed_back_with_requests_in_flight_ends_with_their_settl
     limits.settle(a, 70_000, 10)
     limits.settle(b, 90_000, 10)
     await limits.drain()
-    assert workers.counter() == (160_000, 0) and workers.reservations() == {}
+    assert workers.counter() == (160_000, 0)
+    assert workers.entries() == {}, "a lease handed back, then settled, left its marks"
 
 
 async def test_a_lease_takes_at_most_its_share_of_the_headroom(workers: Workers) -> None:
@@ -278,7 +283,8 @@ async def test_a_return_replayed_after_a_timeout_releases_nothing_twice(
     limits.settle(a, WC, 10)
     limits.settle(b, WC, 10)
     await limits.drain()
-    assert workers.counter() == (2 * WC, 0) and workers.reservations() == {}
+    assert workers.counter() == (2 * WC, 0)
+    assert workers.entries() == {}, "an ended lease left its marks in Redis"
 
 
 async def test_a_lease_whose_grant_got_no_answer_is_handed_back_whole(workers: Workers) -> None:

@@ -6,7 +6,9 @@ the strings they arrived as, because Lua would print a large number as "1e+12".
 
 Counter hash `c`: s = settled spend, r = reserved (worst cases in flight).
 Reservations hash `res`: a:<id> = amount, n:<id> = requests sharing it (idempotency),
-x:<id> = amount charged by the sweeper (a late settle then only adds the difference).
+x:<id> = amount charged by the sweeper (a late settle then only adds the difference),
+g:<id> = a lease handed back while requests still draw on it (a replayed hand-back is
+ignored); it goes with the lease, so a busy key's hash does not grow with its leases.
 Sorted set `due`: reservation ids by deadline (ms). Buckets `rpm`/`tpm`: v = level, t = ms.
 
 A lease (`leases.py`) is a reservation a worker draws many requests' worst cases from: it
@@ -121,7 +123,7 @@ local function shrink(counter, res, due, id, amount)
   else left = tonumber(redis.call('HGET', res, 'a:' .. id)) end
   release(counter, amount)
   if left <= 0 then
-    redis.call('HDEL', res, 'a:' .. id, 'n:' .. id)
+    redis.call('HDEL', res, 'a:' .. id, 'n:' .. id, 'g:' .. id)
     redis.call('ZREM', due, id)
   end
 end
@@ -147,7 +149,7 @@ return redis.call('HINCRBY', KEYS[1], 's', cost)
 # KEYS: counter, reservations, due. ARGV: lease id, its unused rest, or "all" for a grant
 # whose reply was lost (nothing was drawn from it). -> 1, 0 when not there (swept, or the
 # counter lost: then there is no `r` to give it back to) or already returned: a return
-# replayed after a timeout must not release twice (g: marks it, until `res` expires).
+# replayed after a timeout must not release twice (g: marks it while the lease lasts).
 LEASE_RETURN: Final = _SHRINK + """
 if redis.call('HEXISTS', KEYS[1], 's') == 0 then return 0 end
 local a = redis.call('HGET', KEYS[2], 'a:' .. ARGV[1])
@@ -199,7 +201,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[3], id)
   local a = redis.call('HGET', KEYS[2], 'a:' .. id)
   if a then
-    redis.call('HDEL', KEYS[2], 'a:' .. id, 'n:' .. id)
+    redis.call('HDEL', KEYS[2], 'a:' .. id, 'n:' .. id, 'g:' .. id)
     redis.call('HSET', KEYS[2], 'x:' .. id, a)
     if live then
       release(KEYS[1], a)
