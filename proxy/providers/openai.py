@@ -192,7 +192,8 @@ class OpenAIStream(ChatStream):
 
         A read usually brings one event of a paced stream, or many of a fast one: the
         events become one JSON array (`data: ` between blocks becomes a comma, which only
-        a block boundary can hold: JSON strings have no raw newlines).
+        a block boundary can hold: JSON strings have no raw newlines). Split and joined,
+        not replaced: CPython's `replace` searches the read twice, `split` once.
         """
         done = complete.endswith(_DONE_EVENT)
         if done:
@@ -202,15 +203,15 @@ class OpenAIStream(ChatStream):
                 return b""
         if not complete.startswith(b"data: {"):
             return None
-        inner = complete[6:-2]
-        joined = inner.replace(b"\n\ndata: ", b",")
+        blocks = complete[6:-2].split(b"\n\ndata: ")
+        joined = b",".join(blocks)
         if LF in joined:
             return None  # comments, event names, multi-line data: event by event
         try:
             lites = _decode_run(b"[" + joined + b"]")
         except msgspec.MsgspecError:
             return None
-        if len(lites) != (len(inner) - len(joined)) // 7 + 1:
+        if len(lites) != len(blocks):
             return None  # a block held more than one JSON value: malformed, said precisely
         last = lites[-1]
         for lite in lites:  # checked before any is accounted: a fallback must not count twice
@@ -220,9 +221,8 @@ class OpenAIStream(ChatStream):
                 return None  # a usage chunk before the end: event by event
         self._account(lites)
         if last.usage is not None and not last.choices:  # the usage chunk: the caller sends it
-            cut = complete.rfind(b"\n\ndata: ") + 2 if len(lites) > 1 else 0
-            self.usage_chunk = _decode_fields(complete[cut + 6 : -2])
-            complete = complete[:cut]
+            self.usage_chunk = _decode_fields(blocks[-1])
+            complete = complete[: len(complete) - len(blocks[-1]) - 8]  # less its data: ...\n\n
         self.finished = done
         return complete
 
