@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from ledger_support import wait_for
 from test_limits_semantics import WC, Clock, Ledger, keys_store
 
 from proxy.auth import Principal
@@ -78,6 +79,13 @@ async def workers(tmp_path: Path, redis_url: str, redis_namespace: str) -> Async
 
 def key(limit: int) -> Principal:
     return Principal("k1", limit_nusd=limit)
+
+
+async def a_leased_request(workers: Workers) -> tuple[RedisLimits, Principal, Admission]:
+    """A new worker, a key with room for many leases, and one request that took a lease."""
+    limits = await workers.start()
+    p = key(10_000 * WC)
+    return limits, p, await limits.admit(p, "r", None, WC, 10)
 
 
 def count_admits(limits: RedisLimits) -> list[str]:
@@ -231,9 +239,7 @@ async def test_workers_with_leases_overshoot_by_less_than_one_worst_case(
 async def test_a_crashed_workers_lease_is_charged_at_its_deadline_like_a_reservation(
     workers: Workers,
 ) -> None:
-    crashed = await workers.start()
-    p = key(10_000 * WC)
-    a = await crashed.admit(p, "r", None, WC, 10)
+    crashed, _, a = await a_leased_request(workers)
     survivor = await workers.start()
     workers.clock.t += 61  # past reservation_ttl_s: the whole lease is charged
     assert await survivor.sweep() == 1
@@ -246,17 +252,12 @@ async def test_a_crashed_workers_lease_is_charged_at_its_deadline_like_a_reserva
 async def test_leases_taken_out_in_an_outage_go_back_when_redis_answers_again(
     workers: Workers,
 ) -> None:
-    limits = await workers.start()
-    p = key(10_000 * WC)
-    a = await limits.admit(p, "r", None, WC, 10)
+    limits, p, a = await a_leased_request(workers)
     limits._failed(redis.ConnectionError("the network dropped"))  # what a failed call does
     assert limits.degraded and len(limits.leases) == 0
     assert not (await limits.admit(p, "r", None, WC, 10)).leased  # counted in-process
     limits.settle(a, 40_000, 10)  # queued for Redis
-    deadline = asyncio.get_running_loop().time() + 10
-    while limits.degraded:  # the recovery probe finds Redis answering
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: not limits.degraded)  # the recovery probe finds Redis answering
     await limits.drain()
     settled, reserved = workers.counter()
     assert settled == 40_000 and reserved == 0
@@ -264,8 +265,7 @@ async def test_leases_taken_out_in_an_outage_go_back_when_redis_answers_again(
 
 
 async def test_closing_hands_every_lease_back(workers: Workers) -> None:
-    limits = await workers.start()
-    await limits.admit(key(10_000 * WC), "r", None, WC, 10)
+    limits, _, _ = await a_leased_request(workers)
     assert workers.counter() == (0, LEASE_REQUESTS * WC)
     workers.all.remove(limits)
     await limits.close()  # the request in flight keeps its draw
@@ -288,9 +288,7 @@ async def test_a_return_replayed_after_a_timeout_releases_nothing_twice(
 
 
 async def test_a_lease_whose_grant_got_no_answer_is_handed_back_whole(workers: Workers) -> None:
-    limits = await workers.start()
-    p = key(10_000 * WC)
-    warm = await limits.admit(p, "r", None, WC, 10)  # creates the counter; its lease goes back
+    limits, p, warm = await a_leased_request(workers)  # creates the counter; its lease goes back
     limits.settle(warm, WC, 10)
     workers.clock.t += 1.0
     limits.expire_leases()
@@ -309,9 +307,7 @@ async def test_a_lease_whose_grant_got_no_answer_is_handed_back_whole(workers: W
 async def test_a_counter_lost_with_its_reservations_kept_is_rebuilt_without_them(
     workers: Workers,
 ) -> None:
-    limits = await workers.start()
-    p = key(10_000 * WC)
-    a = await limits.admit(p, "r", None, WC, 10)
+    limits, _, a = await a_leased_request(workers)
     workers.redis.delete(keys_of(workers.ns, "k1", a.period)[0])  # evicted: the counter only
     limits.settle(a, 70_000, 10)  # finds no counter: rebuilt, then charged in full
     await limits.drain()
