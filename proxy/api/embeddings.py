@@ -35,7 +35,6 @@ async def embeddings(request: web.Request) -> web.Response:
     admission = await gw.limits.admit(
         request[PRINCIPAL],
         request[REQUEST_ID],
-        request.headers.get("Idempotency-Key"),
         model.worst_case_cost(estimate, 0),
         estimate,
     )
