@@ -127,7 +127,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     _note_hit(gw, outcome, hit)
                     response = await replay(request, hit, outcome, req.stream, req.include_usage)
                     if once is not None:
-                        await (once.keep_stream(hit, outcome.model, 0) if req.stream
+                        await (once.keep_cached(hit, outcome.model) if req.stream
                                else once.keep_json(response, outcome.model))
                     return response
             if req.stream:
@@ -209,17 +209,16 @@ async def _stream(
     finally:
         gw.metrics.stream_closed()
     gw.routing.observe(log, (outcome.usage or Usage()).completion_tokens, stream=True)
-    if keep is not None:
+    if once is not None and keep is not None:
+        cost = outcome.model.cost(settle_usage(outcome, req.messages))  # as `_account` charges
+        await once.keep_stream(keep, opened[0], outcome.model, cost)
+    if keep is not None and cache_key is not None:
         try:
             cached = completion_from_stream_chunks(keep, outcome.usage, model=outcome.model.id,
                                                    provider=outcome.model.provider)
         except IncompleteStream:
-            return response  # a partial answer is never cached, nor replayed
-        if cache_key is not None:
-            await gw.cache.store(cache_key, cached)
-        if once is not None:
-            cost = outcome.model.cost(settle_usage(outcome, req.messages))  # as charged
-            await once.keep_stream(cached, outcome.model, cost)
+            return response  # a partial answer is never cached
+        await gw.cache.store(cache_key, cached)
     return response
 
 

@@ -8,22 +8,27 @@ In a handler, after the body is decoded and before admission:
         return await replay_answer(request, once.replay, include_usage)
     ...admit (on refusal: await once.close()), route, relay...
     ...a complete answer: await once.keep_json(response, model) before returning it,
-       or await once.keep_stream(completion, model, cost) after a stream's end
+       or await once.keep_stream(payloads, stream, model, cost) after a stream's end,
+       or await once.keep_cached(hit, model) for a cache hit served as a stream
     finally: await once.close()   # gives the key back unless an answer was kept
 """
 
 from __future__ import annotations
 
+import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from ..api.common import REQUEST_ID
-from ..cache import CachedCompletion
+from ..cache import CachedCompletion, IncompleteStream, completion_from_stream_chunks
 from ..catalog import Model
 from ..config import Settings
 from ..errors import IdempotencyInProgress, IdempotencyKeyReused
+from ..providers.base import ChatStream
 from .request import HEADER, body_digest, header_key
 from .store import Answer, IdempotencyStore, MemoryStore, RedisStore
+
+_encode = msgspec.json.encode
 
 
 class Idempotency:
@@ -89,10 +94,24 @@ class Once:
                 and isinstance(response.body, bytes)):
             await self._keep(Answer(model=model.id, provider=model.provider, body=response.body))
 
-    async def keep_stream(self, completion: CachedCompletion, model: Model, cost_nusd: int) -> None:
-        """Keep a stream that reached its end, and what it cost (its usage chunk shows it)."""
+    async def keep_stream(
+        self, chunks: list[bytes], stream: ChatStream, model: Model, cost_nusd: int
+    ) -> None:
+        """Keep a stream that reached its end (`chunks`: its payloads as the client got them)
+        with the provider's usage chunk and what it cost (the replay's usage chunk shows it)."""
+        if stream.usage_chunk is not None:
+            chunks = [*chunks, _encode(stream.usage_chunk)]
+        try:
+            completion = completion_from_stream_chunks(chunks, stream.usage, model=model.id,
+                                                       provider=model.provider)
+        except IncompleteStream:
+            return  # a cut answer is not kept: `close` gives the key back
         await self._keep(Answer(model=model.id, provider=model.provider, stream=completion,
-                                cost_nusd=cost_nusd))
+                                cost_nusd=cost_nusd, usage_chunk=stream.usage_chunk is not None))
+
+    async def keep_cached(self, hit: CachedCompletion, model: Model) -> None:
+        """Keep a response-cache hit that was served as a stream (it cost nothing)."""
+        await self._keep(Answer(model=model.id, provider=model.provider, stream=hit))
 
     async def _keep(self, answer: Answer) -> None:
         if self._ended:

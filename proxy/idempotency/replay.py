@@ -33,8 +33,9 @@ async def replay_answer(
                "x-provider": answer.provider, REPLAYED: "true"}
     if answer.stream is None:
         return web.Response(body=answer.body, content_type="application/json", headers=headers)
+    include_usage = include_usage and answer.usage_chunk
     chunks = replay_chunks(answer.stream, include_usage=include_usage)
-    if include_usage and chunks:
+    if include_usage:
         last = _decode_dict(chunks[-1])
         last["usage"]["cost"] = nano_to_usd(answer.cost_nusd)
         chunks[-1] = msgspec.json.encode(last)

@@ -41,6 +41,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes = b""  # a JSON answer, byte for byte as it was sent
     stream: CachedCompletion | None = None  # a streamed one, replayed as SSE chunks
     cost_nusd: int = 0  # a stream's usage chunk shows what the first request cost
+    usage_chunk: bool = True  # the stream had one (a provider that reports no usage: none)
 
     def size(self) -> int:
         return len(self.body) + (len(self.stream.body) if self.stream is not None else 0)
