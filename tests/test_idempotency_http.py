@@ -296,3 +296,27 @@ async def test_a_request_refused_for_its_limit_gives_its_key_back(
     assert resp.status == 200
     status, _, _ = await post(http, gw, headers, CHAT, "after-quota")
     assert status == 200 and fake_openai.hits == hits + 1
+
+
+async def test_embeddings_replay_their_answer_and_a_chat_key_is_not_theirs(
+    gw: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    key_id, headers = await new_key(http, gw, 1.0)
+    url = gw.url + "/v1/embeddings"
+    body = {"model": "fake/embed", "input": ["one", "two"]}
+
+    async def embed(payload: dict[str, Any], key: str) -> tuple[int, bytes, Any]:
+        async with http.post(url, json=payload, headers={**headers, "Idempotency-Key": key}) as r:
+            return r.status, await r.read(), r.headers
+
+    status, first, _ = await embed(body, "E")
+    assert status == 200
+    status, again, replay_headers = await embed(body, "E")
+    assert (status, again, replay_headers["Idempotent-Replayed"]) == (200, first, "true")
+    assert fake_openai.hits == 1
+    assert (await embed({**body, "input": ["three"]}, "E"))[0] == 422
+    assert (await post(http, gw, headers, CHAT, "E"))[0] == 422  # another route: another request
+    assert fake_openai.hits == 1
+    spent = await spend(gw, key_id)
+    assert spent is not None and spent > 0
+    assert await ledger_totals(http, gw, key_id) == (1, spent)

@@ -33,7 +33,7 @@ instance; without it (the embedded default) they live in the process, bounded by
 """
 
 from .guard import Idempotency, Once
-from .replay import replay_answer
+from .replay import replay_answer, replay_json
 from .request import HEADER, MAX_KEY_CHARS
 from .store import Answer, IdempotencyStore, MemoryStore, RedisStore
 
@@ -47,4 +47,5 @@ __all__ = [
     "Once",
     "RedisStore",
     "replay_answer",
+    "replay_json",
 ]

@@ -29,10 +29,9 @@ async def replay_answer(
     """A JSON answer byte for byte; a streamed one as the response cache replays a stream
     (one content chunk, the finish, the usage chunk when asked for), its `usage.cost` what
     the first request cost, as that one said."""
-    headers = {"x-request-id": echo_request_id(request), "x-model": answer.model,
-               "x-provider": answer.provider, REPLAYED: "true"}
     if answer.stream is None:
-        return web.Response(body=answer.body, content_type="application/json", headers=headers)
+        return replay_json(request, answer)
+    headers = _headers(request, answer)
     include_usage = include_usage and answer.usage_chunk
     chunks = replay_chunks(answer.stream, include_usage=include_usage)
     if include_usage:
@@ -43,3 +42,14 @@ async def replay_answer(
     await response.prepare(request)
     await response.write_eof(frame(chunks) + DONE)
     return response
+
+
+def replay_json(request: web.Request, answer: Answer) -> web.Response:
+    """A JSON answer (all an endpoint that never streams keeps), byte for byte."""
+    return web.Response(body=answer.body, content_type="application/json",
+                        headers=_headers(request, answer))
+
+
+def _headers(request: web.Request, answer: Answer) -> dict[str, str]:
+    return {"x-request-id": echo_request_id(request), "x-model": answer.model,
+            "x-provider": answer.provider, REPLAYED: "true"}
