@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import UPSTREAM_SECRET, fake_provider_toml
-from fakes import Fail, FakeAnthropic, FakeOpenAI, Gate, Reply
+from fakes import Cut, Fail, FakeAnthropic, FakeOpenAI, Gate, Reply
 from harness import Gateway, gateway_settings, running_gateway
 from ledger_support import wait_for
 from multidict import CIMultiDict
@@ -320,3 +320,31 @@ async def test_embeddings_replay_their_answer_and_a_chat_key_is_not_theirs(
     spent = await spend(gw, key_id)
     assert spent is not None and spent > 0
     assert await ledger_totals(http, gw, key_id) == (1, spent)
+
+
+async def test_a_cut_stream_gives_its_key_back_and_the_retry_runs_again(
+    gw: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    _, headers = await new_key(http, gw, 1.0)
+    body = {**CHAT, "stream": True}
+    fake_openai.script(Cut(after_events=2, reply=Reply(text="one two three four five")))
+    status, raw, _ = await post(http, gw, headers, body, "cut")
+    assert status == 200 and '"error"' in raw.decode()  # the error event ends the stream
+    status, raw, replay_headers = await after_stream_end(http, gw, headers, body, "cut")
+    assert status == 200 and "Idempotent-Replayed" not in replay_headers
+    assert streamed_text(raw) == "Hello from the fake."
+    assert fake_openai.hits == 2
+
+
+async def test_a_replay_is_served_after_the_budget_is_spent_and_costs_nothing(
+    gw: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    key_id, headers = await new_key(http, gw, (ONE_ANSWER_NUSD - 1) / 1e9)
+    status, first, _ = await post(http, gw, headers, CHAT, "paid")
+    assert status == 200
+    assert (await post(http, gw, headers, CHAT))[0] == 429  # the budget is spent
+    for _ in range(5):
+        assert (await post(http, gw, headers, CHAT, "paid"))[:2] == (200, first)
+    assert fake_openai.hits == 1
+    assert await spend(gw, key_id) == ONE_ANSWER_NUSD
+    assert await ledger_totals(http, gw, key_id) == (1, ONE_ANSWER_NUSD)

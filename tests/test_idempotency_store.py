@@ -47,7 +47,7 @@ async def test_of_many_concurrent_claims_of_one_key_exactly_one_wins(
 
 async def test_a_finished_key_answers_with_its_digest_and_answer(store: IdempotencyStore) -> None:
     assert await store.claim("k1", "K", "d1", "req-1", 60) is None
-    await store.finish("k1", "K", "req-1", ANSWER, 60)
+    assert await store.finish("k1", "K", "req-1", ANSWER, 60)
     assert await store.claim("k1", "K", "d2", "req-2", 60) == Seen("d1", ANSWER)
     await store.release("k1", "K", "req-2")  # not its claim: nothing changes
     assert await store.claim("k1", "K", "d1", "req-3", 60) == Seen("d1", ANSWER)
@@ -68,7 +68,7 @@ async def test_only_the_claims_own_request_can_finish_or_release_it(
     store: IdempotencyStore,
 ) -> None:
     assert await store.claim("k1", "K", "d", "req-new", 60) is None
-    await store.finish("k1", "K", "req-old", ANSWER, 60)  # a lapsed claim's request
+    assert not await store.finish("k1", "K", "req-old", ANSWER, 60)  # a lapsed claim's request
     await store.release("k1", "K", "req-old")
     assert await store.claim("k1", "K", "d", "req-3", 60) == Seen("d", None)
 
@@ -123,7 +123,8 @@ async def test_memory_answers_are_bounded_oldest_dropped_first() -> None:
     assert await store.claim("k1", "K0", "d", "again", 30) is None  # dropped: runs again
     assert await store.claim("k1", "K4", "d", "again", 30) == Seen("d", big)
     huge = Answer(model="m", provider="p", body=b"x" * 5000)
-    await store.finish("k1", "K0", "again", huge, 100)  # larger than the bound: not kept
+    assert not await store.finish("k1", "K0", "again", huge, 100)  # larger than the bound
+    await store.release("k1", "K0", "again")  # what `Once.close` then does
     assert await store.claim("k1", "K0", "d", "third", 30) is None
 
 
@@ -135,7 +136,7 @@ async def test_redis_unreachable_refuses_the_claim_with_503_not_a_500() -> None:
             await store.claim("k1", "K", "d", "req-1", 60)
         assert refused.value.code == "idempotency_unavailable"
         assert refused.value.headers["retry-after"] == "1"
-        await store.finish("k1", "K", "req-1", ANSWER, 60)  # logged, not raised
+        assert not await store.finish("k1", "K", "req-1", ANSWER, 60)  # logged, not raised
         await store.release("k1", "K", "req-1")
     finally:
         await client.aclose()

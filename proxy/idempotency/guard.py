@@ -116,9 +116,11 @@ class Once:
     async def _keep(self, answer: Answer) -> None:
         if self._ended:
             return
-        self._ended = True
         idem = self._idempotency
-        await idem.store.finish(self.key_id, self.key, self.token, answer, idem.retention_s)
+        # Ended only once kept: if the keep failed or was cancelled half way, `close` gives
+        # the key back (a no-op when the store had kept it after all: it is token-bound).
+        self._ended = await idem.store.finish(self.key_id, self.key, self.token, answer,
+                                              idem.retention_s)
 
     async def close(self) -> None:
         """Give the key back unless an answer was kept: a retry then runs (and is admitted

@@ -60,8 +60,9 @@ class IdempotencyStore(Protocol):
     ) -> Seen | None:
         """Take the key for the request `token` for `ttl_s` (None), or say what holds it."""
 
-    async def finish(self, key_id: str, key: str, token: str, answer: Answer, ttl_s: float) -> None:
-        """Keep the answer of the request holding the key, for `ttl_s`."""
+    async def finish(self, key_id: str, key: str, token: str, answer: Answer, ttl_s: float) -> bool:
+        """Keep the answer of the request holding the key, for `ttl_s`; False when it was not
+        kept (the claim is then still the request's to release, if it has not lapsed)."""
 
     async def release(self, key_id: str, key: str, token: str) -> None:
         """Give the key back (its request ended without a complete answer)."""
@@ -112,15 +113,15 @@ class MemoryStore:
         self._claimed[name] = _Claimed(digest, token, now + ttl_s)
         return None
 
-    async def finish(self, key_id: str, key: str, token: str, answer: Answer, ttl_s: float) -> None:
+    async def finish(self, key_id: str, key: str, token: str, answer: Answer, ttl_s: float) -> bool:
         name = (key_id, key)
         claimed = self._claimed.get(name)
         if claimed is None or claimed.token != token:
-            return  # the claim lapsed and another request holds the key now
-        del self._claimed[name]
+            return False  # the claim lapsed and another request holds the key now
         size = len(key_id) + len(key) + answer.size() + ENTRY_OVERHEAD
         if size > self.max_bytes:
-            return  # would drop every other answer and still not fit: the key is free again
+            return False  # would drop every other answer and still not fit
+        del self._claimed[name]
         now = self._clock()
         self._kept[name] = _Kept(claimed.digest, answer, now + ttl_s, size)
         self.size_bytes += size
@@ -128,6 +129,7 @@ class MemoryStore:
         while self._kept and (self.size_bytes > self.max_bytes
                               or next(iter(self._kept.values())).expires <= now):
             self._drop(next(iter(self._kept)))
+        return True
 
     async def release(self, key_id: str, key: str, token: str) -> None:
         name = (key_id, key)
@@ -210,13 +212,16 @@ class RedisStore:
                                      code="idempotency_unavailable") from None
         return Seen(digest_raw.decode(), answer)
 
-    async def finish(self, key_id: str, key: str, token: str, answer: Answer, ttl_s: float) -> None:
+    async def finish(self, key_id: str, key: str, token: str, answer: Answer, ttl_s: float) -> bool:
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._finish(keys=[self.redis_key(key_id, key)],
-                                   args=[token, _encode_answer(answer), max(1, int(ttl_s * 1000))])
-        except _FAILURES as e:  # the claim lapses: repeats get 409 until then, then run again
+                kept = await self._finish(
+                    keys=[self.redis_key(key_id, key)],
+                    args=[token, _encode_answer(answer), max(1, int(ttl_s * 1000))])
+        except _FAILURES as e:  # kept or not: the release that follows is a no-op if it was
             log.warning("idempotency: Redis could not keep an answer: %r", e)
+            return False
+        return bool(kept)
 
     async def release(self, key_id: str, key: str, token: str) -> None:
         try:
