@@ -39,7 +39,7 @@ async def worker(pipeline: AutoPipeline, client: redis.Redis, namespace: str, ke
     admit, settle = client.register_script(scripts.ADMIT), client.register_script(scripts.SETTLE)
     keys = scripts.keys_of(namespace, key_id, PERIOD)
     for _ in range(rounds):
-        rid = reservation_id(None)
+        rid = reservation_id()
         now_ms = int(time.time() * 1000)
         result = await pipeline.call(admit, keys, [rid, 100_000, 10**15, now_ms, now_ms + TTL_MS,
                                                    0, 0, 50, 2 * TTL_MS])

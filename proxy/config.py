@@ -94,6 +94,12 @@ class CacheConfig(_Strict, frozen=True):
     models: tuple[str, ...] = ()  # models whose requests are always cached
 
 
+class IdempotencyConfig(_Strict, frozen=True):
+    # How long a complete answer is replayed to a repeat of its `Idempotency-Key` (Stripe: 24 h).
+    retention_s: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+    max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024  # in-process store bound
+
+
 class Settings(_Strict, frozen=True):
     region: str = "global"
     host: str = "127.0.0.1"
@@ -114,6 +120,7 @@ class Settings(_Strict, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     ledger: LedgerConfig = LedgerConfig()
     cache: CacheConfig = CacheConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
     # Never read from the file: these come from the environment only.
     admin_key: str | None = None
     source: str = "<defaults>"

@@ -155,3 +155,19 @@ class ServiceUnavailable(ApiError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+class IdempotencyInProgress(ApiError):
+    """A repeat of an `Idempotency-Key` whose first request is still in flight."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_in_progress"
+
+
+class IdempotencyKeyReused(ApiError):
+    """An `Idempotency-Key` sent again with another request than the one it was first used for."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"

@@ -14,6 +14,7 @@ from .cache import ResponseCache
 from .catalog import Catalog
 from .config import Settings
 from .errors import ServiceUnavailable, UpstreamError
+from .idempotency import Idempotency
 from .ledger import Ledger, create_ledger
 from .limits import Limits, create_limits
 from .metrics import Metrics
@@ -49,6 +50,7 @@ class Gateway:
             if settings.redis_url else None
         )
         self.cache = ResponseCache.for_settings(settings.cache, self.redis, settings.redis_namespace)
+        self.idempotency = Idempotency.for_settings(settings, self.redis)
         self.auth = auth
         self.ledger: Ledger = create_ledger(settings)
         # A getter for the ledger: its own wiring may replace the object after this line.

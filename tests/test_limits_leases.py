@@ -85,7 +85,7 @@ async def a_leased_request(workers: Workers) -> tuple[RedisLimits, Principal, Ad
     """A new worker, a key with room for many leases, and one request that took a lease."""
     limits = await workers.start()
     p = key(10_000 * WC)
-    return limits, p, await limits.admit(p, "r", None, WC, 10)
+    return limits, p, await limits.admit(p, "r", WC, 10)
 
 
 def count_admits(limits: RedisLimits) -> list[str]:
@@ -107,16 +107,16 @@ async def test_one_call_reserves_a_lease_and_the_next_requests_draw_without_one(
     limits = await workers.start()
     calls = count_admits(limits)
     p = key(10_000 * WC)
-    first = await limits.admit(p, "r", None, WC, 10)
+    first = await limits.admit(p, "r", WC, 10)
     assert first.leased and calls[-1] == "admit"  # (after creating the key's counter)
     assert workers.counter() == (0, LEASE_REQUESTS * WC)  # the whole lease is reserved
     before = len(calls)
-    rest = [await limits.admit(p, "r", None, WC, 10) for _ in range(LEASE_REQUESTS - 1)]
+    rest = [await limits.admit(p, "r", WC, 10) for _ in range(LEASE_REQUESTS - 1)]
     assert len(calls) == before, "a draw from the lease went to Redis"
     assert {a.reservation_id for a in rest} == {first.reservation_id}
     assert workers.counter() == (0, LEASE_REQUESTS * WC)
     # The lease is used up: the next request hands nothing back and asks for a new one.
-    nxt = await limits.admit(p, "r", None, WC, 10)
+    nxt = await limits.admit(p, "r", WC, 10)
     assert nxt.leased and nxt.reservation_id != first.reservation_id
     assert calls[before:] == ["admit"]
     assert workers.counter() == (0, 2 * LEASE_REQUESTS * WC)
@@ -127,7 +127,7 @@ async def test_settles_charge_each_actual_cost_and_the_unused_rest_goes_back(
 ) -> None:
     limits = await workers.start()
     p = key(10_000 * WC)
-    drawn = [await limits.admit(p, "r", None, WC, 10) for _ in range(3)]
+    drawn = [await limits.admit(p, "r", WC, 10) for _ in range(3)]
     costs = [WC // 3, WC // 2, 0]
     for admission, cost in zip(drawn, costs, strict=True):
         limits.settle(admission, cost, 10)
@@ -146,7 +146,7 @@ async def two_draws_then_handed_back(workers: Workers) -> tuple[RedisLimits, Adm
     """A worker draws two requests from a lease whose time is then up: its rest goes back."""
     limits = await workers.start()
     p = key(10_000 * WC)
-    a, b = [await limits.admit(p, "r", None, WC, 10) for _ in range(2)]
+    a, b = [await limits.admit(p, "r", WC, 10) for _ in range(2)]
     workers.clock.t += 1.0
     limits.expire_leases()
     await limits.drain()
@@ -169,7 +169,7 @@ async def test_a_lease_handed_back_with_requests_in_flight_ends_with_their_settl
 async def test_a_lease_takes_at_most_its_share_of_the_headroom(workers: Workers) -> None:
     limits = await workers.start()
     limit = 5 * LEASE_SHARE * WC  # a 64th of the headroom is 5 worst cases, under 8
-    admission = await limits.admit(key(limit), "r", None, WC, 10)
+    admission = await limits.admit(key(limit), "r", WC, 10)
     assert admission.leased
     assert workers.counter() == (0, 5 * WC)
 
@@ -177,19 +177,20 @@ async def test_a_lease_takes_at_most_its_share_of_the_headroom(workers: Workers)
 async def test_near_its_limit_a_key_is_admitted_request_by_request(workers: Workers) -> None:
     limits = await workers.start()
     p = key(2 * LEASE_SHARE * WC - 1)  # a 64th of the headroom is under two worst cases
-    a = await limits.admit(p, "r", None, WC, 10)
-    b = await limits.admit(p, "r", None, WC, 10)
+    a = await limits.admit(p, "r", WC, 10)
+    b = await limits.admit(p, "r", WC, 10)
     assert not a.leased and not b.leased and a.reservation_id != b.reservation_id
     assert workers.counter() == (0, 2 * WC)
 
 
-async def test_keys_with_rate_limits_or_an_idempotency_key_are_not_leased(
+async def test_keys_with_rate_limits_are_not_leased(
     workers: Workers,
 ) -> None:
+    # (An Idempotency-Key no longer reaches the limits: its repeats are answered before
+    # admission, so such a request is leased like any other.)
     limits = await workers.start()
     with_rpm = Principal("k1", limit_nusd=10_000 * WC, rpm=1000)
-    assert not (await limits.admit(with_rpm, "r", None, WC, 10)).leased
-    assert not (await limits.admit(key(10_000 * WC), "r", "idem-1", WC, 10)).leased
+    assert not (await limits.admit(with_rpm, "r", WC, 10)).leased
 
 
 async def test_while_a_lease_is_being_granted_other_requests_reserve_their_own(
@@ -197,7 +198,7 @@ async def test_while_a_lease_is_being_granted_other_requests_reserve_their_own(
 ) -> None:
     limits = await workers.start()
     p = key(10_000 * WC)
-    got = await asyncio.gather(*(limits.admit(p, "r", None, WC, 10) for _ in range(5)))
+    got = await asyncio.gather(*(limits.admit(p, "r", WC, 10) for _ in range(5)))
     assert [a.leased for a in got] == [True, False, False, False, False]
     assert workers.counter() == (0, (LEASE_REQUESTS + 4) * WC)
 
@@ -212,7 +213,7 @@ async def test_workers_with_leases_overshoot_by_less_than_one_worst_case(
     p = key(limit)
     spent = leased = 0
     while True:
-        results = await asyncio.gather(*(w.admit(p, "r", None, WC, 10)
+        results = await asyncio.gather(*(w.admit(p, "r", WC, 10)
                                          for w in fleet for _ in range(10)),
                                        return_exceptions=True)
         admitted = [r for r in results if isinstance(r, Admission)]
@@ -255,7 +256,7 @@ async def test_leases_taken_out_in_an_outage_go_back_when_redis_answers_again(
     limits, p, a = await a_leased_request(workers)
     limits._failed(redis.ConnectionError("the network dropped"))  # what a failed call does
     assert limits.degraded and len(limits.leases) == 0
-    assert not (await limits.admit(p, "r", None, WC, 10)).leased  # counted in-process
+    assert not (await limits.admit(p, "r", WC, 10)).leased  # counted in-process
     limits.settle(a, 40_000, 10)  # queued for Redis
     await wait_for(lambda: not limits.degraded)  # the recovery probe finds Redis answering
     await limits.drain()
@@ -294,7 +295,7 @@ async def test_a_lease_whose_grant_got_no_answer_is_handed_back_whole(workers: W
     limits.expire_leases()
     await limits.drain()
     assert workers.counter() == (WC, 0)
-    asking = asyncio.create_task(limits.admit(p, "r", None, WC, 10))
+    asking = asyncio.create_task(limits.admit(p, "r", WC, 10))
     await asyncio.sleep(0)  # it starts, writes its call (the first of this loop turn), waits
     assert not asking.done()
     asking.cancel()  # the client went away: Redis grants the lease, nobody hears of it

@@ -131,7 +131,7 @@ async def limits(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLim
 
 
 async def test_an_abandoned_zero_reservation_is_swept_without_error(limits: RedisLimits) -> None:
-    await limits.admit(Principal("k1", limit_nusd=10**9), "req", None, 0, 5)
+    await limits.admit(Principal("k1", limit_nusd=10**9), "req", 0, 5)
     assert await limits.sweep(limits.clock() + 3600) == 1
     assert (limits.degraded, limits.redis_errors) == (False, 0)
 
@@ -148,7 +148,7 @@ def break_counter(redis_url: str, namespace: str, key_id: str, when: float) -> N
 async def test_a_refused_script_is_logged_once_by_name_and_never_degrades(
     limits: RedisLimits, redis_url: str, redis_namespace: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    admission = await limits.admit(Principal("k1", limit_nusd=10**9), "req", None, 1000, 5)
+    admission = await limits.admit(Principal("k1", limit_nusd=10**9), "req", 1000, 5)
     break_counter(redis_url, redis_namespace, "k1", limits.clock())
     with caplog.at_level(logging.ERROR, logger="proxy.limits"):
         for _ in range(3):
@@ -165,9 +165,9 @@ async def test_a_refused_admission_fails_only_keys_with_a_spend_limit(
 ) -> None:
     break_counter(redis_url, redis_namespace, "k1", limits.clock())
     with pytest.raises(ServiceUnavailable) as refused:
-        await limits.admit(Principal("k1", limit_nusd=10**9), "req", None, 1000, 5)
+        await limits.admit(Principal("k1", limit_nusd=10**9), "req", 1000, 5)
     assert refused.value.code == "limits_unavailable"
-    admission = await limits.admit(Principal("k1"), "req", None, 1000, 5)  # nothing to enforce
+    admission = await limits.admit(Principal("k1"), "req", 1000, 5)  # nothing to enforce
     assert admission.reserved_nusd == 0
     assert not limits.degraded and limits.refusals == 1  # it did not even ask Redis
 
@@ -188,7 +188,7 @@ async def test_a_key_with_nothing_to_enforce_is_admitted_without_a_round_trip_an
 
     monkeypatch.setattr(limits, "_run", counted)
     try:
-        admission = await limits.admit(Principal("k1"), "req", None, 1000, 5)
+        admission = await limits.admit(Principal("k1"), "req", 1000, 5)
         # failing closed, a request is served only while Redis answers: it still asks
         assert ("admit" in scripts_run) is fail_closed and (scripts_run == []) is not fail_closed
         assert admission.reserved_nusd == (1000 if fail_closed else 0)

@@ -74,8 +74,8 @@ class Rig:
             return MemoryLimits(cfg, source, self.clock, SnapshotWriter(self.store))
         return RedisLimits(cfg, self.redis_url, self.ns, source, lambda: ["k1", "k2"], self.clock)
 
-    async def admit(self, p: Principal, idem: str | None = None, wc: int = WC, tokens: int = 10) -> Admission:
-        return await self.limits.admit(p, "req", idem, wc, tokens)
+    async def admit(self, p: Principal, wc: int = WC, tokens: int = 10) -> Admission:
+        return await self.limits.admit(p, "req", wc, tokens)
 
     async def spend(self, p: Principal) -> int | None:
         await self.limits.drain()
@@ -120,19 +120,20 @@ async def test_settle_charges_the_actual_cost_and_releases_the_rest(rig: Rig) ->
     await rig.admit(p)  # 30 % spent, nothing reserved: admitted again
 
 
-async def test_idempotency_key_shares_one_reservation_between_retries(rig: Rig) -> None:
+async def test_every_admission_meets_the_limit_test_with_a_reservation_of_its_own(
+    rig: Rig,
+) -> None:
+    # Nothing shares a reservation (an Idempotency-Key's repeats never reach the limits):
+    # while one request holds the whole budget, every other one is refused.
     p = key(limit=WC)
-    first = await rig.admit(p, idem="retry-me")
-    again = await rig.admit(p, idem="retry-me")  # would be refused if it reserved again
-    assert again.reserved_nusd == 0
-    with pytest.raises(QuotaExceeded):
-        await rig.admit(p)
+    first = await rig.admit(p)
+    for _ in range(3):
+        with pytest.raises(QuotaExceeded):
+            await rig.admit(p)
     rig.limits.settle(first, 1_000, 10)
-    with pytest.raises(QuotaExceeded):
-        await rig.admit(p)  # the retry still holds the reservation
-    rig.limits.settle(again, 1_000, 10)
-    assert await rig.spend(p) == 2_000
-    await rig.admit(p)
+    assert await rig.spend(p) == 1_000
+    again = await rig.admit(p)
+    assert again.reserved_nusd == WC and again.reservation_id != first.reservation_id
 
 
 async def test_abandoned_reservation_is_swept_at_its_estimate_not_zero(rig: Rig) -> None:

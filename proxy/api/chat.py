@@ -26,6 +26,7 @@ from ..cache import (
 from ..catalog import Model, ModelNotFound, Usage
 from ..errors import ApiError, InvalidRequest
 from ..gateway import GATEWAY, Gateway
+from ..idempotency import Once, replay_answer
 from ..ledger.record import UsageRecord
 from ..limits import Admission
 from ..providers.base import ChatCall, Completion
@@ -91,18 +92,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.monotonic()
     arrived = datetime.now(UTC)
-    req = ChatRequest(decode_body(await read_body(request, gw.settings.max_body_bytes)),
-                      gw.settings.default_model)
+    body = await read_body(request, gw.settings.max_body_bytes)
+    req = ChatRequest(decode_body(body), gw.settings.default_model)
     route = gw.router.resolve(req.model_id, req.fallbacks)
     principal = request[PRINCIPAL]
+    # An Idempotency-Key's repeat is answered here, before admission: 409 while the first
+    # is in flight, 422 for another body, the kept answer once it ended (never charged).
+    once = await gw.idempotency.begin(request, principal.key_id, ROUTE, body)
+    if once is not None and once.replay is not None:
+        return await replay_answer(request, once.replay, req.include_usage)
     prompt_estimate = tokens.prompt_tokens(req.messages)
-    admission = await gw.limits.admit(
-        principal,
-        request[REQUEST_ID],
-        request.headers.get("Idempotency-Key"),
-        max(m.worst_case_cost(prompt_estimate, req.max_tokens) for m in route.models),
-        prompt_estimate + (req.max_tokens or route.models[0].max_output_tokens),
-    )
+    try:
+        admission = await gw.limits.admit(
+            principal,
+            request[REQUEST_ID],
+            max(m.worst_case_cost(prompt_estimate, req.max_tokens) for m in route.models),
+            prompt_estimate + (req.max_tokens or route.models[0].max_output_tokens),
+        )
+    except BaseException:
+        if once is not None:
+            await once.close()  # refused: the key is free for a retry
+        raise
     outcome = Outcome(route.models[0], started)
     outcome.headers = admission.headers
     with gw.metrics.in_flight(ROUTE):
@@ -115,10 +125,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 gw.metrics.cache_lookup(ROUTE, hit is not None)
                 if hit is not None:
                     _note_hit(gw, outcome, hit)
-                    return await replay(request, hit, outcome, req.stream, req.include_usage)
+                    response = await replay(request, hit, outcome, req.stream, req.include_usage)
+                    if once is not None:
+                        await (once.keep_cached(hit, outcome.model) if req.stream
+                               else once.keep_json(response, outcome.model))
+                    return response
             if req.stream:
-                return await _stream(request, gw, req, route, outcome, cache_key)
-            return await _complete(request, gw, req, route, outcome, cache_key)
+                return await _stream(request, gw, req, route, outcome, cache_key, once)
+            return await _complete(request, gw, req, route, outcome, cache_key, once)
         except StreamBroke as broke:
             return broke.response
         except ApiError as e:
@@ -135,11 +149,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise
         finally:
             _account(request, gw, req, outcome, admission, arrived)
+            if once is not None:
+                await once.close()  # no complete answer kept: the key is free for a retry
 
 
 async def _complete(
     request: web.Request, gw: Gateway, req: ChatRequest, route: Route, outcome: Outcome,
-    cache_key: str | None,
+    cache_key: str | None, once: Once | None,
 ) -> web.Response:
     async def attempt(model: Model) -> Completion:
         return await gw.provider(model.provider).chat(req.call(model))
@@ -159,12 +175,14 @@ async def _complete(
         await gw.cache.store(cache_key, completion_from_body(
             completion.payload, completion.usage, model=outcome.model.id,
             provider=outcome.model.provider))
+    if once is not None:
+        await once.keep_json(response, outcome.model)
     return response
 
 
 async def _stream(
     request: web.Request, gw: Gateway, req: ChatRequest, route: Route, outcome: Outcome,
-    cache_key: str | None,
+    cache_key: str | None, once: Once | None,
 ) -> web.StreamResponse:
     async def attempt(model: Model) -> OpenStream:
         provider = gw.provider(model.provider)
@@ -180,7 +198,7 @@ async def _stream(
         outcome.upstream_s = time.monotonic() - began  # to the first event, as TTFT is
         _note_attempts(gw, outcome, log)
     outcome.ttft_ms = (time.monotonic() - outcome.started) * 1000
-    keep: list[bytes] | None = [] if cache_key is not None else None
+    keep: list[bytes] | None = [] if cache_key is not None or once is not None else None
     gw.metrics.stream_opened()
     try:
         response = await pipe(request, opened, outcome, req.include_usage,
@@ -191,6 +209,9 @@ async def _stream(
     finally:
         gw.metrics.stream_closed()
     gw.routing.observe(log, (outcome.usage or Usage()).completion_tokens, stream=True)
+    if once is not None and keep is not None:
+        cost = outcome.model.cost(settle_usage(outcome, req.messages))  # as `_account` charges
+        await once.keep_stream(keep, opened[0], outcome.model, cost)
     if keep is not None and cache_key is not None:
         try:
             cached = completion_from_stream_chunks(keep, outcome.usage, model=outcome.model.id,

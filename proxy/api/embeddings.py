@@ -13,6 +13,7 @@ from ..auth import PRINCIPAL
 from ..catalog import Usage
 from ..errors import ApiError
 from ..gateway import GATEWAY
+from ..idempotency import replay_json
 from ..ledger.record import UsageRecord
 from ..wire import EmbeddingInput, RequestyMeta, decode_body, embedding_texts, field, required
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, echo_request_id, read_body, requesty_headers
@@ -25,20 +26,28 @@ async def embeddings(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     started = time.monotonic()
     arrived = datetime.now(UTC)
-    fields = decode_body(await read_body(request, gw.settings.max_body_bytes))
+    body = await read_body(request, gw.settings.max_body_bytes)
+    fields = decode_body(body)
     model_id: str = required(fields, "model", str)
     texts = embedding_texts(required(fields, "input", EmbeddingInput))
     meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
     fields.pop("requesty", None)
     model = gw.router.resolve(model_id, kind="embedding").models[0]
     estimate = sum(tokens.text_tokens(len(t)) for t in texts)
-    admission = await gw.limits.admit(
-        request[PRINCIPAL],
-        request[REQUEST_ID],
-        request.headers.get("Idempotency-Key"),
-        model.worst_case_cost(estimate, 0),
-        estimate,
-    )
+    once = await gw.idempotency.begin(request, request[PRINCIPAL].key_id, "embeddings", body)
+    if once is not None and once.replay is not None:  # as in chat.py: never admitted again
+        return replay_json(request, once.replay)
+    try:
+        admission = await gw.limits.admit(
+            request[PRINCIPAL],
+            request[REQUEST_ID],
+            model.worst_case_cost(estimate, 0),
+            estimate,
+        )
+    except BaseException:
+        if once is not None:
+            await once.close()
+        raise
     usage = Usage()
     status, code = 200, None
     began = time.monotonic()
@@ -47,12 +56,15 @@ async def embeddings(request: web.Request) -> web.Response:
         usage = result.usage or Usage()
         payload = result.payload
         payload["usage"] = usage_with_cost(payload.get("usage"), usage, model.cost(usage))
-        return web.Response(
+        response = web.Response(
             body=_encode(payload),
             content_type="application/json",
             headers={"x-request-id": echo_request_id(request), "x-model": model.id,
                      "x-provider": model.provider},
         )
+        if once is not None:
+            await once.keep_json(response, model)
+        return response
     except ApiError as e:
         status, code = e.status, e.code
         raise
@@ -80,3 +92,5 @@ async def embeddings(request: web.Request) -> web.Response:
         )
         gw.metrics.request_done("embeddings", record, time.monotonic() - began)
         gw.ledger.enqueue(record)
+        if once is not None:
+            await once.close()  # no answer kept: the key is free for a retry

@@ -1,7 +1,9 @@
 """Spend limits and rate limits: the interface the request path sees, and the factory.
 
 `admit` runs before anything goes upstream (reserve the worst-case cost, count the
-request against rpm/tpm) and raises `QuotaExceeded` or `RateLimited`; `settle` runs after
+request against rpm/tpm) and raises `QuotaExceeded` or `RateLimited`; every call meets
+the limit test and reserves its own worst case (an `Idempotency-Key` repeat never gets
+here: `proxy/idempotency` answers it before admission); `settle` runs after
 the response and must not make the client wait. `create_limits` picks Redis when
 `redis_url` is set (shared by every worker and instance), else the in-process one.
 """
@@ -24,7 +26,6 @@ class Limits(Protocol):
         self,
         principal: Principal,
         request_id: str,
-        idempotency_key: str | None,
         worst_case_nusd: int,
         estimated_tokens: int,
     ) -> Admission: ...

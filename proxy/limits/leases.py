@@ -8,7 +8,7 @@ script's rule), for at most `limits.lease_s` before the worker hands the rest ba
 limit a key gets no lease and is admitted request by request.
 
 Only keys with a spend limit and nothing else to check are leased (rpm and tpm buckets count
-each request in Redis); a request with an idempotency key keeps its own shared reservation.
+each request in Redis).
 
 This module is the bookkeeping; `redis_leases.py` asks for leases and hands them back,
 `redis_counters.py` runs the scripts that settle against them and take them back.

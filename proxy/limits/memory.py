@@ -4,8 +4,9 @@ Same semantics as the Redis scripts (`scripts.py`), so a test of one is a test o
 admission refuses once settled + reserved spend has reached the limit, then reserves the
 request's worst-case cost (so concurrent requests overshoot by at most one request);
 settling charges the actual cost and releases the reservation; a reservation whose request
-never settles is charged at its estimate by the sweeper; an idempotency key shares one
-reservation between a request and its retries. rpm and tpm are per-minute token buckets.
+never settles is charged at its estimate by the sweeper. Every admission meets the limit
+test and reserves its own worst case: nothing (an idempotency key included) shares one.
+rpm and tpm are per-minute token buckets.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from .tasks import TaskSet
 
 
 class _Reservation:
-    __slots__ = ("amount", "deadline", "refs")
+    __slots__ = ("amount", "deadline")
 
     def __init__(self, amount: int, deadline: float) -> None:
         self.amount = amount
-        self.refs = 1
         self.deadline = deadline
 
 
@@ -59,9 +59,9 @@ class _Bucket:
         return self.level
 
 
-def reservation_id(idempotency_key: str | None) -> str:
-    # Idempotency keys are scoped by the counter (per API key), so clients cannot collide.
-    return "i:" + idempotency_key if idempotency_key else f"{_rid_prefix}{next(_rid_counter):x}"
+def reservation_id() -> str:
+    """A fresh id: no two admissions share a reservation (and so a limit test)."""
+    return f"{_rid_prefix}{next(_rid_counter):x}"
 
 
 def _new_reservation_ids() -> None:
@@ -134,7 +134,6 @@ class MemoryLimits:
         self,
         principal: Principal,
         request_id: str,
-        idempotency_key: str | None,
         worst_case_nusd: int,
         estimated_tokens: int,
     ) -> Admission:
@@ -153,18 +152,13 @@ class MemoryLimits:
         if tok_bucket and t_level < need:
             raise rate_limited("tokens", (need - t_level) * 60 / tpm, rate_headers(
                 bucket_state(rpm, r_level) if rpm else None, bucket_state(tpm, t_level)))
-        rid = reservation_id(idempotency_key)
-        shared = counter.reservations.get(rid)
-        amount = 0
-        if shared is not None:
-            shared.refs += 1  # a retry of a request in flight: no second reservation
-        else:
-            limit = principal.limit_nusd
-            if limit is not None and counter.settled + counter.reserved >= limit:
-                raise quota_exceeded(principal, period)
-            amount = worst_case_nusd
-            counter.reserved += amount
-            counter.reservations[rid] = _Reservation(amount, now + self.config.reservation_ttl_s)
+        limit = principal.limit_nusd
+        if limit is not None and counter.settled + counter.reserved >= limit:
+            raise quota_exceeded(principal, period)
+        rid = reservation_id()
+        amount = worst_case_nusd
+        counter.reserved += amount
+        counter.reservations[rid] = _Reservation(amount, now + self.config.reservation_ttl_s)
         if req_bucket:
             req_bucket.level -= 1
         if tok_bucket:
@@ -189,12 +183,9 @@ class MemoryLimits:
 
     def _apply(self, counter: _Counter, admission: Admission, cost: int, tokens: int) -> None:
         rid = admission.reservation_id
-        res = counter.reservations.get(rid)
+        res = counter.reservations.pop(rid, None)
         if res is not None:
-            res.refs -= 1
-            if res.refs <= 0:
-                del counter.reservations[rid]
-                counter.reserved -= res.amount
+            counter.reserved -= res.amount
         elif rid in counter.swept:
             # Swept as abandoned and charged its estimate; it came back after all.
             cost = max(0, cost - counter.swept.pop(rid)[0])

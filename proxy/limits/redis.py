@@ -51,13 +51,11 @@ class RedisLimits(RedisLeases):
         self,
         principal: Principal,
         request_id: str,
-        idempotency_key: str | None,
         worst_case_nusd: int,
         estimated_tokens: int,
     ) -> Admission:
         if self.degraded:
-            return await self._admit_locally(principal, idempotency_key, worst_case_nusd,
-                                             estimated_tokens)
+            return await self._admit_locally(principal, worst_case_nusd, estimated_tokens)
         now = self.clock()
         period = periods.period_id(principal.period, now)
         if (principal.limit_nusd is None and not principal.rpm and not principal.tpm
@@ -65,18 +63,18 @@ class RedisLimits(RedisLeases):
             # Nothing to enforce: no round trip (and loop turn) before the upstream call.
             # The settle still charges the spend: one without a reservation charges in full.
             # (Failing closed, every request must find Redis up: it still asks.)
-            return Admission(principal.key_id, reservation_id(idempotency_key), 0, period=period)
+            return Admission(principal.key_id, reservation_id(), 0, period=period)
         lease = 0
-        if self._leasable(principal, idempotency_key):
+        if self._leasable(principal):
             drawn = self.leases.draw(principal.key_id, period, worst_case_nusd, now)
             if drawn is not None:
                 return drawn  # reserved in Redis already, as part of the lease
             lease = self._ask_for_lease(principal.key_id, period, worst_case_nusd)
-        rid = reservation_id(idempotency_key)
+        rid = reservation_id()
         ttl_ms = int(self.config.reservation_ttl_s * 1000)
         now_ms = int(now * 1000)
         limit = principal.limit_nusd if principal.limit_nusd is not None else -1
-        lid = reservation_id(None) if lease else ""
+        lid = reservation_id() if lease else ""
         args: list[str | int] = [rid, worst_case_nusd, limit, now_ms, now_ms + ttl_ms, principal.rpm or 0,
                 principal.tpm or 0, estimated_tokens, 2 * ttl_ms, lease, lid]
         keys = scripts.keys_of(self.namespace, principal.key_id, period)
@@ -97,8 +95,7 @@ class RedisLimits(RedisLeases):
             why = "the limits store refused the check"
         except REDIS_FAILURES as e:
             self._failed(e)
-            return await self._admit_locally(principal, idempotency_key, worst_case_nusd,
-                                             estimated_tokens)
+            return await self._admit_locally(principal, worst_case_nusd, estimated_tokens)
         finally:
             if lease:
                 self.leases.asked(principal.key_id, period)

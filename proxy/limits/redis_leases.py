@@ -24,9 +24,9 @@ log = logging.getLogger("proxy.limits")
 
 
 class RedisLeases(RedisOutage):
-    def _leasable(self, principal: Principal, idempotency_key: str | None) -> bool:
+    def _leasable(self, principal: Principal) -> bool:
         return (principal.limit_nusd is not None and not principal.rpm and not principal.tpm
-                and idempotency_key is None and self.config.lease_requests > 0)
+                and self.config.lease_requests > 0)
 
     def _ask_for_lease(self, key_id: str, period: str, worst: int) -> int:
         """The most this request's admit may reserve as a lease (0: its own reservation).

@@ -48,7 +48,7 @@ class RedisOutage(RedisCounters):
     # --- while Redis is away ------------------------------------------------------------
 
     async def _admit_locally(
-        self, principal: Principal, idempotency_key: str | None, worst: int, est_tokens: int
+        self, principal: Principal, worst: int, est_tokens: int
     ) -> Admission:
         if self.config.fail_closed:
             raise ServiceUnavailable(
@@ -57,7 +57,7 @@ class RedisOutage(RedisCounters):
                 code="limits_unavailable", headers={"retry-after": "1"},
             )
         assert self._fallback is not None
-        admission = await self._fallback.admit(principal, "", idempotency_key, worst, est_tokens)
+        admission = await self._fallback.admit(principal, "", worst, est_tokens)
         admission.local = True
         return admission
 

@@ -5,7 +5,10 @@ in one Redis Cluster slot. Amounts are integer nano-USD; they are passed to HINC
 the strings they arrived as, because Lua would print a large number as "1e+12".
 
 Counter hash `c`: s = settled spend, r = reserved (worst cases in flight).
-Reservations hash `res`: a:<id> = amount, n:<id> = requests sharing it (idempotency),
+Reservations hash `res`: a:<id> = amount, one request's (or one lease's) own: no header or
+retry shares a reservation, so every request meets the limit test (an `Idempotency-Key`
+repeat is answered before admission, by `proxy/idempotency`; n:<id>, the sharing count of
+older versions, is only ever deleted),
 x:<id> = amount charged by the sweeper (a late settle then only adds the difference),
 g:<id> = a lease handed back while requests still draw on it (a replayed hand-back is
 ignored); it goes with the lease, so a busy key's hash does not grow with its leases.
@@ -73,28 +76,24 @@ end
 local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
 local amount = '0'
 local leased = 0
-if redis.call('HEXISTS', KEYS[2], 'a:' .. ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[1], 1)
-else
-  local limit = tonumber(ARGV[3])
-  if limit >= 0 and tonumber(s) + r >= limit then return {1, tonumber(s), r} end
-  amount = ARGV[2]
-  local id = ARGV[1]
-  local lease = tonumber(ARGV[10])
-  if lease > 0 and limit >= 0 then
-    lease = math.min(lease, math.floor((limit - tonumber(s) - r) / LEASE_SHARE))
-    if lease > 0 and lease >= 2 * tonumber(amount) then
-      amount = string.format('%d', lease)
-      id = ARGV[11]
-      leased = 1
-    end
+local limit = tonumber(ARGV[3])
+if limit >= 0 and tonumber(s) + r >= limit then return {1, tonumber(s), r} end
+amount = ARGV[2]
+local id = ARGV[1]
+local lease = tonumber(ARGV[10])
+if lease > 0 and limit >= 0 then
+  lease = math.min(lease, math.floor((limit - tonumber(s) - r) / LEASE_SHARE))
+  if lease > 0 and lease >= 2 * tonumber(amount) then
+    amount = string.format('%d', lease)
+    id = ARGV[11]
+    leased = 1
   end
-  r = redis.call('HINCRBY', KEYS[1], 'r', amount)
-  redis.call('HSET', KEYS[2], 'a:' .. id, amount, 'n:' .. id, 1)
-  redis.call('ZADD', KEYS[3], ARGV[5], id)
-  redis.call('PEXPIRE', KEYS[2], ARGV[9])
-  redis.call('PEXPIRE', KEYS[3], ARGV[9])
 end
+r = redis.call('HINCRBY', KEYS[1], 'r', amount)
+redis.call('HSET', KEYS[2], 'a:' .. id, amount)
+redis.call('ZADD', KEYS[3], ARGV[5], id)
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('PEXPIRE', KEYS[3], ARGV[9])
 if rpm > 0 then
   rv = rv - 1
   redis.call('HSET', KEYS[4], 'v', tostring(rv), 't', ARGV[4])
@@ -169,11 +168,9 @@ local rid = ARGV[1]
 local cost = ARGV[2]
 local a = redis.call('HGET', KEYS[2], 'a:' .. rid)
 if a then
-  if redis.call('HINCRBY', KEYS[2], 'n:' .. rid, -1) <= 0 then
-    redis.call('HDEL', KEYS[2], 'a:' .. rid, 'n:' .. rid)
-    redis.call('ZREM', KEYS[3], rid)
-    release(KEYS[1], a)
-  end
+  redis.call('HDEL', KEYS[2], 'a:' .. rid, 'n:' .. rid)
+  redis.call('ZREM', KEYS[3], rid)
+  release(KEYS[1], a)
 else
   local x = redis.call('HGET', KEYS[2], 'x:' .. rid)
   if x then
