@@ -24,6 +24,7 @@ class ConnectProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -36,20 +37,24 @@ class ConnectProxy:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        # Closing the sockets ends every pipe; a cancelled handler would be reported by
+        # asyncio's stream callback as an error.
+        for writer in list(self._writers):
+            writer.transport.abort()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,6 +72,7 @@ class ConnectProxy:
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            self._writers.add(up_writer)
             self.tunnels.append((target, auth))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
@@ -75,6 +81,7 @@ class ConnectProxy:
         url = urlsplit(target)
         assert url.hostname and url.port, f"not an absolute URL: {target}"
         up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
+        self._writers.add(up_writer)
         self.forwarded.append((f"{url.hostname}:{url.port}", auth))
         up_writer.write(head)  # absolute-form, as it came: origin servers must accept it
         await _pipe_both(reader, writer, up_reader, up_writer)
