@@ -12,11 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from fakes import FakeOpenAI, Reply
 from fakes.connect_proxy import ConnectProxy
 from fakes.tls import LocalCA, server_context
 from harness import gateway_settings, running_gateway
 
-from fakes import FakeOpenAI, Reply
 from proxy.config import ConfigError
 
 USER = [{"role": "user", "content": "hi"}]

@@ -17,8 +17,8 @@ from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
-from .h1 import Endpoint, H1Error, Response
 from .faults import error_event
+from .h1 import Endpoint, H1Error, Response
 from .http import post, read_all, transport_error
 from .redact import PATTERNS_ONLY, Redactor
 from .sse import LF, SSEParser, frame, parse

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from fakes import Reply
 from fakes.connect_proxy import ConnectProxy
 from fakes.openai_server import completion
 from fakes.tls import LocalCA, server_context
 
-from fakes import Reply
 from proxy.catalog import _model
 from proxy.config import ModelConfig, ProviderConfig
 from proxy.errors import UpstreamError
@@ -221,3 +221,21 @@ async def test_unreachable_proxy_is_a_connect_error_naming_the_proxy_not_its_add
     mapped = transport_error("up", info.value)
     assert mapped.reason == "proxy" and "could not connect to the proxy" in mapped.message
     assert "127.0.0.1" not in mapped.message
+
+
+@pytest.mark.parametrize(("no_proxy", "host", "port", "direct"), [
+    ("example.com", "api.example.com", 443, True),
+    ("example.com", "badexample.com", 443, False),
+    ("*.example.com", "api.example.com", 443, True),
+    ("api.example.com:8443", "api.example.com", 443, False),
+    ("10.0.0.0/8", "10.1.2.3", 443, True),
+    ("10.0.0.0/8", "11.1.2.3", 443, False),
+    ("::1", "::1", 443, True),
+    ("", "api.example.com", 443, False),
+])
+def test_no_proxy_matches_domains_ports_and_address_ranges(
+    no_proxy: str, host: str, port: int, direct: bool
+) -> None:
+    proxies = Proxies.from_env({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": no_proxy})
+    assert proxies is not None
+    assert (proxies.for_host(host, port, tls=True) is None) is direct

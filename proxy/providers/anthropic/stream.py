@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from msgspec import Raw
@@ -13,8 +13,8 @@ from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..base import ChatStream
-from ..h1 import H1Error, Response
 from ..faults import event_status, map_error
+from ..h1 import H1Error, Response
 from ..http import transport_error
 from ..redact import PATTERNS_ONLY, Redactor
 from ..sse import SSEParser, frame

@@ -5,7 +5,9 @@ through a CONNECT tunnel (the TLS session is the gateway's own, end to end, chec
 without a proxy), and an http upstream through the proxy's forwarding (the request line
 names the absolute URL). The variables are read once, when a provider starts; the
 lower-case spelling wins over the upper-case one, as curl and urllib do. Only http://
-proxies are supported. Proxy credentials in the URL (`http://user:pass@proxy:3128`) are
+proxies are supported. `NO_PROXY` is a comma-separated list of host names (a name also
+covers its subdomains; a leading `.` or `*.` is the same), `host:port`, IP addresses or
+CIDR ranges, or `*` for every host. Proxy credentials in the URL (`http://user:pass@proxy:3128`) are
 sent as `Proxy-Authorization: Basic`, and never logged.
 """
 
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ipaddress
 import socket
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
-from urllib.request import proxy_bypass_environment
 
 from .errors import ConnectError
 
@@ -78,11 +81,37 @@ class Proxies:
 
     def for_host(self, host: str, port: int, tls: bool) -> Proxy | None:
         proxy = self._https if tls else self._http
-        if proxy is None:
-            return None
-        if self._no_proxy and proxy_bypass_environment(f"{host}:{port}", {"no": self._no_proxy}):
+        if proxy is None or bypassed(self._no_proxy, host, port):
             return None
         return proxy
+
+
+def bypassed(no_proxy: str, host: str, port: int) -> bool:
+    """Whether `NO_PROXY` names `host` (and `port`, where an entry gives one)."""
+    host = host.lower().rstrip(".")
+    address = None
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host.strip("[]"))
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, sep, entry_port = entry.rpartition(":")
+        if sep and entry_port.isdigit() and "]" not in entry_port and name.count(":") == 0:
+            if int(entry_port) != port:
+                continue
+            entry = name
+        if address is not None:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(entry.strip("[]"), strict=False):
+                    return True
+            continue
+        entry = entry.removeprefix("*").lstrip(".")
+        if host == entry or host.endswith("." + entry):
+            return True
+    return False
 
 
 async def open_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
