@@ -251,11 +251,13 @@ class Connection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection's framing is lost
             return
         self._got_data = True
+        if not self._head_done:
+            self._head_read += len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             # A zlib error from on_body arrives here too, as the parser's callback error,
-            # and so does the head cap from `on_header` (its error is set first).
+            # and so does the head cap from `on_headers_complete` (its error is set first).
             self._deliver()  # what parsed before the error, as it would have gone
             self._fail(BadResponse(f"invalid HTTP response from the upstream: {e!r}"))
             self.abort()
@@ -264,7 +266,6 @@ class Connection(asyncio.Protocol):
         if not self._head_done:
             # httptools keeps a header it has not seen the end of: count what came in, so
             # that a head without end is dropped at the cap, not read to its end.
-            self._head_read += len(data)
             if self._head_read > MAX_HEAD_BYTES:
                 self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
                 self.abort()
@@ -289,10 +290,6 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
-            raise ResponseTooLarge  # stops the parser; data_received closes the connection
         if len(name) in _WATCHED_LENGTHS:
             lower = name.lower()
             if lower == b"content-encoding":
@@ -304,7 +301,15 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200:  # interim (101 Switching Protocols raises as an upgrade)
+        interim = 100 <= status < 200  # 101 Switching Protocols raises as an upgrade
+        # Heads are measured only when they could be over the cap: the reads that brought
+        # them are (a read may also hold body); interim heads always, being rare.
+        if interim or self._head_read > MAX_HEAD_BYTES:
+            self._head_bytes += sum(len(n) + len(v) + 4 for n, v in self.raw_headers)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
+                raise ResponseTooLarge  # stops the parser; data_received closes the connection
+        if interim:
             self._interim = True
             self.raw_headers = []
             self._inflate, self._framed, self._length = None, False, -1
