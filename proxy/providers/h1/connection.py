@@ -263,12 +263,11 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         self._deliver()
-        if not self._head_done:
-            # httptools keeps a header it has not seen the end of: count what came in, so
-            # that a head without end is dropped at the cap, not read to its end.
-            if self._head_read > MAX_HEAD_BYTES:
-                self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
-                self.abort()
+        # httptools keeps a header it has not seen the end of: count what came in, so
+        # that a head without end is dropped at the cap, not read to its end.
+        if not self._head_done and self._head_read > MAX_HEAD_BYTES:
+            self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         by_peer = not self._closed
