@@ -38,6 +38,11 @@ class ProviderConfig(_Strict, frozen=True):
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 120.0  # a stalled first token counts as a timeout
     max_connections: int = 1000
+    # Upstream client (`providers/h1`): a PEM bundle of the CAs trusted for this provider
+    # instead of the system's store; the cap on a non-streamed response body (a bigger
+    # one is a 502; streams are not capped, they are relayed as they come).
+    ca_file: str | None = None
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     # simulated protocol only: pacing and fixed latency
     tokens_per_second: float = 0.0
     latency_ms: float = 0.0
@@ -247,6 +252,8 @@ def _validate(s: Settings) -> None:
             fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
         if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
             fail(f"providers.{name}", "timeouts must be positive")
+        if p.ca_file is not None and not os.access(p.ca_file, os.R_OK):
+            fail(f"providers.{name}.ca_file", f"cannot read {p.ca_file!r}")
     seen: set[str] = set()
     for i, m in enumerate(s.models):
         if m.id in seen:

@@ -7,6 +7,9 @@ becomes a bare 500 with no detail (the traceback goes to the log only).
 
 from __future__ import annotations
 
+import math
+from typing import Final
+
 import msgspec
 from aiohttp import web
 
@@ -109,11 +112,17 @@ class RateLimited(ApiError):
     code = "rate_limit_exceeded"
 
 
+# The Retry-After of a provider's 429 that gave none: the client waits about as long as
+# the gateway's own first retry would have.
+UPSTREAM_RETRY_AFTER_S: Final = 1.0
+
+
 class UpstreamError(ApiError):
     """The provider answered with an error, could not be reached, or timed out.
 
-    `status` is what the client sees: the provider's own 4xx passes through; 5xx and
-    transport failures are 502; timeouts 504. `upstream_status` keeps what the provider
+    `status` is what the client sees (`providers.faults` maps the provider's): 429 for a
+    provider's rate limit, with Retry-After headers; the provider's other 4xx pass
+    through, 401/403 become 502; 5xx and transport failures are 502; timeouts 504. `upstream_status` keeps what the provider
     said (0 for transport failures) so routing can decide whether to try elsewhere.
     """
 
@@ -138,11 +147,31 @@ class UpstreamError(ApiError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.reason = reason  # short label for metrics: status code, "timeout", "connect", ...
+        if status == 429:
+            # An SDK backs off on a 429 for as long as these say (OpenAI's reads the
+            # milliseconds first), where it would retry a 502 at once.
+            wait = UPSTREAM_RETRY_AFTER_S if retry_after is None else retry_after
+            self.headers["retry-after"] = str(math.ceil(wait))
+            self.headers["retry-after-ms"] = str(math.ceil(wait * 1000))
 
     @property
     def retryable(self) -> bool:
         """Could this succeed on another attempt or another model?"""
         return self.upstream_status not in (400, 401, 403, 404, 413, 422)
+
+    def after_attempts(self, message: str) -> UpstreamError:
+        """The client's answer when every attempt failed and this one came last: a 502,
+        except a provider's rate limit, which stays a 429 with its Retry-After."""
+        limited = self.status == 429
+        return UpstreamError(
+            message,
+            status=429 if limited else 502,
+            upstream_status=self.upstream_status,
+            code=self.code if limited else None,
+            type_=self.type if limited else None,
+            retry_after=self.retry_after,
+            reason=self.reason,
+        )
 
 
 class UpstreamTimeout(UpstreamError):

@@ -142,14 +142,25 @@ async def test_retry_after_longer_than_the_deadline_moves_on_at_once() -> None:
 
 
 async def test_everything_failing_raises_the_last_error_as_502() -> None:
-    w = World({"a": [e503()] * 3, "b": [e429(retry_after=1.0)]})
+    w = World({"a": [e429()] * 3, "b": [e503(retry_after=1.0)]})
     log = AttemptLog()
     with pytest.raises(UpstreamError) as info:
         await w.run([Step(A, 2), Step(B, 0)], log)
     err = info.value
-    assert err.status == 502 and err.upstream_status == 429 and err.reason == "429"
+    assert err.status == 502 and err.upstream_status == 503 and err.reason == "503"
     assert "All 4 attempts failed" in err.message
     assert log.attempts == 4 and len(log.failures) == 4
+
+
+async def test_everything_failing_with_a_rate_limit_last_is_a_429_with_its_retry_after() -> None:
+    # Issue 16: a provider's 429 reached the client as a 502, which SDKs retry at once.
+    w = World({"a": [e503()] * 3, "b": [e429(retry_after=7.0)]})
+    with pytest.raises(UpstreamError) as info:
+        await w.run([Step(A, 2), Step(B, 0)], AttemptLog())
+    err = info.value
+    assert (err.status, err.upstream_status, err.reason, err.retry_after) == (429, 429, "429", 7.0)
+    assert err.headers["retry-after"] == "7"
+    assert "All 4 attempts failed" in err.message
 
 
 async def test_a_last_timeout_is_a_504() -> None:

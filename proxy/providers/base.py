@@ -9,6 +9,7 @@ Failures are raised as `errors.UpstreamError` (status mapped, message safe to sh
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import AsyncIterator, Callable
 
 from msgspec import Raw
@@ -17,7 +18,7 @@ from ..catalog import Model, Usage
 from ..config import ProviderConfig
 from ..errors import InvalidRequest
 from ..wire import Message
-from .h1 import Pool
+from .h1 import Pool, Proxies
 
 
 class ChatCall:
@@ -119,6 +120,9 @@ class Provider(abc.ABC):
             timeout=self.config.timeout_s,
             connect_timeout=self.config.connect_timeout_s,
             keepalive=30.0,
+            max_body_bytes=self.config.max_response_bytes,
+            ca_file=self.config.ca_file,
+            proxies=Proxies.from_env(os.environ),
         )
 
     async def close(self) -> None:

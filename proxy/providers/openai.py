@@ -17,8 +17,10 @@ from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
+from .faults import error_event
 from .h1 import Endpoint, H1Error, Response
-from .http import post, read_all, transport_error, upstream_error
+from .http import post, read_all, transport_error
+from .redact import PATTERNS_ONLY, Redactor
 from .sse import LF, SSEParser, frame, parse
 
 _encode = msgspec.json.encode
@@ -113,10 +115,11 @@ def build_body(call: ChatCall) -> bytes:
 
 
 class OpenAIStream(ChatStream):
-    def __init__(self, provider: str, resp: Response) -> None:
+    def __init__(self, provider: str, resp: Response, redact: Redactor = PATTERNS_ONLY) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
+        self._redact = redact
         self._parser = SSEParser()
         self._sink: Callable[[bytes], bool] = _not_pushing
         self._push_error: Exception | None = None
@@ -244,7 +247,8 @@ class OpenAIStream(ChatStream):
     def _read(self, data: bytes) -> bool:
         """Account one event; False for the usage chunk, which the caller sends itself."""
         if data.startswith(b'{"error"'):
-            raise upstream_error(self._provider, 502, data, None)
+            # Mapped as the same error would be as an answer, its message redacted.
+            raise error_event(self._provider, data, self._redact)
         try:
             lite = _decode_lite(data)
         except msgspec.MsgspecError:
@@ -304,9 +308,10 @@ class OpenAIProvider(Provider):
             headers["Authorization"] = f"Bearer {api_key}"
         self._chat = Endpoint(base + "/chat/completions", headers)
         self._embeddings = Endpoint(base + "/embeddings", headers)
+        self._redact = Redactor.for_provider(config.base_url, api_key)
 
     async def _post(self, endpoint: Endpoint, body: bytes) -> Response:
-        return await post(self.pool, self.name, endpoint, body)
+        return await post(self.pool, self.name, endpoint, body, self._redact)
 
     async def chat(self, call: ChatCall) -> Completion:
         body = await read_all(self.name, await self._post(self._chat, build_body(call)))
@@ -323,7 +328,7 @@ class OpenAIProvider(Provider):
 
     async def stream(self, call: ChatCall) -> ChatStream:
         resp = await self._post(self._chat, build_body(call))
-        return OpenAIStream(self.name, resp)
+        return OpenAIStream(self.name, resp, self._redact)
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         fields = dict(fields)

@@ -10,8 +10,9 @@ For each step in order it calls `attempt(model)`; the attempt raises
   when it fits in the time left, else 0.5 s, 1 s, 2 s, 4 s with jitter); when the wait
   would not end before the deadline, or the retries are spent, the next step is tried at
   once (no wait between different models);
-- when every step failed the last error is raised as a 502 (504 when it was a timeout),
-  keeping its `upstream_status`, `reason` and `retry_after`.
+- when every step failed the last error is raised as a 502 (504 when it was a timeout,
+  429 when it was the provider's rate limit), keeping its `upstream_status`, `reason`
+  and `retry_after`.
 
 The routing deadline (`deadline_s`, 0 for none) bounds the whole loop, waits included:
 an attempt still running when it passes is cancelled, and nothing starts after it; the
@@ -226,10 +227,4 @@ def _exhausted_error(log: AttemptLog, last: UpstreamError | None) -> UpstreamErr
         err.upstream_status = last.upstream_status
         err.retry_after = last.retry_after
         return err
-    return UpstreamError(
-        prefix + last.message,
-        status=502,
-        upstream_status=last.upstream_status,
-        retry_after=last.retry_after,
-        reason=last.reason,
-    )
+    return last.after_attempts(prefix + last.message)  # 502, or the provider's 429

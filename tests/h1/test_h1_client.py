@@ -515,7 +515,9 @@ async def test_stream_released_whose_end_never_comes_is_closed_at_its_deadline(
         await pool.close()
 
 
-async def test_refused_connection_maps_to_could_not_connect(pool: Pool) -> None:
+async def test_refused_connection_maps_to_could_not_connect_saying_why(
+    pool: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -523,7 +525,10 @@ async def test_refused_connection_maps_to_could_not_connect(pool: Pool) -> None:
         await pool.post(Endpoint(f"http://127.0.0.1:{port}/v1", {}), b"{}")
     mapped = transport_error("up", info.value)
     assert mapped.reason == "connect"
-    assert mapped.message == "Could not connect to upstream provider `up`."
+    # The client is told why, without the address; the operator's log has both.
+    assert mapped.message == "Could not connect to upstream provider `up`: the connection was refused."
+    assert [r.getMessage() for r in caplog.records if r.name == "proxy.upstream"] == [
+        f"upstream http://127.0.0.1:{port}: connection failed: the connection was refused"]
 
 
 @pytest.mark.parametrize("head_sent", [False, True], ids=["before_head", "mid_body"])

@@ -8,6 +8,7 @@ from ...config import ProviderConfig
 from ..base import ChatCall, ChatStream, Completion, Provider
 from ..h1 import Endpoint, Response
 from ..http import post, read_all
+from ..redact import Redactor
 from .request import build_body
 from .response import to_completion
 from .stream import AnthropicStream
@@ -27,11 +28,12 @@ class AnthropicProvider(Provider):
         if api_key:
             headers["x-api-key"] = api_key
         self._messages = Endpoint(url, headers)  # encoded once, not per request
+        self._redact = Redactor.for_provider(config.base_url, api_key)
 
     async def _post(self, body: bytes) -> Response:
         # Anthropic's error body nests {"type", "message"} under `error` as OpenAI's does,
         # so the shared mapping applies.
-        return await post(self.pool, self.name, self._messages, body)
+        return await post(self.pool, self.name, self._messages, body, self._redact)
 
     async def chat(self, call: ChatCall) -> Completion:
         body = await read_all(self.name, await self._post(build_body(call)))
@@ -39,4 +41,4 @@ class AnthropicProvider(Provider):
 
     async def stream(self, call: ChatCall) -> ChatStream:
         resp = await self._post(build_body(call))
-        return AnthropicStream(self.name, call.model.upstream, resp)
+        return AnthropicStream(self.name, call.model.upstream, resp, self._redact)

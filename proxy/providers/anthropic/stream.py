@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from msgspec import Raw
@@ -13,8 +13,10 @@ from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..base import ChatStream
+from ..faults import event_status, map_error
 from ..h1 import H1Error, Response
 from ..http import transport_error
+from ..redact import PATTERNS_ONLY, Redactor
 from ..sse import SSEParser, frame
 from .response import _AMessage, _AUsage, _Block, _chat_id, finish_reason, to_usage, usage_payload
 
@@ -47,19 +49,6 @@ class _Event(msgspec.Struct):
 
 _decode_event = msgspec.json.Decoder(_Event).decode
 
-# What an Anthropic error type would have been as an HTTP status, so that routing
-# judges a mid-stream error as it would the same error before the stream began.
-_ERROR_STATUS: Final = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
-}
-
 
 class StreamTranslator:
     """Feeds on Anthropic stream events, returns OpenAI chunk payloads.
@@ -78,13 +67,21 @@ class StreamTranslator:
         "finish_reason",
         "model",
         "provider",
+        "redact",
         "text_chars",
         "usage",
         "usage_chunk",
     )
 
-    def __init__(self, model: str, provider: str = "anthropic", created: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        provider: str = "anthropic",
+        created: int | None = None,
+        redact: Redactor = PATTERNS_ONLY,
+    ) -> None:
         self.provider = provider
+        self.redact = redact
         self.model = model
         self.created = int(time.time()) if created is None else created
         self.usage: Usage | None = None
@@ -221,13 +218,11 @@ class StreamTranslator:
         }
 
     def _error(self, err: _ErrorInner) -> UpstreamError:
-        status = _ERROR_STATUS.get(err.type, 500)
-        return UpstreamError(
-            f"Upstream provider `{self.provider}` failed mid-stream: {err.message or err.type}",
-            status=502,  # the client already has its 200 and some chunks
-            upstream_status=status,
-            reason=str(status),
-        )
+        # The status the same error would have had as an answer, so that routing and the
+        # client judge both alike (after the first chunk the relay sends it as an event).
+        status = event_status(err.type, None)
+        return map_error(self.provider, status, err.message or err.type, err.type, None, None,
+                         self.redact)
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,11 +231,13 @@ class StreamTranslator:
 
 
 class AnthropicStream(ChatStream):
-    def __init__(self, provider: str, model: str, resp: Response) -> None:
+    def __init__(
+        self, provider: str, model: str, resp: Response, redact: Redactor = PATTERNS_ONLY
+    ) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
-        self._translator = StreamTranslator(model, provider)
+        self._translator = StreamTranslator(model, provider, redact=redact)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()

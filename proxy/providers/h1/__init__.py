@@ -10,19 +10,25 @@ chunk as the socket delivers it.
 
 `Pool` owns the keep-alive connections of one provider; `Endpoint` is one encoded URL;
 `Response` is what `Pool.post` returns. Failures raise `TimeoutError` or an `H1Error`.
+`Proxies` (from `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`) routes connections through a proxy.
 """
 
 from .endpoint import Endpoint
-from .errors import BadResponse, ConnectError, ConnectionLost, H1Error
-from .pool import Pool
+from .errors import BadResponse, ConnectError, ConnectionLost, H1Error, ResponseTooLarge
+from .pool import DEFAULT_MAX_BODY_BYTES, Pool
+from .proxy import Proxies, Proxy
 from .response import Response
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "BadResponse",
     "ConnectError",
     "ConnectionLost",
     "Endpoint",
     "H1Error",
     "Pool",
+    "Proxies",
+    "Proxy",
     "Response",
+    "ResponseTooLarge",
 ]

@@ -7,6 +7,11 @@ while more than `_HIGH_WATER` bytes wait unread, so a slow reader slows the upst
 instead of filling memory. A reader that can take each piece where it lands (a relay
 writing to its client) is handed it from `data_received` itself instead (`push_body`): no
 task switch per piece. A single timer per request enforces the call's deadline.
+
+Interim responses (100 Continue, 103 Early Hints) are skipped: the caller sees the final
+one. What the upstream may make the gateway hold is capped: a response's head (interim
+ones included) at `MAX_HEAD_BYTES`, a body read whole at the caller's limit; past either
+the connection is dropped with `ResponseTooLarge`.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from typing import Final, cast
 import httptools
 
 from .endpoint import Key
-from .errors import BadResponse, ConnectionLost
+from .errors import BadResponse, ConnectionLost, ResponseTooLarge
 
 _HIGH_WATER: Final = 64 * 1024  # unread body bytes that pause reading from the socket
 _LOW_WATER: Final = 16 * 1024  # ... and resume it
 # Header names the connection itself looks at have these lengths; others skip the compare.
 _WATCHED_LENGTHS: Final = frozenset((14, 16, 17))
 _FRAMING: Final = (b"content-length", b"transfer-encoding")
+# Real answers' heads are a few hundred bytes; aiohttp's client refuses a line over 8 KiB.
+MAX_HEAD_BYTES: Final = 64 * 1024
 
 
 def _inflater(coding: bytes) -> zlib._Decompress | None:
@@ -48,9 +55,13 @@ class Connection(asyncio.Protocol):
         "_exc",
         "_framed",
         "_got_data",
+        "_head_bytes",
         "_head_done",
+        "_head_read",
         "_inflate",
+        "_interim",
         "_keep_alive",
+        "_length",
         "_loop",
         "_on_close",
         "_parser",
@@ -87,6 +98,10 @@ class Connection(asyncio.Protocol):
         self._busy = False
         self._closed = False
         self._head_done = False
+        self._head_bytes = 0  # header bytes of this response's heads, interim ones included
+        self._head_read = 0  # bytes received while its final head was not complete
+        self._interim = False  # parsing a 1xx response, which the caller never sees
+        self._length = -1  # the final response's Content-Length, -1 when it has none
         self._framed = False  # Content-Length or Transfer-Encoding: else the body ends at EOF
         self._keep_alive = False
         self._got_data = False
@@ -129,7 +144,8 @@ class Connection(asyncio.Protocol):
         """
         self.status, self.raw_headers, self.complete = 0, [], False
         self._busy, self._head_done, self._framed, self._got_data = True, False, False, False
-        self._inflate = None
+        self._inflate, self._length, self._interim = None, -1, False
+        self._head_bytes = self._head_read = 0
         self._timer = self._loop.call_at(deadline, self._time_out)
         self.transport.write(request)
         try:
@@ -180,17 +196,30 @@ class Connection(asyncio.Protocol):
         finally:
             self._receiver = None
 
-    async def read_all(self) -> bytes:
-        """The rest of the body, whole."""
+    async def read_all(self, limit: int) -> bytes:
+        """The rest of the body, whole; `ResponseTooLarge` (connection dropped) past `limit`
+        bytes, as decoded, or at once when the Content-Length says it will be."""
         parts: list[bytes] = []
+        size = 0
+        if self._length > limit and self._inflate is None:
+            self._too_large(f"the response body's Content-Length {self._length} is over {limit}")
         while True:
+            size += self._queued
             parts += self._chunks
             self._discard_body()  # the reader takes everything: never leave reading paused
+            if size > limit:
+                self._too_large(f"the response body is over {limit} bytes")
             if self.complete:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             if self._exc is not None:
                 raise self._exc
             await self._new_waiter()
+
+    def _too_large(self, message: str) -> None:
+        error = ResponseTooLarge(message)
+        self._fail(error)
+        self.abort()
+        raise error
 
     def recycle(self) -> None:
         """Back to idle: unread body dropped, reading on (to notice the server closing)."""
@@ -222,15 +251,23 @@ class Connection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection's framing is lost
             return
         self._got_data = True
+        if not self._head_done:
+            self._head_read += len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
-            # A zlib error from on_body arrives here too, as the parser's callback error.
+            # A zlib error from on_body arrives here too, as the parser's callback error,
+            # and so does the head cap from `on_headers_complete` (its error is set first).
             self._deliver()  # what parsed before the error, as it would have gone
             self._fail(BadResponse(f"invalid HTTP response from the upstream: {e!r}"))
             self.abort()
-        else:
-            self._deliver()
+            return
+        self._deliver()
+        # httptools keeps a header it has not seen the end of: count what came in, so
+        # that a head without end is dropped at the cap, not read to its end.
+        if not self._head_done and self._head_read > MAX_HEAD_BYTES:
+            self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         by_peer = not self._closed
@@ -258,9 +295,25 @@ class Connection(asyncio.Protocol):
                 self._inflate = _inflater(value)
             elif lower in _FRAMING:
                 self._framed = True
+                if lower == b"content-length" and value.strip().isdigit():
+                    self._length = int(value)
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        interim = 100 <= status < 200  # 101 Switching Protocols raises as an upgrade
+        # Heads are measured only when they could be over the cap: the reads that brought
+        # them are (a read may also hold body); interim heads always, being rare.
+        if interim or self._head_read > MAX_HEAD_BYTES:
+            self._head_bytes += sum(len(n) + len(v) + 4 for n, v in self.raw_headers)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(ResponseTooLarge(f"the response head is over {MAX_HEAD_BYTES} bytes"))
+                raise ResponseTooLarge  # stops the parser; data_received closes the connection
+        if interim:
+            self._interim = True
+            self.raw_headers = []
+            self._inflate, self._framed, self._length = None, False, -1
+            return
+        self.status = status
         self._head_done = True
         self._wake()
 
@@ -273,6 +326,9 @@ class Connection(asyncio.Protocol):
             self._parts.append(body)  # handed on once the whole read is parsed: `_deliver`
 
     def on_message_complete(self) -> None:
+        if self._interim:  # the final response follows on the same connection
+            self._interim = False
+            return
         self._finish(self._parser.should_keep_alive())
 
     # -- internals -------------------------------------------------------------------------

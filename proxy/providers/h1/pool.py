@@ -5,20 +5,33 @@ after `keepalive` seconds); callers beyond the limit wait first in, first out, a
 aiohttp's connector `limit`. A connection goes back to the pool only when its response was
 received whole and both sides keep it alive. The server may close an idle connection just
 as a request goes out on it: that request is sent once more on a new connection.
+
+A connection goes through the proxy that `Proxies` names for its host, if any (a CONNECT
+tunnel for https). TLS verifies against `ca_file` when one is given, else the system's
+store. A failed connection is logged with its reason (at most once per `_LOG_EVERY_S` per
+upstream, with how many more failed since), never with a header or a key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import ssl
 from collections import deque
+from typing import Final
 
 from .connection import Connection
 from .endpoint import Endpoint, Key
-from .errors import ConnectError, ConnectionLost
+from .errors import ConnectError, ConnectionLost, describe
+from .proxy import Proxies, Proxy, open_tunnel
 from .response import Response
+
+log = logging.getLogger("proxy.upstream")
+
+DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+_LOG_EVERY_S: Final = 10.0
 
 
 class Pool:
@@ -26,19 +39,31 @@ class Pool:
         "_closed",
         "_connect_timeout",
         "_conns",
+        "_failures",
         "_idle",
         "_keepalive",
         "_limit",
         "_loop",
         "_open",
+        "_proxies",
+        "_routes",
         "_ssl",
         "_sweeper",
         "_timeout",
         "_waiters",
+        "max_body_bytes",
     )
 
     def __init__(
-        self, limit: int, timeout: float, connect_timeout: float, keepalive: float = 30.0
+        self,
+        limit: int,
+        timeout: float,
+        connect_timeout: float,
+        keepalive: float = 30.0,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        ca_file: str | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._limit = limit
@@ -51,6 +76,12 @@ class Pool:
         # Each waiter gets a connection handed back for its key, or None: a slot to connect in.
         self._waiters: deque[tuple[Key, asyncio.Future[Connection | None]]] = deque()
         self._ssl: ssl.SSLContext | None = None
+        if ca_file is not None:  # a bad file fails the start, not the first request
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+        self.max_body_bytes = max_body_bytes  # a body read whole (`Response.read`)
+        self._proxies = proxies
+        self._routes: dict[Key, Proxy | None] = {}  # the proxy decision, once per upstream
+        self._failures: dict[Key, tuple[float, int]] = {}  # last logged, failed since
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -59,7 +90,14 @@ class Pool:
         if self._closed:
             raise ConnectError("the connection pool is closed")
         deadline = self._loop.time() + self._timeout
-        request = endpoint.encode(body)
+        if self._proxies is None:
+            request = endpoint.encode(body)
+        else:
+            proxy = self._proxy_for(endpoint)
+            if proxy is not None and not endpoint.tls:
+                request = endpoint.encode_forwarded(body, proxy.authorization)
+            else:
+                request = endpoint.encode(body)
         conn = await self._acquire(endpoint, deadline, fresh=False)
         try:
             await conn.send(request, deadline)
@@ -168,24 +206,63 @@ class Pool:
                     self.put(handed)
             raise
 
+    def _proxy_for(self, endpoint: Endpoint) -> Proxy | None:
+        key = endpoint.key
+        try:
+            return self._routes[key]
+        except KeyError:
+            assert self._proxies is not None
+            proxy = self._routes[key] = self._proxies.for_host(
+                endpoint.host, endpoint.port, endpoint.tls
+            )
+            return proxy
+
     async def _connect(self, endpoint: Endpoint, deadline: float) -> Connection:
         """Open a connection in a slot already taken; a failure frees the slot."""
         loop = self._loop
         key = endpoint.key
+        proxy = self._proxy_for(endpoint) if self._proxies is not None else None
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(key, self._forget),
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=self._tls() if endpoint.tls else None,
-                    server_hostname=endpoint.host if endpoint.tls else None,
-                )
+                if proxy is None:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(key, self._forget),
+                        endpoint.host,
+                        endpoint.port,
+                        ssl=self._tls() if endpoint.tls else None,
+                        server_hostname=endpoint.host if endpoint.tls else None,
+                    )
+                elif endpoint.tls:
+                    sock = await open_tunnel(proxy, endpoint.host, endpoint.port)
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: Connection(key, self._forget),
+                            sock=sock,
+                            ssl=self._tls(),
+                            server_hostname=endpoint.host,
+                        )
+                    except BaseException:
+                        sock.close()
+                        raise
+                else:  # plain http through a forwarding proxy
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(key, self._forget), proxy.host, proxy.port
+                    )
         except BaseException as e:
             self._free_slot()
+            if isinstance(e, ConnectError):
+                self._log_failure(endpoint, e.reason)
+                raise
             if isinstance(e, OSError) and not isinstance(e, TimeoutError):
-                raise ConnectError(f"could not connect to {endpoint.host}:{endpoint.port}") from e
+                reason, kind = describe(e)
+                self._log_failure(endpoint, reason)
+                raise ConnectError(
+                    f"could not connect to {endpoint.host}:{endpoint.port}: {reason}", reason, kind
+                ) from e
+            if isinstance(e, TimeoutError):
+                self._log_failure(endpoint, "timed out while connecting")
             raise
+        self._failures.pop(key, None)
         if conn.transport.is_closing():  # lost before it could be registered
             conn.abort()
             self._free_slot()
@@ -223,6 +300,21 @@ class Pool:
                 due = min(due, idle[0].idle_since + self._keepalive)
         if due < math.inf:
             self._sweeper = self._loop.call_at(due, self._sweep)
+
+    def _log_failure(self, endpoint: Endpoint, reason: str) -> None:
+        """One warning per upstream per `_LOG_EVERY_S`, counting the ones in between:
+        an outage must not flood the log with a line per request."""
+        now = self._loop.time()
+        last, since = self._failures.get(endpoint.key, (-math.inf, 0))
+        if now - last < _LOG_EVERY_S:
+            self._failures[endpoint.key] = (last, since + 1)
+            return
+        self._failures[endpoint.key] = (now, 0)
+        more = f" ({since} more failed since the last report)" if since else ""
+        log.warning(
+            "upstream %s://%s:%d: connection failed: %s%s",
+            "https" if endpoint.tls else "http", endpoint.host, endpoint.port, reason, more,
+        )
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:  # built on first use: loading the CA store takes milliseconds

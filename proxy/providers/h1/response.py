@@ -38,11 +38,12 @@ class Response:
             }
         return self._headers
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; `ResponseTooLarge` past `limit` bytes (default: the pool's
+        `max_body_bytes`)."""
         conn = self._open()
         try:
-            return await conn.read_all()
+            return await conn.read_all(self._pool.max_body_bytes if limit is None else limit)
         except BaseException:
             self.close()
             raise
