@@ -76,8 +76,8 @@ def _header_name(name: str) -> str:
     short = name[_PREFIX_LEN:].lower()
     if len(short) > MAX_KEY_CHARS or not printable(short):
         raise InvalidRequest(
-            f"Invalid header `{name[:_PREFIX_LEN + 16]!r}...`: an X-Requesty-* header name "
-            f"must be printable and at most {MAX_KEY_CHARS} characters after the prefix.",
+            f"Invalid header name `{name[:_PREFIX_LEN + 16]}...`: an X-Requesty-* header "
+            f"name must be at most {MAX_KEY_CHARS} characters after the prefix.",
             param="X-Requesty-*",
         )
     return short
@@ -87,13 +87,13 @@ def _header_value(name: str, value: str) -> str:
     if len(value) > MAX_VALUE_CHARS:
         raise InvalidRequest(
             f"Invalid header `{name}`: its value must be at most {MAX_VALUE_CHARS} characters.",
-            param=name,
+            param=str(name),  # an aiohttp istr, which msgspec does not encode
         )
     if not printable(value):
         # aiohttp keeps bytes that are not UTF-8 as lone surrogates (surrogateescape).
         raise InvalidRequest(
             f"Invalid header `{name}`: its value must be UTF-8 text without control "
             "characters.",
-            param=name,
+            param=str(name),  # an aiohttp istr, which msgspec does not encode
         )
     return value
