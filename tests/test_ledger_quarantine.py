@@ -15,8 +15,8 @@ import pytest
 from conftest import UPSTREAM_SECRET
 from fakes import FakeAnthropic, FakeOpenAI
 from harness import Gateway
-from ledger_support import count_records, record, wait_for
 from ledger_gateway import new_key, pg_redis_gateway, settled
+from ledger_support import count_records, record, wait_for
 
 from proxy.config import LedgerConfig
 from proxy.gateway import GATEWAY
@@ -41,7 +41,7 @@ async def gw(tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthro
 
 def metric(text: str, name: str) -> float:
     values = [float(line.split()[-1]) for line in text.splitlines()
-              if line.startswith(name + " ") or line.startswith(name + "{")]
+              if line.startswith((name + " ", name + "{"))]
     assert values, f"{name} not exported"
     return sum(values)
 

@@ -26,7 +26,7 @@ from proxy.ledger.writer import LedgerWriter
 from proxy.limits.redis import RedisLimits
 
 USER = [{"role": "user", "content": "Hello"}]
-ROUTES = {
+ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
     "chat": ("/v1/chat/completions", {"model": "fake/gpt", "messages": USER}),
     "embeddings": ("/v1/embeddings", {"model": "fake/embed", "input": "Hello"}),
 }
@@ -187,6 +187,7 @@ async def test_metadata_at_every_bound_reaches_the_ledger_and_every_rollup(
                            recorded)
 
 
+ONE_MESSAGE = b'{"model": "fake/gpt", "messages": [{"role": "user", "content": "x"}], '
 BAD_BODIES: list[tuple[str, str, bytes, str | None]] = [
     ("invalid UTF-8 in messages", "chat",
      b'{"model": "fake/gpt", "messages": [{"role": "user", "content": "caf\xe9 \xff"}]}',
@@ -198,15 +199,12 @@ BAD_BODIES: list[tuple[str, str, bytes, str | None]] = [
     ("nested 200 deep in a message", "chat",
      b'{"model": "fake/gpt", "messages": [{"role": "user", "content": [{"type": "text", '
      b'"text": "x", "deep": ' + b"[" * 200 + b"]" * 200 + b"}]}]}", None),
-    ("max_tokens of 2^63", "chat",
-     b'{"model": "fake/gpt", "messages": [{"role": "user", "content": "x"}], '
-     b'"max_tokens": 9223372036854775808}', "max_tokens"),
+    ("max_tokens of 2^63", "chat", ONE_MESSAGE + b'"max_tokens": 9223372036854775808}',
+     "max_tokens"),
     ("max_completion_tokens of 10^30", "chat",
-     b'{"model": "fake/gpt", "messages": [{"role": "user", "content": "x"}], '
-     b'"max_completion_tokens": 1000000000000000000000000000000}', "max_completion_tokens"),
-    ("max_tokens of 2^31", "chat",
-     b'{"model": "fake/gpt", "messages": [{"role": "user", "content": "x"}], '
-     b'"max_tokens": 2147483648}', "max_tokens"),
+     ONE_MESSAGE + b'"max_completion_tokens": 1000000000000000000000000000000}',
+     "max_completion_tokens"),
+    ("max_tokens of 2^31", "chat", ONE_MESSAGE + b'"max_tokens": 2147483648}', "max_tokens"),
     ("invalid UTF-8 in input", "embeddings",
      b'{"model": "fake/embed", "input": ["caf\xe9"]}', "input"),
     ("invalid UTF-8 in a passed-through field", "embeddings",

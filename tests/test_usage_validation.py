@@ -59,9 +59,10 @@ async def gw(tmp_path: Path, upstream: LyingEmbeddings, fake_anthropic: FakeAnth
 async def records_of(pg: str, key_id: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(pg)
     try:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             "SELECT prompt_tokens, completion_tokens, cached_tokens, cost_nusd, estimated "
             "FROM usage_records WHERE key_id = $1", key_id)
+        return rows
     finally:
         await conn.close()
 
