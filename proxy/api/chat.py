@@ -209,6 +209,8 @@ async def _stream(
         raise
     finally:
         gw.metrics.stream_closed()
+    if outcome.usage is not None:  # untrue counts never reach the cache or the routing stats
+        settle_usage(outcome, req)
     gw.routing.observe(log, (outcome.usage or Usage()).completion_tokens, stream=True)
     if keep is not None and cache_key is not None:
         try:
@@ -243,7 +245,8 @@ def settle_usage(outcome: Outcome, req: ChatRequest) -> Usage:
     or counts that cannot be true (negative, past the context window or the output cap):
     the provider's numbers never make a cost negative or out of range."""
     reported = outcome.usage
-    if reported is not None and outcome.model.plausible(reported, req.max_tokens):
+    if reported is not None and (reported.estimated  # ours already
+                                 or outcome.model.plausible(reported, req.max_tokens)):
         return reported
     usage = Usage(
         prompt_tokens=tokens.prompt_tokens(req.messages),
