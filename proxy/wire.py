@@ -107,7 +107,9 @@ def decode_body(body: bytes) -> dict[str, Raw]:
         raise _too_deep() from None
     if not body.isascii():  # the common case costs one scan in C
         _check_utf8(body, fields)
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
+    if (len(body) > 2 * MAX_DEPTH  # shorter, it cannot hold MAX_DEPTH + 1 pairs
+            and body.count(b"[") + body.count(b"{") > MAX_DEPTH
+            and _depth_over(body, MAX_DEPTH)):
         raise _too_deep()
     return fields
 
