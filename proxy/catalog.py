@@ -16,6 +16,10 @@ from .config import ModelConfig, ProviderConfig, Settings
 
 NANO: Final = 1_000_000_000  # nano-USD per USD
 _PER_MILLION: Final = 1_000_000
+# The most tokens one call is believed to count when the catalog gives no context window:
+# far above any model's, and small enough that cost, counters and ledger columns (64-bit)
+# can never overflow.
+MAX_CALL_TOKENS: Final = 2**31 - 1
 
 
 def usd_to_nano(usd: float) -> int:
@@ -73,6 +77,23 @@ class Model:
             + usage.completion_tokens * self.output_nano
         )
         return (total + _PER_MILLION // 2) // _PER_MILLION
+
+    def plausible(self, usage: Usage, max_tokens: int | None, inputs: int = 1) -> bool:
+        """Whether usage a provider reported can be true of one call: no count negative, the
+        prompt within the context window (per input, for embeddings), the cached and
+        cache-write parts within the prompt, the completion within the request's output
+        cap (`max_tokens`; without one, the window, as the catalog's output limit may be
+        set low). Anything else is treated as unreported: the gateway estimates it."""
+        window = self.context_window or MAX_CALL_TOKENS
+        if self.kind == "embedding":
+            out_cap = 0
+        else:
+            out_cap = max_tokens or max(window, self.max_output_tokens)
+        prompt = usage.prompt_tokens
+        return (0 <= prompt <= window * max(1, inputs)
+                and 0 <= usage.completion_tokens <= out_cap
+                and 0 <= usage.cached_tokens <= prompt
+                and 0 <= usage.cache_write_tokens <= prompt)
 
     def worst_case_cost(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """What to reserve before the call: the most it can cost.

@@ -2,7 +2,9 @@
 
 A request body is decoded as `dict[str, msgspec.Raw]`: the few fields routing needs are
 decoded and validated here; every other field stays raw bytes and reaches an
-OpenAI-compatible upstream byte-for-byte.
+OpenAI-compatible upstream byte-for-byte. The body as a whole is checked once for what no
+field may carry: bytes that are not UTF-8, and nesting deeper than `MAX_DEPTH` (a recursion
+in the decoder, the encoder or an adapter would otherwise fail as a 500).
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import msgspec
 from msgspec import Raw
 
 from .errors import InvalidRequest
+from .metadata import PRINTABLE, Extra, Identifier, Tags
+
+# JSON nesting a body may have: tool schemas and content parts nest a few levels deep;
+# CPython's recursion limit (1,000 frames, shared by msgspec) is far above this.
+MAX_DEPTH: Final = 128
+# `max_tokens` / `max_completion_tokens`: no model's output comes near it, and a worst-case
+# reservation of it stays well inside Redis's 64-bit integers.
+MAX_TOKENS: Final = 2**31 - 1
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -33,10 +43,11 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 class RequestyMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Requesty's per-request metadata; stripped before the request goes upstream."""
 
-    user_id: str | None = None
-    trace_id: str | None = None
-    tags: list[str] = []
-    extra: dict[str, str] = {}
+    # Bounded (see metadata.py): they become the ledger's analytics dimensions.
+    user_id: Identifier | None = None
+    trace_id: Identifier | None = None
+    tags: Tags = []
+    extra: Extra = {}
     cache: bool = False
     auto_cache: bool = False
 
@@ -73,20 +84,73 @@ def embedding_texts(value: str | list[Any]) -> list[str]:
     )
 
 
-_LOC: Final = re.compile(r"at `\$(.*)`")
+# msgspec's "- at `$.a.b`" or "- at `key` in `$.a`".
+_LOC: Final = re.compile(r"(?: - at (`key` in )?`\$(.*)`)")
+_REGEX_TEXT: Final = f"matching regex {PRINTABLE!r}"
 _decode_raw_dict = msgspec.json.Decoder(dict[str, Raw]).decode
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+# Every byte but brackets and quotes; innermost (empty) containers.
+_NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'[]{}"')
+_LEAF: Final = re.compile(rb"\[\]|\{\}")
 
 
 def decode_body(body: bytes) -> dict[str, Raw]:
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return _decode_raw_dict(body)
+        fields = _decode_raw_dict(body)
     except msgspec.ValidationError:
         raise InvalidRequest("The request body must be a JSON object.") from None
     except msgspec.DecodeError as e:
         raise InvalidRequest(f"The request body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise _too_deep() from None
+    if not body.isascii():  # the common case costs one scan in C
+        _check_utf8(body, fields)
+    if (len(body) > 2 * MAX_DEPTH  # shorter, it cannot hold MAX_DEPTH + 1 pairs
+            and body.count(b"[") + body.count(b"{") > MAX_DEPTH
+            and _depth_over(body, MAX_DEPTH)):
+        raise _too_deep()
+    return fields
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(f"The request body is nested too deeply: at most {MAX_DEPTH} levels "
+                          "of arrays and objects.")
+
+
+def _check_utf8(body: bytes, fields: dict[str, Raw]) -> None:
+    try:
+        body.decode()
+    except UnicodeDecodeError as e:
+        where = next((name for name, raw in fields.items() if not _is_utf8(raw)), None)
+        raise InvalidRequest(
+            f"The request body is not valid UTF-8 (byte {e.start})"
+            + (f", in `{where}`." if where else "."),
+            param=where,
+        ) from None
+
+
+def _is_utf8(raw: Raw) -> bool:
+    try:
+        bytes(raw).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _depth_over(body: bytes, limit: int) -> bool:
+    """Whether valid JSON nests more than `limit` arrays and objects, with byte operations
+    in C only: drop escaped backslashes and quotes (every `"` left delimits a string), keep
+    brackets and quotes, drop what is inside strings, then remove the innermost containers
+    one level a pass."""
+    kept = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    brackets = b"".join(kept.split(b'"')[::2])
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _LEAF.sub(b"", brackets)
+    return bool(brackets)
 
 
 def field(fields: dict[str, Raw], name: str, type_: Any, default: Any = None) -> Any:
@@ -102,11 +166,17 @@ def field(fields: dict[str, Raw], name: str, type_: Any, default: Any = None) ->
     except msgspec.ValidationError as e:
         text = str(e)
         m = _LOC.search(text)
-        where = name + (m.group(1) if m else "")
-        problem = text[: m.start()].rstrip(" -") if m else text
+        where = name + (m.group(2) if m else "")
+        problem = (text[: m.start()] if m else text).replace(_REGEX_TEXT, "without control "
+                                                              "characters")
+        what = f"a key of `{where}`" if m and m.group(1) else f"`{where}`"
         raise InvalidRequest(
-            f"Invalid value for `{where}`: {problem.replace('`', '')}.", param=where
+            f"Invalid value for {what}: {problem.replace('`', '')}.", param=where
         ) from None
+    except msgspec.DecodeError as e:  # a lone surrogate escape, say
+        raise InvalidRequest(f"Invalid value for `{name}`: {e}.", param=name) from None
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def required(fields: dict[str, Raw], name: str, type_: Any) -> Any:

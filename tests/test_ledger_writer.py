@@ -143,28 +143,28 @@ async def test_a_dropped_and_recreated_database_is_migrated_and_written_again(
 
 
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
-async def test_a_poisoned_record_is_quarantined_while_its_batch_lands(
+async def test_a_refused_record_lands_with_a_marker_and_only_an_unwritable_one_is_quarantined(
         engine: str, fresh_pg: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     ledger = make(engine, fresh_pg, tmp_path, spool, flush_rows=10_000, flush_interval_ms=50)
     await ledger.start()
     records = known_records(BASE, n=300)
-    poison = [150, 17]
+    salvaged = [150]
     records[150].prompt_tokens = 2**70  # out of any integer column's range
-    records[17].key_id = None  # NOT NULL
+    records[17].key_id = None  # NOT NULL: no marker makes it writable
     if engine == "postgres":
         records[250].user_id = "nul\x00byte"  # PostgreSQL text cannot hold NUL
-        poison.append(250)
+        salvaged.append(250)
     for r in records:
         ledger.enqueue(r)
     await wait_for(lambda: ledger.records_written + ledger.records_quarantined == 300)
     await ledger.close()
-    assert ledger.records_quarantined == len(poison)
-    assert await stored(engine, fresh_pg, tmp_path) == (300 - len(poison),) * 3
+    assert (ledger.records_quarantined, ledger.records_salvaged) == (1, len(salvaged))
+    assert await stored(engine, fresh_pg, tmp_path) == (299,) * 3
     lines = [json.loads(line) for f in spool.glob("quarantine-*.jsonl")
              for line in f.read_text().splitlines()]
-    assert sorted(x["record"]["request_id"] for x in lines) == sorted(
-        records[i].request_id for i in poison)
+    assert {x["record"]["request_id"]: x["salvaged"] for x in lines} == {
+        records[17].request_id: False, **{records[i].request_id: True for i in salvaged}}
     assert all(x["reason"] for x in lines)
 
 

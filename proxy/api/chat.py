@@ -8,6 +8,7 @@ model or become a clean error status.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Final
@@ -32,7 +33,15 @@ from ..limits import Admission
 from ..providers.base import ChatCall, Completion
 from ..router import Route
 from ..routing import AttemptLog
-from ..wire import Message, RequestyMeta, StreamOptions, decode_body, field, required
+from ..wire import (
+    MAX_TOKENS,
+    Message,
+    RequestyMeta,
+    StreamOptions,
+    decode_body,
+    field,
+    required,
+)
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, read_body, requesty_headers
 from .relay import (
     STATUS_CLIENT_GONE,
@@ -45,6 +54,8 @@ from .relay import (
     replay,
 )
 
+log = logging.getLogger("proxy.usage")
+
 ROUTE: Final = "chat"
 # Fields the gateway consumes; they never reach a provider.
 _GATEWAY_FIELDS: Final = ("requesty", "models")
@@ -56,6 +67,7 @@ class ChatRequest:
     __slots__ = (
         "fallbacks",
         "fields",
+        "headers",
         "include_usage",
         "max_tokens",
         "messages",
@@ -64,7 +76,8 @@ class ChatRequest:
         "stream",
     )
 
-    def __init__(self, fields: dict[str, Raw], default_model: str) -> None:
+    def __init__(self, fields: dict[str, Raw], default_model: str,
+                 headers: dict[str, str] | None = None) -> None:
         self.model_id: str = field(fields, "model", str) or default_model
         self.fallbacks: list[str] | None = field(fields, "models", list[str])
         self.messages: list[Message] = required(fields, "messages", list[Message])
@@ -73,12 +86,15 @@ class ChatRequest:
         self.stream: bool = field(fields, "stream", bool | None) or False
         opts = field(fields, "stream_options", StreamOptions | None)
         self.include_usage = bool(opts and opts.include_usage)
-        self.max_tokens: int | None = field(fields, "max_completion_tokens", int | None)
+        cap = "max_completion_tokens"
+        self.max_tokens: int | None = field(fields, cap, int | None)
         if self.max_tokens is None:
-            self.max_tokens = field(fields, "max_tokens", int | None)
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise InvalidRequest("`max_tokens` must be at least 1.", param="max_tokens")
+            cap = "max_tokens"
+            self.max_tokens = field(fields, cap, int | None)
+        if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_TOKENS:
+            raise InvalidRequest(f"`{cap}` must be between 1 and {MAX_TOKENS}.", param=cap)
         self.meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
+        self.headers = headers or {}  # X-Requesty-*, validated by the caller
         if any(name in fields for name in _GATEWAY_FIELDS):
             fields = {k: v for k, v in fields.items() if k not in _GATEWAY_FIELDS}
         self.fields = fields
@@ -93,7 +109,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     arrived = datetime.now(UTC)
     body = await read_body(request, gw.settings.max_body_bytes)
-    req = ChatRequest(decode_body(body), gw.settings.default_model)
+    req = ChatRequest(decode_body(body), gw.settings.default_model, requesty_headers(request))
     route = gw.router.resolve(req.model_id, req.fallbacks)
     principal = request[PRINCIPAL]
     # An Idempotency-Key's repeat is answered here, before admission: 409 while the first
@@ -169,6 +185,9 @@ async def _complete(
         # Upstream time includes failed attempts and back-off waits: not gateway overhead.
         outcome.upstream_s = time.monotonic() - began
         _note_attempts(gw, outcome, log)
+    if completion.usage is not None:  # what the client is shown is what is charged
+        outcome.usage, outcome.text_chars = completion.usage, completion.text_chars
+        completion.usage = settle_usage(outcome, req)
     gw.routing.observe(log, (completion.usage or Usage()).completion_tokens, stream=False)
     response = completion_response(request, completion, outcome)
     if cache_key is not None:
@@ -202,15 +221,17 @@ async def _stream(
     gw.metrics.stream_opened()
     try:
         response = await pipe(request, opened, outcome, req.include_usage,
-                              lambda: settle_usage(outcome, req.messages), keep)
+                              lambda: settle_usage(outcome, req), keep)
     except StreamBroke as broke:
         gw.routing.stream_failed(log, broke.error)
         raise
     finally:
         gw.metrics.stream_closed()
+    if outcome.usage is not None:  # untrue counts never reach the cache or the routing stats
+        settle_usage(outcome, req)
     gw.routing.observe(log, (outcome.usage or Usage()).completion_tokens, stream=True)
     if once is not None and keep is not None:
-        cost = outcome.model.cost(settle_usage(outcome, req.messages))  # as `_account` charges
+        cost = outcome.model.cost(settle_usage(outcome, req))  # as `_account` charges
         await once.keep_stream(keep, opened[0], outcome.model, cost)
     if keep is not None and cache_key is not None:
         try:
@@ -240,15 +261,26 @@ def _note_hit(gw: Gateway, outcome: Outcome, hit: CachedCompletion) -> None:
         pass
 
 
-def settle_usage(outcome: Outcome, messages: list[Message]) -> Usage:
-    """The provider's usage, or an estimate when it reported none (never 0 if text flowed)."""
-    if outcome.usage is not None:
-        return outcome.usage
-    return Usage(
-        prompt_tokens=tokens.prompt_tokens(messages),
+def settle_usage(outcome: Outcome, req: ChatRequest) -> Usage:
+    """The provider's usage, or an estimate when it reported none (never 0 if text flowed)
+    or counts that cannot be true (negative, past the context window or the output cap):
+    the provider's numbers never make a cost negative or out of range."""
+    reported = outcome.usage
+    if reported is not None and (reported.estimated  # ours already
+                                 or outcome.model.plausible(reported, req.max_tokens)):
+        return reported
+    usage = Usage(
+        prompt_tokens=tokens.prompt_tokens(req.messages),
         completion_tokens=tokens.text_tokens(outcome.text_chars),
         estimated=True,
     )
+    if reported is not None:
+        log.warning("provider %s reported implausible usage for %s (prompt %d, completion "
+                    "%d, cached %d); estimated instead", outcome.model.provider,
+                    outcome.model.id, reported.prompt_tokens, reported.completion_tokens,
+                    reported.cached_tokens)
+        outcome.usage = usage  # the same answer for every later look (record, cache)
+    return usage
 
 
 def _account(
@@ -259,7 +291,7 @@ def _account(
     if outcome.usage is None and not outcome.text_chars and outcome.status >= 400:
         usage = Usage()  # failed before any text: nothing to charge
     else:
-        usage = settle_usage(outcome, req.messages)
+        usage = settle_usage(outcome, req)
     model = outcome.model
     value = model.cost(usage)
     cost, savings = (0, value) if outcome.cache_hit else (value, 0)
@@ -291,7 +323,7 @@ def _account(
         trace_id=req.meta.trace_id,
         tags=req.meta.tags,
         extra=req.meta.extra,
-        headers=requesty_headers(request),
+        headers=req.headers,
         client_request_id=request[CLIENT_REQUEST_ID],
     )
     gw.metrics.request_done(ROUTE, record, outcome.upstream_s)

@@ -6,6 +6,7 @@ from typing import Final
 
 from aiohttp import web
 
+from .. import metadata
 from ..errors import BodyTooLarge
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)  # the gateway's, unique
@@ -15,7 +16,6 @@ CLIENT_REQUEST_ID: Final = web.RequestKey[str | None]("client_request_id")  # X-
 def echo_request_id(request: web.Request) -> str:
     """The `x-request-id` a response carries: the client's own when it sent one."""
     return request[CLIENT_REQUEST_ID] or request[REQUEST_ID]
-_REQUESTY_PREFIX: Final = "x-requesty-"
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -28,9 +28,6 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def requesty_headers(request: web.Request) -> dict[str, str]:
-    """`X-Requesty-<Name>` headers as analytics dimensions: {name (lower case): value}."""
-    found: dict[str, str] = {}
-    for name, value in request.headers.items():
-        if len(name) > 11 and name[:11].lower() == _REQUESTY_PREFIX:
-            found[name[11:].lower()] = value
-    return found
+    """`X-Requesty-<Name>` headers as analytics dimensions: {name (lower case): value}.
+    Call it before routing: headers out of bounds (metadata.py) are a 400."""
+    return metadata.requesty_headers(request.headers)

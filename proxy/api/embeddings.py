@@ -31,6 +31,7 @@ async def embeddings(request: web.Request) -> web.Response:
     model_id: str = required(fields, "model", str)
     texts = embedding_texts(required(fields, "input", EmbeddingInput))
     meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
+    headers = requesty_headers(request)  # bounded at the edge: a 400 before routing
     fields.pop("requesty", None)
     model = gw.router.resolve(model_id, kind="embedding").models[0]
     estimate = sum(tokens.text_tokens(len(t)) for t in texts)
@@ -54,6 +55,9 @@ async def embeddings(request: web.Request) -> web.Response:
     try:
         result = await gw.provider(model.provider).embed(model, fields)
         usage = result.usage or Usage()
+        if result.usage is None or not model.plausible(usage, None, len(texts)):
+            # Unreported or untrue (negative, past the window): estimated, never 0 or negative.
+            usage = Usage(prompt_tokens=estimate, estimated=True)
         payload = result.payload
         payload["usage"] = usage_with_cost(payload.get("usage"), usage, model.cost(usage))
         response = web.Response(
@@ -82,13 +86,14 @@ async def embeddings(request: web.Request) -> web.Response:
             error_code=code,
             prompt_tokens=usage.prompt_tokens,
             cost_nusd=model.cost(usage),
+            estimated=usage.estimated,
             latency_ms=(time.monotonic() - started) * 1000,
             user_id=meta.user_id,
             trace_id=meta.trace_id,
             tags=meta.tags,
             extra=meta.extra,
-            headers=requesty_headers(request),
-        client_request_id=request[CLIENT_REQUEST_ID],
+            headers=headers,
+            client_request_id=request[CLIENT_REQUEST_ID],
         )
         gw.metrics.request_done("embeddings", record, time.monotonic() - began)
         gw.ledger.enqueue(record)

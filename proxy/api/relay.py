@@ -95,6 +95,9 @@ def served_by(request: web.Request, outcome: Outcome) -> dict[str, str]:
 def usage_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
     """The client-facing `usage` object: the provider's own (details kept) plus `cost`."""
     body: dict[str, Any] = _decode_dict(raw) if raw else {}
+    if usage.estimated:  # the provider's counts were not believed: show what was charged
+        body.update(prompt_tokens=usage.prompt_tokens, total_tokens=usage.total_tokens,
+                    completion_tokens=usage.completion_tokens, estimated=True)
     body.setdefault("prompt_tokens", usage.prompt_tokens)
     body.setdefault("completion_tokens", usage.completion_tokens)
     body.setdefault("total_tokens", usage.total_tokens)

@@ -8,7 +8,8 @@ flusher.py: the background task; batches.py: transactions; sink.py: the engine's
 and answering the same reports (report.py).
 The SQL ledgers also carry the writer's counters as plain attributes for metrics:
 `queue_depth`, `records_written`, `records_spooled`, `records_replayed`,
-`records_quarantined`, `last_flush_seconds`, `database_errors` (failed flushes).
+`records_quarantined`, `records_salvaged` (refused, then written with their metadata
+replaced by a marker), `last_flush_seconds`, `database_errors` (failed flushes).
 """
 
 from __future__ import annotations

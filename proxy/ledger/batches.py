@@ -2,8 +2,11 @@
 
 Records are split by key over the sink's connections (`_partition`) and cut into
 transactions of at most `max_batch`. A batch the database refuses for its data
-(`RecordError`) is bisected until the bad record is alone, and that one is quarantined:
-set aside in the journal directory for an operator, while the good ones all land.
+(`RecordError`) is bisected until the bad record is alone, while the good ones all land.
+The bad one is written again with its metadata replaced by a marker (salvage.py), so its
+cost still reaches the ledger and the rollups; its original is set aside in the journal
+directory's quarantine file for an operator. Only a record refused even so is quarantined
+without a trace in the database (its cost then missing: the alert pages).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from .record import UsageRecord
+from .salvage import salvaged
 from .sink import RecordError
 from .writer_state import WriterState
 
@@ -66,7 +70,7 @@ class BatchWriter(WriterState):
             self.last_flush_seconds = time.perf_counter() - started
         except RecordError as e:
             if len(batch) == 1:
-                self._quarantine(batch[0], e)
+                await self._salvage(batch[0], e)
                 return
             # Bisect: O(log n) extra transactions per bad record; the good ones all land.
             mid = len(batch) // 2
@@ -76,11 +80,35 @@ class BatchWriter(WriterState):
         self.records_written += inserted
         self.records_duplicate += len(batch) - inserted
 
+    async def _salvage(self, record: UsageRecord, error: Exception) -> None:
+        """Write the refused record again with its metadata replaced by a marker. A database
+        that is away raises through, as for any batch: the segment is replayed later."""
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                inserted = await self._sink.write([salvaged(record)])
+        except RecordError as again:
+            self._quarantine(record, again)
+            return
+        self.records_written += inserted
+        self.records_duplicate += 1 - inserted
+        if not inserted:
+            return  # a replay: counted and set aside the first time
+        self.records_salvaged += 1
+        log.error("ledger: record %s written with its metadata replaced by a marker (the "
+                  "database refused it: %s); the original is in the quarantine file",
+                  record.request_id, error)
+        self._set_aside(record, str(error), in_database=True)
+
     def _quarantine(self, record: UsageRecord, error: Exception) -> None:
         self.records_quarantined += 1
-        log.error("ledger: record %s quarantined (the database refuses it): %s",
-                  record.request_id, error)
+        log.error("ledger: record %s quarantined (the database refuses it even with its "
+                  "metadata replaced): %s", record.request_id, error)
+        self._set_aside(record, str(error), in_database=False)
+
+    def _set_aside(self, record: UsageRecord, reason: str, in_database: bool) -> None:
+        """Keep the original in the quarantine file; `in_database`: a salvaged copy is in
+        the database."""
         try:
-            self.journal.quarantine(record, str(error))
+            self.journal.quarantine(record, reason, salvaged=in_database)
         except OSError as e:
             self._journal_failed(e)

@@ -180,8 +180,16 @@ class Journal:
         finally:
             self.release(segment)
 
-    def quarantine(self, record: UsageRecord, reason: str) -> None:
-        self._quarantine_write(_encode({"reason": reason, "record": record}))
+    def quarantine(self, record: UsageRecord, reason: str, salvaged: bool = False) -> None:
+        """Set a refused record aside. `salvaged`: a copy with its metadata replaced is in
+        the database (its cost counted); this line keeps what was replaced."""
+        entry: dict[str, object] = {"reason": reason, "salvaged": salvaged, "record": record}
+        try:
+            data = _encode(entry)
+        except (TypeError, ValueError, OverflowError):  # a lone surrogate: keep it escaped
+            entry["record"] = ascii(record)
+            data = _encode(entry)
+        self._quarantine_write(data)
 
     def take_bad_lines(self) -> int:
         """Lines quarantined by read() since the last call."""

@@ -65,7 +65,10 @@ class SqliteSink:
         return self._conn
 
     async def write(self, records: Sequence[UsageRecord]) -> int:
-        rows = [sqlite_row(r) for r in records]
+        try:
+            rows = [sqlite_row(r) for r in records]
+        except (TypeError, ValueError, OverflowError) as e:  # a lone surrogate, say
+            raise RecordError(f"{type(e).__name__}: {e}") from e
         return await asyncio.to_thread(self._write, rows)
 
     def _write(self, rows: list[tuple[object, ...]]) -> int:

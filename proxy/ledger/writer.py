@@ -24,6 +24,7 @@ import msgspec
 
 from .flusher import Flusher
 from .record import UsageRecord
+from .salvage import salvaged
 from .sink import RecordError
 
 # RecordError: postgres.py and sqlite.py import it from here.
@@ -44,9 +45,13 @@ class LedgerWriter(Flusher):
         self.records_enqueued += 1
         try:
             line = _encode(record) + b"\n"
-        except (TypeError, ValueError, OverflowError) as e:  # pragma: no cover - typed record
-            log.error("ledger: record %s cannot be encoded: %s", record.request_id, e)
-            return
+        except (TypeError, ValueError, OverflowError) as e:
+            # A lone surrogate in a string, say: the journal takes the salvaged copy, so the
+            # cost is still written.
+            copy = self._unencodable(record, e)
+            if copy is None:
+                return
+            record, line = copy
         if self._loop is None or self._closed:
             self._write_late(line)
             return
@@ -74,6 +79,23 @@ class LedgerWriter(Flusher):
             log.warning("ledger: queue limit (%d) reached: records go to the spool file",
                         self._limit)
             self._spool(segment, sync=False)  # no fsync on the request path
+
+    def _unencodable(self, record: UsageRecord,
+                     error: Exception) -> tuple[UsageRecord, bytes] | None:
+        try:
+            copy = salvaged(record)
+            line = _encode(copy) + b"\n"
+        except (TypeError, ValueError, OverflowError) as e:
+            self.records_quarantined += 1
+            log.error("ledger: record %s cannot be encoded, even salvaged: %s",
+                      record.request_id, e)
+            self._set_aside(record, f"cannot be encoded: {e}", in_database=False)
+            return None
+        self.records_salvaged += 1
+        log.error("ledger: record %s journaled with its metadata replaced by a marker (%s)",
+                  record.request_id, error)
+        self._set_aside(record, f"cannot be encoded: {error}", in_database=True)
+        return copy, line
 
     def _write_late(self, line: bytes) -> None:
         try:

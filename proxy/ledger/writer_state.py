@@ -71,7 +71,8 @@ class WriterState:
         self.records_duplicate = 0  # already there (a replay of a written record)
         self.records_spooled = 0  # kept on disk only: database away or queue over its limit
         self.records_replayed = 0  # read back from disk into the database
-        self.records_quarantined = 0
+        self.records_quarantined = 0  # refused even with a marker: not in the database
+        self.records_salvaged = 0  # refused, then written with their metadata replaced
         self.journal_errors = 0
         self.database_errors = 0  # failed flush attempts
         self.flushes = 0

@@ -32,6 +32,9 @@ LEDGER_COUNTERS: Final = (
      "Usage records replayed from the spool into the database."),
     ("records_quarantined", "proxy_ledger_records_quarantined",
      "Usage records set aside as unwritable (kept on disk for an operator)."),
+    ("records_salvaged", "proxy_ledger_records_salvaged",
+     ("Usage records the database refused, written with their metadata replaced by a "
+      "marker (cost kept; the original kept on disk for an operator).")),
 )
 _SAMPLE_EVERY_S: Final = 1.0
 
