@@ -135,3 +135,15 @@ def decode_request(body: bytes, type_: type[T]) -> T:
 
 def refuse(name: str, why: str) -> InvalidRequest:
     return InvalidRequest(f"`{name}` is not supported: {why}", param=name)
+
+
+def convert_at(value: Any, type_: type[T], where: str) -> T:
+    """`value` (part of a decoded body) as `type_`, or a 400 naming `where` and below."""
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = _LOC.search(text)
+        at = where + (m.group(1) if m else "")
+        problem = (text[: m.start()] if m else text).replace("`", "")
+        raise InvalidRequest(f"Invalid request at `{at}`: {problem}.", param=at) from None

@@ -139,6 +139,8 @@ class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
     speed: Any = None
     cache_control: Any = None
     diagnostics: Any = None
+    user_profile_id: Any = None  # Anthropic account scoping, meaningless elsewhere
+    workspace_id: Any = None
     # Anthropic-hosted features no Chat Completions provider has.
     container: Any = None
     mcp_servers: Any = None
@@ -150,9 +152,13 @@ _TOOL_CHOICE: Final = {"auto": "auto", "any": "required", "none": "none"}
 _EFFORT: Final = {"max": "xhigh"}
 
 
-def to_chat(body: bytes) -> dict[str, Any]:
-    """A Messages request body as the Chat Completions body the chat path takes."""
-    req = decode_request(body, MessagesRequest)
+def parse_request(body: bytes) -> MessagesRequest:
+    """The client's body, typed; a 400 naming the field at fault, unknown ones included."""
+    return decode_request(body, MessagesRequest)
+
+
+def to_chat(req: MessagesRequest) -> dict[str, Any]:
+    """A Messages request as the Chat Completions body the chat path takes."""
     hosted = (
         ("container", req.container),
         ("mcp_servers", req.mcp_servers),
