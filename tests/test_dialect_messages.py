@@ -348,7 +348,8 @@ def test_response_text_and_usage_validate_as_sdk_message() -> None:
         "prompt_tokens_details": {"cached_tokens": 60}}), MODEL)
     msg = Message.model_validate(out)
     assert msg.model == MODEL and msg.id == "msg_abc"
-    assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == "Bonjour"
+    block = msg.content[0]
+    assert len(msg.content) == 1 and block.type == "text" and block.text == "Bonjour"
     assert msg.stop_reason == "end_turn" and msg.stop_sequence is None
     # Anthropic's input_tokens leaves the cache reads out; the total is unchanged.
     assert (msg.usage.input_tokens, msg.usage.cache_read_input_tokens) == (40, 60)
@@ -620,8 +621,10 @@ def test_error_event_reaches_the_sdk_stream_as_an_exception() -> None:
     body = tr.feed(chunk({"content": "part"})) + error_event(529, "Overloaded")
     client = sdk_client(lambda request: httpx.Response(200, content=body, headers={
         "content-type": "text/event-stream"}))
-    with pytest.raises(anthropic.APIStatusError) as e:
-        with client.messages.stream(model=MODEL, max_tokens=5,
-                                    messages=[{"role": "user", "content": "hi"}]) as stream:
-            list(stream.text_stream)
+    with (
+        pytest.raises(anthropic.APIStatusError) as e,
+        client.messages.stream(model=MODEL, max_tokens=5,
+                               messages=[{"role": "user", "content": "hi"}]) as stream,
+    ):
+        list(stream.text_stream)
     assert "overloaded_error" in str(e.value)

@@ -108,7 +108,7 @@ class MessagesStream:
         return b"".join(out)
 
     def _message_start(self, chat_id: str) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": message_id(chat_id),
             "type": "message",
             "role": "assistant",

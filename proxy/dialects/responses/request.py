@@ -274,7 +274,9 @@ def _function_output(item: FunctionCallOutputItem, where: str) -> list[dict[str,
             texts.append(p.text)
         else:
             others.append(_part(p, f"{where}.output[{j}]"))
-    out = [{"role": "tool", "tool_call_id": item.call_id, "content": "\n".join(texts)}]
+    out: list[dict[str, Any]] = [
+        {"role": "tool", "tool_call_id": item.call_id, "content": "\n".join(texts)}
+    ]
     if others:
         out.append({"role": "user", "content": others})  # a tool message carries text only
     return out

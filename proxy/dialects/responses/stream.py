@@ -32,8 +32,7 @@ from .response import (
 _encode = msgspec.json.encode
 
 Kind = Literal["message", "reasoning", "function_call"]
-# The part each kind of item opens with, and the name of its delta events.
-_PART: Final = {"message": "output_text", "reasoning": "reasoning_text"}
+# The name of each kind of item's text events.
 _TEXT_EVENT: Final = {
     "message": "response.output_text",
     "reasoning": "response.reasoning_text",
@@ -196,8 +195,8 @@ class ResponsesStream:
         out.append(self._event("response.output_item.added",
                                {"output_index": item.index, "item": item.added()}))
         if item.kind != "function_call":
-            out.append(self._event("response.content_part.added",
-                                   self._part(item, {"type": _PART[item.kind], "text": ""})))
+            part = item.as_dict("in_progress")["content"][0]  # its empty part
+            out.append(self._event("response.content_part.added", self._part(item, part)))
 
     def _close(self, out: list[bytes]) -> None:
         item = self._open
