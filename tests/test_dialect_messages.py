@@ -220,15 +220,17 @@ def test_request_tool_result_images_follow_the_tool_message() -> None:
     ]
 
 
-def test_request_thinking_config_passes_and_history_thinking_is_dropped() -> None:
-    chat = chat_of(base(
+def test_request_thinking_config_and_history_thinking_stay_out_of_the_chat_body() -> None:
+    req = parse_request(msgspec.json.encode(base(
         thinking={"type": "enabled", "budget_tokens": 2048},
         messages=[{"role": "user", "content": "q"},
                   {"role": "assistant", "content": [
                       {"type": "redacted_thinking", "data": "xyz"},
                       {"type": "thinking", "thinking": "hmm", "signature": "s"}]},
-                  {"role": "user", "content": "again"}]))
-    assert chat["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+                  {"role": "user", "content": "again"}])))
+    chat = to_chat(req)
+    assert "thinking" not in chat and "reasoning_effort" not in chat
+    assert req.thinking == {"type": "enabled", "budget_tokens": 2048}  # for the caller
     assert chat["messages"][1] == {"role": "assistant", "content": ""}
 
 
@@ -265,7 +267,8 @@ def test_request_output_config_format_becomes_json_schema_response_format() -> N
 
 def test_request_advisory_fields_are_dropped() -> None:
     chat = chat_of(base(service_tier="auto", cache_control={"type": "ephemeral"},
-                        inference_geo="us", speed="fast", workspace_id="w"))
+                        inference_geo="us", speed="fast", workspace_id="w",
+                        context_management={"edits": [{"type": "clear_tool_uses_20250919"}]}))
     assert set(chat) == {"model", "messages", "max_tokens"}
 
 
@@ -293,10 +296,12 @@ def test_refuses_unknown_block_type_naming_where() -> None:
     assert err.param == "messages[0].content[0].type"
 
 
-@pytest.mark.parametrize("name", ["container", "mcp_servers", "context_management"])
-def test_refuses_anthropic_hosted_features(name: str) -> None:
-    err = refused(base(**{name: {"id": "x"} if name != "mcp_servers" else []}))
-    assert err.param == name
+@pytest.mark.parametrize(("name", "value"), [
+    ("container", {"id": "x"}),
+    ("mcp_servers", [{"type": "url", "url": "https://mcp.test", "name": "m"}]),
+])
+def test_refuses_anthropic_hosted_features(name: str, value: Any) -> None:
+    assert refused(base(**{name: value})).param == name
 
 
 def test_refuses_server_tools() -> None:

@@ -232,7 +232,8 @@ def test_request_stream_asks_upstream_for_the_usage_chunk() -> None:
 
 def test_request_advisory_fields_are_dropped() -> None:
     chat = chat_of({"input": "x", "store": True, "include": ["reasoning.encrypted_content"],
-                    "truncation": "auto", "stream_options": {"include_obfuscation": False}})
+                    "truncation": "auto", "stream_options": {"include_obfuscation": False},
+                    "context_management": [{"type": "compaction", "compact_threshold": 1000}]})
     assert set(chat) == {"model", "messages"}
 
 
@@ -244,7 +245,7 @@ def test_refuses_previous_response_id_naming_it() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("conversation", "conv_1"), ("prompt", {"id": "pmpt_1"}), ("background", True),
-    ("top_logprobs", 3), ("max_tool_calls", 2), ("context_management", [{"type": "x"}]),
+    ("top_logprobs", 3), ("max_tool_calls", 2),
 ])
 def test_refuses_fields_needing_state_or_hosted_features(field: str, value: Any) -> None:
     assert refused({"input": "x", field: value}).param == field

@@ -131,6 +131,9 @@ class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
+    # Not put in the chat body: OpenAI-compatible servers refuse an unknown `thinking`,
+    # and `reasoning_effort` is refused by models that do not reason; reasoning models
+    # reason by default. Kept here for a caller that knows its target takes it.
     thinking: dict[str, Any] | None = None
     output_config: OutputConfig | None = None
     # Advisory: they tune where or how fast Anthropic serves, not what it answers.
@@ -141,10 +144,12 @@ class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
     diagnostics: Any = None
     user_profile_id: Any = None  # Anthropic account scoping, meaningless elsewhere
     workspace_id: Any = None
+    # Anthropic editing the context server-side when it grows: without it the model
+    # sees the whole conversation, as the client sent it (Claude Code sends this).
+    context_management: Any = None
     # Anthropic-hosted features no Chat Completions provider has.
     container: Any = None
     mcp_servers: Any = None
-    context_management: Any = None
 
 
 _TOOL_CHOICE: Final = {"auto": "auto", "any": "required", "none": "none"}
@@ -159,14 +164,10 @@ def parse_request(body: bytes) -> MessagesRequest:
 
 def to_chat(req: MessagesRequest) -> dict[str, Any]:
     """A Messages request as the Chat Completions body the chat path takes."""
-    hosted = (
-        ("container", req.container),
-        ("mcp_servers", req.mcp_servers),
-        ("context_management", req.context_management),
-    )
-    for name, hosted_value in hosted:
-        if hosted_value is not None:
-            raise refuse(name, "it is an Anthropic-hosted feature.")
+    if req.container is not None:
+        raise refuse("container", "it is an Anthropic-hosted feature.")
+    if req.mcp_servers is not None:
+        raise refuse("mcp_servers", "it is an Anthropic-hosted feature.")
     if req.max_tokens < 1:
         raise InvalidRequest("`max_tokens` must be at least 1.", param="max_tokens")
     if not req.messages:
@@ -176,16 +177,11 @@ def to_chat(req: MessagesRequest) -> dict[str, Any]:
         "messages": _system(req.system) + convert_messages(req.messages),
         "max_tokens": req.max_tokens,
     }
-    sampling = (
-        ("temperature", req.temperature),
-        ("top_p", req.top_p),
-        ("top_k", req.top_k),
-        ("thinking", req.thinking),
-    )
+    sampling = (("temperature", req.temperature), ("top_p", req.top_p), ("top_k", req.top_k))
     for name, value in sampling:
         if value is not None:
-            # top_k and thinking are not OpenAI's, but the gateway's Anthropic adapter and
-            # vLLM-style servers read them, as they do from a chat client.
+            # top_k is not OpenAI's, but vLLM-style servers take it; one that does not
+            # answers a 400 naming it, as it would to a chat client sending it.
             chat[name] = value
     if req.stop_sequences:
         chat["stop"] = req.stop_sequences

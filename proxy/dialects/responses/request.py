@@ -112,6 +112,9 @@ class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
     include: list[str] | None = None
     truncation: str | None = None
     stream_options: Any = None
+    # Compaction by OpenAI when the context grows: without it the model sees the whole
+    # input, as the client sent it.
+    context_management: Any = None
     # Need stored state or hosted features the chat providers do not have.
     previous_response_id: str | None = None
     conversation: Any = None
@@ -119,7 +122,6 @@ class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
     background: bool | None = None
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
-    context_management: Any = None
 
 
 _ROLES: Final = {"developer": "system"}  # many OpenAI-compatible servers lack `developer`
@@ -188,14 +190,10 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
             "previous_response_id",
             "this gateway does not store responses; send the conversation in `input`.",
         )
-    stateful = (
-        ("conversation", req.conversation),
-        ("prompt", req.prompt),
-        ("context_management", req.context_management),
-    )
-    for name, value in stateful:
-        if value is not None:
-            raise refuse(name, "it needs state stored by OpenAI; send the full `input`.")
+    if req.conversation is not None:
+        raise refuse("conversation", "it needs state stored by OpenAI; send the full `input`.")
+    if req.prompt is not None:
+        raise refuse("prompt", "prompt templates are stored by OpenAI; send `input`.")
     if req.background:
         raise refuse("background", "responses are answered in the request.")
     if req.top_logprobs is not None:
