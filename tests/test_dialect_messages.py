@@ -633,3 +633,21 @@ def test_error_event_reaches_the_sdk_stream_as_an_exception() -> None:
     ):
         list(stream.text_stream)
     assert "overloaded_error" in str(e.value)
+
+
+def test_stream_whole_tool_calls_all_at_index_zero_stay_separate() -> None:
+    tr = MessagesStream(MODEL)
+    out = b"".join([
+        tr.feed(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                       "function": {"name": "a", "arguments": '{"x":1}'}}]})),
+        tr.feed(chunk({"tool_calls": [{"index": 0, "id": "call_2", "type": "function",
+                                       "function": {"name": "b", "arguments": '{"y":2}'}}]})),
+        tr.feed(chunk({}, "tool_calls", usage={"prompt_tokens": 1, "completion_tokens": 1})),
+    ])
+    evs = events(out)
+    starts = [(e["index"], e["content_block"]["id"]) for n, e in evs
+              if n == "content_block_start"]
+    assert starts == [(0, "call_1"), (1, "call_2")]
+    deltas = [(e["index"], e["delta"]["partial_json"]) for n, e in evs
+              if n == "content_block_delta"]
+    assert deltas == [(0, '{"x":1}'), (1, '{"y":2}')]

@@ -527,3 +527,16 @@ def test_stream_ids_are_stable_across_lifecycle_events() -> None:
     item_ids = {e.get("item_id") or e["item"]["id"] for e in evs
                 if "item_id" in e or "item" in e}
     assert len(item_ids) == 1
+
+
+def test_stream_whole_tool_calls_all_at_index_zero_stay_separate() -> None:
+    tr = ResponsesStream(req_of({"input": "x"}), MODEL)
+    tr.feed(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                   "function": {"name": "a", "arguments": '{"x":1}'}}]}))
+    tr.feed(chunk({"tool_calls": [{"index": 0, "id": "call_2", "type": "function",
+                                   "function": {"name": "b", "arguments": '{"y":2}'}}]}))
+    evs = events(tr.feed(chunk({}, "tool_calls", usage={"prompt_tokens": 1,
+                                                       "completion_tokens": 1})))
+    final = Response.model_validate(evs[-1]["response"])
+    calls = [(i.call_id, i.name, i.arguments) for i in final.output if i.type == "function_call"]
+    assert calls == [("call_1", "a", '{"x":1}'), ("call_2", "b", '{"y":2}')]

@@ -74,7 +74,8 @@ class MessagesStream:
         self._blocks = 0  # content blocks started so far
         self._open: int | None = None  # index of the block still open
         self._open_kind: Kind | None = None
-        self._tools: dict[int, int] = {}  # Chat tool_call index -> Anthropic block index
+        # Chat tool_call index -> (Anthropic block index, call id)
+        self._tools: dict[int, tuple[int, str]] = {}
         self._finish: ChatChoice | None = None
         self._tokens: Tokens | None = None
 
@@ -145,16 +146,20 @@ class MessagesStream:
         out.append(self._delta_event(self._open or 0, head, text))
 
     def _tool_call(self, call: ChatToolCall, out: list[bytes]) -> None:
-        index = self._tools.get(call.index)
+        known = self._tools.get(call.index)
         fn = call.function
-        if index is None:
+        if known is None or (call.id and call.id != known[1]):
+            # A new id at a known index is a new call: some providers send every call
+            # whole, each at index 0.
+            call_id = call.id or "toolu_" + uuid.uuid4().hex
             block = {
                 "type": "tool_use",
-                "id": call.id or "toolu_" + uuid.uuid4().hex,
+                "id": call_id,
                 "name": fn.name if fn and fn.name else "",
                 "input": {},
             }
-            index = self._tools[call.index] = self._start_block("tool_use", block, out)
+            known = self._tools[call.index] = (self._start_block("tool_use", block, out), call_id)
+        index = known[0]
         if fn is not None and fn.arguments:
             out.append(self._delta_event(index, b'"input_json_delta","partial_json":',
                                          fn.arguments))

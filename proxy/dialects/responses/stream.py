@@ -172,7 +172,9 @@ class ResponsesStream:
     def _tool_call(self, call: ChatToolCall, out: list[bytes]) -> None:
         item = self._tools.get(call.index)
         fn = call.function
-        if item is None:
+        if item is None or (call.id and call.id != item.call_id):
+            # A new id at a known index is a new call: some providers send every call
+            # whole, each at index 0.
             item = self._tools[call.index] = _Item("function_call", new_id("fc"), 0)
             item.call_id = call.id or new_id("call")
             item.name = fn.name if fn and fn.name else ""
