@@ -651,3 +651,33 @@ def test_stream_whole_tool_calls_all_at_index_zero_stay_separate() -> None:
     deltas = [(e["index"], e["delta"]["partial_json"]) for n, e in evs
               if n == "content_block_delta"]
     assert deltas == [(0, '{"x":1}'), (1, '{"y":2}')]
+
+
+def test_refuses_an_orphan_tool_result_naming_it() -> None:
+    err = refused(base(messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"},
+            {"type": "tool_result", "tool_use_id": "toolu_9", "content": "?"}]},
+    ]))
+    assert err.param == "messages[2].content[1].tool_use_id" and "toolu_9" in err.message
+
+
+def test_refuses_a_tool_result_with_no_assistant_turn_before() -> None:
+    err = refused(base(messages=[{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]))
+    assert err.param == "messages[0].content[0].tool_use_id"
+
+
+def test_refuses_a_tool_use_left_unanswered() -> None:
+    err = refused(base(messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+            {"type": "tool_use", "id": "toolu_2", "name": "f", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "ok"}]},
+    ]))
+    assert err.param == "messages[2].content" and "toolu_1" in err.message

@@ -179,9 +179,13 @@ def test_request_function_calls_join_the_assistant_message_and_outputs_become_to
 def test_request_function_call_without_a_preceding_assistant_message() -> None:
     chat = chat_of({"input": [
         {"role": "user", "content": "go"},
-        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]})
-    assert chat["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "done"}]})
+    assert chat["messages"][1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
 
 
 def test_request_function_output_images_follow_the_tool_message() -> None:
@@ -540,3 +544,19 @@ def test_stream_whole_tool_calls_all_at_index_zero_stay_separate() -> None:
     final = Response.model_validate(evs[-1]["response"])
     calls = [(i.call_id, i.name, i.arguments) for i in final.output if i.type == "function_call"]
     assert calls == [("call_1", "a", '{"x":1}'), ("call_2", "b", '{"y":2}')]
+
+
+def test_refuses_an_orphan_function_call_output_naming_it() -> None:
+    err = refused({"input": [
+        {"role": "user", "content": "q"},
+        {"type": "function_call_output", "call_id": "call_9", "output": "?"}]})
+    assert err.param == "input[1].call_id" and "call_9" in err.message
+
+
+def test_refuses_a_function_call_left_without_output() -> None:
+    err = refused({"input": [
+        {"role": "user", "content": "q"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "ok"}]})
+    assert err.param == "input[1].call_id" and "c1" in err.message

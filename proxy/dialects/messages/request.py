@@ -213,6 +213,7 @@ def _system(system: str | list[TextBlock] | None) -> list[dict[str, Any]]:
 
 
 def convert_messages(messages: list[MessageParam]) -> list[dict[str, Any]]:
+    check_tool_pairs(messages)
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
@@ -223,6 +224,35 @@ def convert_messages(messages: list[MessageParam]) -> list[dict[str, Any]]:
         else:
             out.append(_assistant_turn(m.content, where))
     return out
+
+
+def check_tool_pairs(messages: list[MessageParam]) -> None:
+    """Each `tool_use` answered by a `tool_result` in the next turn, and no result without
+    its call: Anthropic refuses either, and so does every Chat Completions server."""
+    calls: set[str] = set()  # tool_use ids of the previous assistant turn
+    for i, m in enumerate(messages):
+        blocks = () if isinstance(m.content, str) else m.content
+        answered: set[str] = set()
+        for j, b in enumerate(blocks):
+            # (one in an assistant turn is refused for its place, by _assistant_turn)
+            if isinstance(b, ToolResultBlock) and m.role == "user":
+                if b.tool_use_id not in calls:
+                    at = f"messages[{i}].content[{j}].tool_use_id"
+                    raise InvalidRequest(
+                        f"`{at}` `{b.tool_use_id}` answers no `tool_use` of the turn before.",
+                        param=at,
+                    )
+                answered.add(b.tool_use_id)
+        if calls - answered:
+            missing = ", ".join(sorted(calls - answered))
+            raise InvalidRequest(
+                f"`messages[{i}]` must hold a `tool_result` for each `tool_use` of the turn "
+                f"before; missing: {missing}.",
+                param=f"messages[{i}].content",
+            )
+        calls = set()
+        if m.role == "assistant":
+            calls = {b.id for b in blocks if isinstance(b, ToolUseBlock)}
 
 
 def _user_turn(blocks: list[Block], where: str) -> list[dict[str, Any]]:

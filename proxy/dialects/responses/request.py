@@ -212,16 +212,29 @@ def _requesty(req: ResponsesRequest) -> dict[str, Any]:
 
 
 def convert_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Input items as chat messages. Every call needs its output and every output its
+    call, earlier: OpenAI refuses either, and so does every Chat Completions server."""
     out: list[dict[str, Any]] = []
+    unanswered: dict[str, int] = {}  # call_id -> index of its function_call item
+    answered: set[str] = set()
     for i, item in enumerate(items):
         where = f"input[{i}]"
         kind = item.get("type", "message")  # an "easy" message item has no type
         if kind == "message":
             out += _message(convert_at(item, MessageItem, where), where)
         elif kind == "function_call":
-            _function_call(convert_at(item, FunctionCallItem, where), out)
+            call = convert_at(item, FunctionCallItem, where)
+            unanswered[call.call_id] = i
+            _function_call(call, out)
         elif kind == "function_call_output":
-            out += _function_output(convert_at(item, FunctionCallOutputItem, where), where)
+            result = convert_at(item, FunctionCallOutputItem, where)
+            if unanswered.pop(result.call_id, None) is None and result.call_id not in answered:
+                raise InvalidRequest(
+                    f"`{where}.call_id` `{result.call_id}` answers no earlier `function_call`.",
+                    param=f"{where}.call_id",
+                )
+            answered.add(result.call_id)
+            out += _function_output(result, where)
         elif kind == "reasoning":
             # The model's own earlier reasoning (often encrypted for OpenAI only); a chat
             # provider has no field that takes it back and does not need it to continue.
@@ -230,6 +243,12 @@ def convert_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise refuse(f"{where}.type", "items are not stored; send the item itself.")
         else:
             raise refuse(f"{where}.type", f"`{kind}` items are not translated to chat models.")
+    if unanswered:
+        call_id, i = next(iter(unanswered.items()))  # the first one, in input order
+        raise InvalidRequest(
+            f"`input[{i}]` (`function_call` `{call_id}`) has no `function_call_output`.",
+            param=f"input[{i}].call_id",
+        )
     return out
 
 
