@@ -31,6 +31,8 @@ from proxy.dialects.messages import (
 )
 from proxy.errors import ApiError, InvalidRequest, RateLimited, UpstreamError
 from proxy.providers.sse import SSEParser
+from proxy.wire import Message as ChatMessage
+from proxy.wire import decode_body, required
 
 MODEL = "claude-sonnet-4-5-20250929"
 EVENT = TypeAdapter(RawMessageStreamEvent)
@@ -681,3 +683,20 @@ def test_refuses_a_tool_use_left_unanswered() -> None:
             {"type": "tool_result", "tool_use_id": "toolu_2", "content": "ok"}]},
     ]))
     assert err.param == "messages[2].content" and "toolu_1" in err.message
+
+
+def test_chat_body_decodes_as_the_chat_path_decodes_it() -> None:
+    chat = chat_of(base(system="s", stream=True, messages=[
+        {"role": "user", "content": [
+            {"type": "text", "text": "look"},
+            {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                      "content": "done"}]},
+    ]))
+    fields = decode_body(msgspec.json.encode(chat))
+    messages = required(fields, "messages", list[ChatMessage])
+    assert [m.role for m in messages] == ["system", "user", "assistant", "tool"]
+    assert messages[3].tool_call_id == "t1"
+    assert msgspec.json.decode(fields["stream_options"]) == {"include_usage": True}

@@ -16,9 +16,11 @@ import httpx2 as httpx  # the SDKs' HTTP client, installed with them
 import msgspec
 import openai
 import pytest
+from msgspec import Raw
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
+from proxy.catalog import Model
 from proxy.dialects.responses import (
     ResponsesRequest,
     ResponsesStream,
@@ -27,7 +29,10 @@ from proxy.dialects.responses import (
     to_response,
 )
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.providers.anthropic import build_request
+from proxy.providers.base import ChatCall
 from proxy.providers.sse import SSEParser
+from proxy.wire import Message, decode_body, required
 
 MODEL = "gpt-5-mini"
 # Each event type's own SDK class (validating against the whole union reports every
@@ -560,3 +565,33 @@ def test_refuses_a_function_call_left_without_output() -> None:
         {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c2", "output": "ok"}]})
     assert err.param == "input[1].call_id" and "c1" in err.message
+
+
+# ---------------------------------------------------------------------------------------
+# the chat body is what the chat path takes, down to the Anthropic adapter
+# ---------------------------------------------------------------------------------------
+
+
+def test_chat_body_goes_through_the_chat_paths_decoding_and_the_anthropic_adapter() -> None:
+    claude = Model(id="anthropic/claude", provider="anthropic", upstream="claude-x",
+                   kind="chat", owned_by="anthropic", context_window=200_000,
+                   max_output_tokens=8192, input_nano=1, output_nano=1, cached_input_nano=1,
+                   cache_write_nano=1, input_price=0.0, output_price=0.0)
+    chat = chat_of({"instructions": "brief", "tools": [WEATHER], "max_output_tokens": 99,
+                    "text": {"format": {"type": "json_object"}}, "input": [
+                        {"role": "user", "content": "Paris?"},
+                        {"type": "function_call", "call_id": "c1", "name": "weather",
+                         "arguments": '{"city":"Paris"}'},
+                        {"type": "function_call_output", "call_id": "c1", "output": "18C"}]})
+    chat.pop("response_format")  # not yet honoured by the Anthropic adapter (issue 17, item 4)
+    fields: dict[str, Raw] = decode_body(msgspec.json.encode(chat))
+    messages = required(fields, "messages", list[Message])
+    anthropic_req = build_request(ChatCall(claude, fields, messages, False, None))
+    assert anthropic_req["system"] == "brief" and anthropic_req["max_tokens"] == 99
+    assert anthropic_req["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Paris?"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1",
+                                      "content": "18C"}]},
+    ]
