@@ -136,7 +136,7 @@ def test_request_from_sdk_translates_every_field() -> None:
             "name": "weather", "description": "Weather now",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
         "tool_choice": "auto", "parallel_tool_calls": False,
-        "user": "u-42", "requesty": {"user_id": "u-42"},
+        "requesty": {"user_id": "u-42"},
     }
 
 

@@ -192,7 +192,7 @@ def to_chat(req: MessagesRequest) -> dict[str, Any]:
     if req.output_config is not None:
         _output_config(req.output_config, chat)
     if req.metadata is not None and req.metadata.user_id:
-        chat["user"] = req.metadata.user_id
+        # For the ledger only: Claude Code's ids run past what OpenAI takes in `user`.
         chat["requesty"] = {"user_id": req.metadata.user_id}
     if req.stream:
         chat["stream"] = True
