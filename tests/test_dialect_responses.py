@@ -595,3 +595,42 @@ def test_chat_body_goes_through_the_chat_paths_decoding_and_the_anthropic_adapte
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1",
                                       "content": "18C"}]},
     ]
+
+
+def test_stream_refusal_is_a_message_with_a_refusal_part() -> None:
+    tr = ResponsesStream(req_of({"input": "x"}), MODEL)
+    out = b"".join([tr.feed(chunk({"role": "assistant", "refusal": "I can"})),
+                    tr.feed(chunk({"refusal": "not."})),
+                    tr.feed(chunk({}, "stop", usage={"prompt_tokens": 1,
+                                                     "completion_tokens": 2}))])
+    evs = events(out)
+    kinds = [e["type"] for e in evs]
+    assert kinds[2:] == [
+        "response.output_item.added", "response.content_part.added",
+        "response.refusal.delta", "response.refusal.delta", "response.refusal.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert evs[6]["refusal"] == "I cannot."
+    final = Response.model_validate(evs[-1]["response"])
+    assert final.output[0].type == "message"
+    part = final.output[0].content[0]
+    assert part.type == "refusal" and part.refusal == "I cannot."
+
+
+def test_stream_items_closed_before_a_cut_stay_completed() -> None:
+    tr = ResponsesStream(req_of({"input": "x", "max_output_tokens": 5}), MODEL)
+    tr.feed(chunk({"reasoning_content": "hmm"}))
+    tr.feed(chunk({"content": "Hel"}))
+    evs = events(tr.feed(chunk({}, "length", usage={"prompt_tokens": 1,
+                                                   "completion_tokens": 5})))
+    Response.model_validate(evs[-1]["response"])
+    assert [(i["type"], i["status"]) for i in evs[-1]["response"]["output"]] == [
+        ("reasoning", "completed"), ("message", "incomplete")]
+
+
+def test_stream_many_deltas_join_into_the_done_text() -> None:
+    tr = ResponsesStream(req_of({"input": "x"}), MODEL)
+    for _ in range(2000):
+        tr.feed(chunk({"content": "ab"}))
+    evs = events(tr.feed(chunk({}, "stop", usage={"prompt_tokens": 1,
+                                                 "completion_tokens": 1})))
+    assert evs[0]["type"] == "response.output_text.done" and evs[0]["text"] == "ab" * 2000

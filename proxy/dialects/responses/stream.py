@@ -2,7 +2,8 @@
 
 OpenAI's order: `response.created`, `response.in_progress`, then per output item
 `response.output_item.added`, its part and deltas (`response.output_text.delta`,
-`response.function_call_arguments.delta`, `response.reasoning_text.delta`), their
+`response.function_call_arguments.delta`, `response.reasoning_text.delta`,
+`response.refusal.delta`), their
 `.done` events and `response.output_item.done`; last `response.completed` (or
 `response.incomplete` when the output was cut by `max_output_tokens`). Every event has
 the next `sequence_number`. The `.done` events repeat an item's whole text, so the open
@@ -31,35 +32,50 @@ from .response import (
 
 _encode = msgspec.json.encode
 
-Kind = Literal["message", "reasoning", "function_call"]
-# The name of each kind of item's text events.
+# A refusal is a message item whose part is a `refusal`, with events of its own.
+Kind = Literal["message", "refusal", "reasoning", "function_call"]
+# The name of each kind of item's text events, and of the text in its `.done` event.
 _TEXT_EVENT: Final = {
     "message": "response.output_text",
+    "refusal": "response.refusal",
     "reasoning": "response.reasoning_text",
     "function_call": "response.function_call_arguments",
 }
+_DONE_FIELD: Final = {"message": "text", "refusal": "refusal", "reasoning": "text"}
 
 
 class _Item:
-    __slots__ = ("call_id", "id", "index", "kind", "name", "text")
+    __slots__ = ("_parts", "call_id", "id", "index", "kind", "name", "status")
 
-    def __init__(self, kind: Kind, item_id: str, index: int) -> None:
+    def __init__(self, kind: Kind, item_id: str) -> None:
         self.kind: Kind = kind
         self.id = item_id
-        self.index = index
-        self.text = ""  # output text, reasoning text or call arguments so far
+        self.index = 0
+        self.status = "in_progress"
         self.call_id = ""
         self.name = ""
+        # Output text, reasoning text or call arguments so far, joined when the item
+        # closes (appending to one string would copy it at every delta).
+        self._parts: list[str] = []
 
-    def as_dict(self, status: str) -> dict[str, Any]:
-        if self.kind == "message":
-            return message_item(self.id, self.text, status)
+    def append(self, text: str) -> None:
+        self._parts.append(text)
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind in ("message", "refusal"):
+            return message_item(self.id, self.text, self.status, self.kind == "refusal")
         if self.kind == "reasoning":
-            return reasoning_item(self.id, self.text, status)
-        return function_item(self.id, self.call_id, self.name, self.text, status)
+            return reasoning_item(self.id, self.text, self.status)
+        return function_item(self.id, self.call_id, self.name, self.text, self.status)
 
     def added(self) -> dict[str, Any]:
-        item = self.as_dict("in_progress")
+        item = self.as_dict()
         if self.kind != "function_call":
             item["content"] = []  # its part arrives in content_part.added
         return item
@@ -156,6 +172,8 @@ class ResponsesStream:
                 self._text("reasoning", d.thinking, out)
             if d.content:
                 self._text("message", d.content, out)
+            if d.refusal:
+                self._text("refusal", d.refusal, out)
             for call in d.tool_calls or ():
                 self._tool_call(call, out)
         if choice.finish_reason is not None and self._finish is None:
@@ -166,7 +184,7 @@ class ResponsesStream:
         item = self._open
         if item is None or item.kind != kind:
             item = self._start(kind, out)
-        item.text += text
+        item.append(text)
         out.append(self._event(_TEXT_EVENT[kind] + ".delta", self._delta(item, text)))
 
     def _tool_call(self, call: ChatToolCall, out: list[bytes]) -> None:
@@ -175,17 +193,17 @@ class ResponsesStream:
         if item is None or (call.id and call.id != item.call_id):
             # A new id at a known index is a new call: some providers send every call
             # whole, each at index 0.
-            item = self._tools[call.index] = _Item("function_call", new_id("fc"), 0)
+            item = self._tools[call.index] = _Item("function_call", new_id("fc"))
             item.call_id = call.id or new_id("call")
             item.name = fn.name if fn and fn.name else ""
             self._start_item(item, out)
         if fn is not None and fn.arguments:
-            item.text += fn.arguments
+            item.append(fn.arguments)
             out.append(self._event("response.function_call_arguments.delta",
                                    self._delta(item, fn.arguments)))
 
     def _start(self, kind: Kind, out: list[bytes]) -> _Item:
-        item = _Item(kind, new_id("rs" if kind == "reasoning" else "msg"), 0)
+        item = _Item(kind, new_id("rs" if kind == "reasoning" else "msg"))
         self._start_item(item, out)
         return item
 
@@ -197,7 +215,7 @@ class ResponsesStream:
         out.append(self._event("response.output_item.added",
                                {"output_index": item.index, "item": item.added()}))
         if item.kind != "function_call":
-            part = item.as_dict("in_progress")["content"][0]  # its empty part
+            part = item.as_dict()["content"][0]  # its empty part
             out.append(self._event("response.content_part.added", self._part(item, part)))
 
     def _close(self, out: list[bytes]) -> None:
@@ -205,24 +223,22 @@ class ResponsesStream:
         if item is None:
             return
         self._open = None
-        status = self._item_status()
+        # An item still open when the output was cut is incomplete, as OpenAI marks it.
+        item.status = status_of(self._finish)[0] if self._finish is not None else "completed"
         where = {"item_id": item.id, "output_index": item.index}
         if item.kind == "function_call":
             out.append(self._event("response.function_call_arguments.done",
                                    {**where, "arguments": item.text, "name": item.name}))
         else:
-            done: dict[str, Any] = {**where, "content_index": 0, "text": item.text}
+            done: dict[str, Any] = {**where, "content_index": 0,
+                                    _DONE_FIELD[item.kind]: item.text}
             if item.kind == "message":
                 done["logprobs"] = []
             out.append(self._event(_TEXT_EVENT[item.kind] + ".done", done))
-            part = item.as_dict(status)["content"][0]
+            part = item.as_dict()["content"][0]
             out.append(self._event("response.content_part.done", self._part(item, part)))
         out.append(self._event("response.output_item.done",
-                               {"output_index": item.index, "item": item.as_dict(status)}))
-
-    def _item_status(self) -> str:
-        # An item still open when the output was cut is incomplete, as OpenAI marks it.
-        return status_of(self._finish)[0] if self._finish is not None else "completed"
+                               {"output_index": item.index, "item": item.as_dict()}))
 
     # -- the response ---------------------------------------------------------------
 
@@ -238,7 +254,7 @@ class ResponsesStream:
     def _snapshot(
         self, status: str, incomplete: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        output = [i.as_dict(self._item_status()) for i in self._output if i is not self._open]
+        output = [i.as_dict() for i in self._output if i is not self._open]
         return envelope(self.id, self.created_at, self._req, self.model, status, output,
                         incomplete=incomplete)
 
