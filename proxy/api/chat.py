@@ -33,6 +33,7 @@ from ..router import Route
 from ..routing import AttemptLog
 from ..wire import Message, RequestyMeta, StreamOptions, decode_body, field, required
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, read_body, requesty_headers
+from .inflight import INFLIGHT
 from .relay import (
     STATUS_CLIENT_GONE,
     OpenStream,
@@ -103,6 +104,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         max(m.worst_case_cost(prompt_estimate, req.max_tokens) for m in route.models),
         prompt_estimate + (req.max_tokens or route.models[0].max_output_tokens),
     )
+    flight = request.app[INFLIGHT]
+    ticket = flight.begin(request, admission, route.models[0], req.model_id, prompt_estimate,
+                          req.stream, req.meta, arrived)
     outcome = Outcome(route.models[0], started)
     outcome.headers = admission.headers
     with gw.metrics.in_flight(ROUTE):
@@ -135,6 +139,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise
         finally:
             _account(request, gw, req, outcome, admission, arrived)
+            flight.end(ticket)
 
 
 async def _complete(
