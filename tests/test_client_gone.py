@@ -68,7 +68,7 @@ async def send_and_leave(gw: Gateway, path: str, body: dict[str, Any],
     """Send a request on a raw connection, wait until `reached()` (the upstream has it),
     close the connection; returns when it was closed (monotonic)."""
     host, port = gw.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _, writer = await asyncio.open_connection(host, int(port))
     payload = msgspec.json.encode(body)
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ADMIN_KEY}\r\n"

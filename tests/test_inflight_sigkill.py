@@ -173,7 +173,8 @@ async def redis_state(ns: str, key_id: str) -> tuple[int, int, dict[bytes, bytes
                 settled += int(counter.get(b"s", 0))
                 reserved += int(counter.get(b"r", 0))
             elif text.endswith(":res"):
-                fields.update(await client.hgetall(name))
+                res: dict[bytes, bytes] = await client.hgetall(name)
+                fields.update(res)
             elif text.endswith(":due"):
                 due += await client.zcard(name)
         return settled, reserved, fields, due

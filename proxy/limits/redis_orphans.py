@@ -16,8 +16,14 @@ from .redis_leases import RedisLeases
 
 class RedisOrphans(RedisLeases):
     async def settle_orphan(self, admission: Admission, cost_nusd: int, tokens: int) -> None:
+        if not self.degraded:
+            try:
+                await self._settle_remote(admission, cost_nusd, tokens)
+                return
+            except REDIS_FAILURES as e:
+                self._failed(e)
         # Redis away: queued with the outage's settles and replayed when it is back.
-        await self._settle_one(admission, cost_nusd, tokens)
+        self._settle_elsewhere(admission, cost_nusd, tokens)
 
     async def return_lease(self, key_id: str, period: str, lease_id: str) -> None:
         # ALL: whatever Redis still holds of it; its draws are settled by now. A lease already
