@@ -27,10 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TS = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
-def entry(seq: int, key_id: str = "k1", cost: int = 1_000) -> Admitted:
+def entry(seq: int, key_id: str = "k1") -> Admitted:
     return Admitted(seq, f"req-{seq}", TS, key_id, "up/model", "up/model", "up", "global",
-                    False, 10, cost, f"r:{seq}", 50_000, period_id("monthly", time.time()), 0,
-                    0, False)
+                    False, 10, f"r:{seq}", 50_000, period_id("monthly", time.time()), 0, 0,
+                    False)
+
+
+def price(model_id: str, prompt_tokens: int) -> int:
+    """100 nano-USD a prompt token."""
+    return prompt_tokens * 100
 
 
 def files(directory: Path) -> list[str]:
@@ -83,13 +88,13 @@ async def test_a_worker_killed_mid_rotation_has_each_open_admission_recovered_on
     """)
     assert len(files(tmp_path)) == 2
     ledger, limits = MemoryLedger(), MemoryLimits(LimitsConfig(), SpendSource(None, lambda: None))
-    assert await recover(tmp_path, ledger, limits) == 2
+    assert await recover(tmp_path, ledger, limits, price) == 2
     assert sorted(r.request_id for r in ledger.records) == ["req-4", "req-5"]
     assert {(r.status, r.error_code, r.estimated, r.cost_nusd) for r in ledger.records} == {
         (502, "worker_lost", True, 1_000)}
     assert await limits.spend([Principal("k1")]) == [2_000]
     assert files(tmp_path) == []
-    assert await recover(tmp_path, ledger, limits) == 0
+    assert await recover(tmp_path, ledger, limits, price) == 0
 
 
 async def test_a_live_workers_admissions_are_never_recovered(tmp_path: Path) -> None:
@@ -139,13 +144,13 @@ async def test_a_recovery_cut_short_does_not_charge_again_what_it_charged(tmp_pa
     ledger = MemoryLedger()
     first = StopsAfter(2)
     try:
-        await recover(tmp_path, ledger, first)
+        await recover(tmp_path, ledger, first, price)
     except asyncio.CancelledError:
         pass
     assert first.settled == ["r:1", "r:2"]
     assert len(files(tmp_path)) == 1  # left for the next recovery
     second = StopsAfter(10)
-    assert await recover(tmp_path, ledger, second) == 3
+    assert await recover(tmp_path, ledger, second, price) == 3
     assert second.settled == ["r:3", "r:4", "r:5"]
     assert sorted(r.request_id for r in ledger.records) == [f"req-{i}" for i in range(1, 6)]
     assert files(tmp_path) == []

@@ -68,8 +68,7 @@ class InFlight:
             journal.lease_used(admission.reservation_id, admission.key_id, admission.period)
         journal.admitted(Admitted(
             seq, request[REQUEST_ID], arrived, admission.key_id, model_requested, model.id,
-            model.provider, self._region, stream, prompt_tokens,
-            model.cost(Usage(prompt_tokens=prompt_tokens)), admission.reservation_id,
+            model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
             admission.leased, meta.user_id, meta.trace_id, meta.tags, meta.extra,
             requesty_headers(request), request[CLIENT_REQUEST_ID],
@@ -97,7 +96,11 @@ class InFlight:
         if self._journal is None:
             return 0
         gw = app[GATEWAY]
-        return await recover(self._journal.directory, gw.ledger, gw.limits)
+
+        def price(model_id: str, prompt_tokens: int) -> int:
+            return gw.catalog.get(model_id).cost(Usage(prompt_tokens=prompt_tokens))
+
+        return await recover(self._journal.directory, gw.ledger, gw.limits, price)
 
     async def _scan(self, app: web.Application) -> None:
         while True:

@@ -59,8 +59,7 @@ class Admitted(msgspec.Struct, array_like=True, tag="A"):
     provider: str
     region: str
     stream: bool
-    prompt_tokens: int  # the gateway's estimate of the prompt
-    cost_nusd: int  # the prompt estimate priced: the least the provider charges
+    prompt_tokens: int  # the gateway's estimate of the prompt (priced at recovery)
     reservation_id: str
     reserved_nusd: int
     period: str
@@ -98,6 +97,7 @@ class AdmissionJournal:
         self._leases: dict[str, tuple[bytes, float]] = {}  # id -> (line, first seen)
         self._pending: list[bytes] = []
         self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
         self._path: Path | None = None
         self._size = 0
@@ -134,7 +134,9 @@ class AdmissionJournal:
 
     def _schedule(self) -> None:
         self._drain_scheduled = True
-        asyncio.get_running_loop().call_soon(self.drain)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(self.drain)
 
     def drain(self) -> None:
         """Write this iteration's lines in one system call."""

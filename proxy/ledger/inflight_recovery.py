@@ -16,6 +16,7 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Final
 
 from ..limits import Admission, Limits
@@ -29,7 +30,11 @@ STATUS_WORKER_LOST: Final = 502
 ERROR_WORKER_LOST: Final = "worker_lost"
 
 
-def lost_record(entry: Admitted, died: datetime) -> UsageRecord:
+# (model id, prompt tokens) -> nano-USD: the catalog's price of the prompt estimate.
+Pricing = Callable[[str, int], int]
+
+
+def lost_record(entry: Admitted, cost_nusd: int, died: datetime) -> UsageRecord:
     """The record of a request whose worker died: what the journal knew at admission."""
     return UsageRecord(
         request_id=entry.request_id,
@@ -42,7 +47,7 @@ def lost_record(entry: Admitted, died: datetime) -> UsageRecord:
         status=STATUS_WORKER_LOST,
         error_code=ERROR_WORKER_LOST,
         prompt_tokens=entry.prompt_tokens,
-        cost_nusd=entry.cost_nusd,
+        cost_nusd=cost_nusd,
         # Up to the worker's last journal write: about when it died.
         latency_ms=max(0.0, (died - entry.ts).total_seconds() * 1000),
         stream=entry.stream,
@@ -56,7 +61,7 @@ def lost_record(entry: Admitted, died: datetime) -> UsageRecord:
     )
 
 
-async def recover(directory: Path, ledger: Ledger, limits: Limits) -> int:
+async def recover(directory: Path, ledger: Ledger, limits: Limits, price: Pricing) -> int:
     """Record and settle what dead workers left in `directory`; returns how many requests."""
     try:
         orphans = claim_orphans(directory)
@@ -66,7 +71,7 @@ async def recover(directory: Path, ledger: Ledger, limits: Limits) -> int:
     if orphans is None:
         return 0
     try:
-        n = await _settle(orphans, ledger, limits)
+        n = await _settle(orphans, ledger, limits, price)
     except BaseException:
         orphans.release()  # the next scan takes them again; what was done is marked
         raise
@@ -74,18 +79,19 @@ async def recover(directory: Path, ledger: Ledger, limits: Limits) -> int:
     return n
 
 
-async def _settle(orphans: Orphans, ledger: Ledger, limits: Limits) -> int:
+async def _settle(orphans: Orphans, ledger: Ledger, limits: Limits, price: Pricing) -> int:
     died = _last_write(orphans)
     for owner, entry in orphans.admissions:
+        cost = _priced(price, entry)
         admission = Admission(entry.key_id, entry.reservation_id, entry.reserved_nusd,
                               period=entry.period, tokens=entry.tokens, tpm=entry.tpm,
                               leased=entry.leased)
         try:
-            await limits.settle_orphan(admission, entry.cost_nusd, entry.prompt_tokens)
+            await limits.settle_orphan(admission, cost, entry.prompt_tokens)
         except Exception as e:  # noqa: BLE001 - the record still goes: the ledger is the truth
             log.error("ledger: could not settle the reservation of lost request %s (%s)",
                       entry.request_id, type(e).__name__)
-        ledger.enqueue(lost_record(entry, died))
+        ledger.enqueue(lost_record(entry, cost, died))
         await asyncio.sleep(0)  # the ledger journals its lines at the end of the iteration
         orphans.recorded(owner, entry.seq)
     for lease in orphans.leases:
@@ -100,6 +106,15 @@ async def _settle(orphans: Orphans, ledger: Ledger, limits: Limits) -> int:
                     len(orphans.admissions), STATUS_WORKER_LOST, len(orphans.leases),
                     orphans.bad_lines)
     return len(orphans.admissions)
+
+
+def _priced(price: Pricing, entry: Admitted) -> int:
+    try:
+        return price(entry.model, entry.prompt_tokens)
+    except Exception as e:  # noqa: BLE001 - a model gone from the catalog: recorded at 0
+        log.error("ledger: cannot price lost request %s on %s (%s); recorded at 0",
+                  entry.request_id, entry.model, e)
+        return 0
 
 
 def _last_write(orphans: Orphans) -> datetime:
