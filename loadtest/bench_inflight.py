@@ -54,10 +54,9 @@ def bench_journal(directory: Path, n: int, per_write: int) -> float:
 
 
 def bench_inflight(directory: Path, n: int, per_write: int) -> float:
-    flight = InFlight(AdmissionJournal(directory, 900.0), "global")
-    journal = flight._journal  # noqa: SLF001 - the benchmark opens it without an app
-    assert journal is not None
-    journal.open()
+    journal = AdmissionJournal(directory, 900.0)
+    flight = InFlight(journal, "global")
+    journal.open()  # what the app's startup does
     request = make_mocked_request("POST", "/v1/chat/completions", headers={
         "Authorization": "Bearer sk-x", "Content-Type": "application/json",
         "X-Requesty-Team": "search", "User-Agent": "bench"})
