@@ -141,7 +141,10 @@ class AdmissionJournal:
     def drain(self) -> None:
         """Write this iteration's lines in one system call."""
         self._drain_scheduled = False
-        if not self._pending or self._fd < 0:
+        if not self._pending:
+            return
+        if self._fd < 0:  # not open (an app never started) or closed: nothing to keep
+            self._pending.clear()
             return
         data = b"".join(self._pending)
         self._pending.clear()
