@@ -97,6 +97,28 @@ async def test_a_worker_killed_mid_rotation_has_each_open_admission_recovered_on
     assert await recover(tmp_path, ledger, limits, price) == 0
 
 
+async def test_a_file_a_dead_worker_was_creating_is_removed_and_nothing_recovered_from_it(
+    tmp_path: Path,
+) -> None:
+    # Killed after writing the rotation's new file, before giving it its name: the old file
+    # still has everything.
+    await run_and_kill(tmp_path, """
+        j.admitted(entry(1))
+        j.drain()
+        old = sorted(Path(sys.argv[1]).glob("inflight-*.jsonl"))[0]
+        kept = old.read_bytes()
+        j.rotate()
+        new = sorted(Path(sys.argv[1]).glob("inflight-*.jsonl"))[-1]
+        new.rename(new.with_name("." + new.name + ".tmp"))
+        old.write_bytes(kept)
+    """)
+    ledger, limits = MemoryLedger(), MemoryLimits(LimitsConfig(), SpendSource(None, lambda: None))
+    assert await recover(tmp_path, ledger, limits, price) == 1
+    assert [r.request_id for r in ledger.records] == ["req-1"]
+    assert list(tmp_path.glob(".inflight-*")) == []
+    assert files(tmp_path) == []
+
+
 async def test_a_live_workers_admissions_are_never_recovered(tmp_path: Path) -> None:
     live = AdmissionJournal(tmp_path, 900.0)
     live.open()

@@ -293,10 +293,13 @@ def claim_orphans(directory: Path) -> Orphans | None:
     """Lock and read the admission files of dead workers; None when there are none, or when
     another worker is recovering them right now."""
     try:
-        names = sorted(n for n in os.listdir(directory)
-                       if n.startswith(PREFIX) and n.endswith(SUFFIX))
+        listed = os.listdir(directory)
     except FileNotFoundError:
         return None
+    names = sorted(n for n in listed if n.startswith(PREFIX) and n.endswith(SUFFIX))
+    for name in listed:
+        if name.startswith("." + PREFIX) and name.endswith(".tmp"):
+            _remove_unheld(directory / name)
     if not names:
         return None
     lock_fd = os.open(directory / _LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -335,6 +338,22 @@ def _claim(path: Path) -> tuple[Path, int] | None:
         os.close(fd)
         return None
     return path, fd
+
+
+def _remove_unheld(path: Path) -> None:
+    """A file a worker died creating (its open admissions are still in the file it was
+    replacing): gone, unless a live worker is creating it right now."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _unlink(path)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _owner(name: str) -> str:
