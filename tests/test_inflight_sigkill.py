@@ -254,3 +254,6 @@ async def test_requests_in_flight_when_a_worker_is_sigkilled_are_recorded_and_se
             assert setup.journal_lines() == []  # the dead worker's journal is gone
         finally:
             await second.stop()
+    # SIGTERM with every request recorded: no admission journal is left for a start.
+    assert list((setup.data / "spool").glob("inflight-*")) == []
+    assert len(await ledger_rows(setup.dsn)) == 2 + in_flight
