@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .api import chat, embeddings, keys, models, ops, usage
 from .api.common import CLIENT_REQUEST_ID, REQUEST_ID
+from .api.inflight import INFLIGHT, InFlight, inflight_lifecycle
 from .auth import PRINCIPAL, Authenticator, bearer_token
 from .bootstrap import admin_digest, key_secret
 from .config import Settings
@@ -75,6 +76,8 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
     gw = Gateway(settings, auth)
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_gateway_lifecycle)
+    app[INFLIGHT] = InFlight.for_settings(settings)  # admissions journaled, clients watched
+    app.cleanup_ctx.append(inflight_lifecycle)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", models.list_models)

@@ -43,6 +43,7 @@ from ..wire import (
     required,
 )
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, read_body, requesty_headers
+from .inflight import INFLIGHT
 from .relay import (
     STATUS_CLIENT_GONE,
     OpenStream,
@@ -129,6 +130,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if once is not None:
             await once.close()  # refused: the key is free for a retry
         raise
+    flight = request.app[INFLIGHT]
+    ticket = flight.begin(request, admission, route.models[0], req.model_id, prompt_estimate,
+                          req.stream, req.meta, arrived)
     outcome = Outcome(route.models[0], started)
     outcome.headers = admission.headers
     with gw.metrics.in_flight(ROUTE):
@@ -165,6 +169,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise
         finally:
             _account(request, gw, req, outcome, admission, arrived)
+            flight.end(ticket)
             if once is not None:
                 await once.close()  # no complete answer kept: the key is free for a retry
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -17,7 +18,8 @@ from ..idempotency import replay_json
 from ..ledger.record import UsageRecord
 from ..wire import EmbeddingInput, RequestyMeta, decode_body, embedding_texts, field, required
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, echo_request_id, read_body, requesty_headers
-from .relay import usage_with_cost
+from .inflight import INFLIGHT
+from .relay import STATUS_CLIENT_GONE, usage_with_cost
 
 _encode = msgspec.json.encode
 
@@ -49,6 +51,8 @@ async def embeddings(request: web.Request) -> web.Response:
         if once is not None:
             await once.close()
         raise
+    flight = request.app[INFLIGHT]
+    ticket = flight.begin(request, admission, model, model_id, estimate, False, meta, arrived)
     usage = Usage()
     status, code = 200, None
     began = time.monotonic()
@@ -71,6 +75,9 @@ async def embeddings(request: web.Request) -> web.Response:
         return response
     except ApiError as e:
         status, code = e.status, e.code
+        raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        status, code = STATUS_CLIENT_GONE, "client_disconnected"
         raise
     finally:
         gw.limits.settle(admission, model.cost(usage), usage.total_tokens)
@@ -97,5 +104,6 @@ async def embeddings(request: web.Request) -> web.Response:
         )
         gw.metrics.request_done("embeddings", record, time.monotonic() - began)
         gw.ledger.enqueue(record)
+        flight.end(ticket)
         if once is not None:
             await once.close()  # no answer kept: the key is free for a retry

@@ -36,6 +36,13 @@ class Limits(Protocol):
     async def spend(self, principals: Sequence[Principal]) -> list[int | None]:
         """Each key's settled spend in its current period (nano-USD); None when not known here."""
 
+    async def settle_orphan(self, admission: Admission, cost_nusd: int, tokens: int) -> None:
+        """Settle a request a dead worker admitted (read back from its admission journal,
+        `ledger/inflight.py`); returns once charged, or queued while Redis is away."""
+
+    async def return_lease(self, key_id: str, period: str, lease_id: str) -> None:
+        """Hand back all that is left of a dead worker's spend lease."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

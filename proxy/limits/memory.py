@@ -181,6 +181,14 @@ class MemoryLimits:
         counter = await self.counter(admission.key_id, admission.period)
         self._apply(counter, admission, cost_nusd, tokens)
 
+    async def settle_orphan(self, admission: Admission, cost_nusd: int, tokens: int) -> None:
+        # The dead process's reservations died with it: this only charges the cost, onto
+        # the counter loaded from its durable floor (which the lost record is not in yet).
+        await self.settle_now(admission, cost_nusd, tokens)
+
+    async def return_lease(self, key_id: str, period: str, lease_id: str) -> None:
+        """Leases are Redis's alone."""
+
     def _apply(self, counter: _Counter, admission: Admission, cost: int, tokens: int) -> None:
         rid = admission.reservation_id
         res = counter.reservations.pop(rid, None)

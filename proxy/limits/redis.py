@@ -31,7 +31,7 @@ from .admission import Admission
 from .memory import reservation_id
 from .redis_counters import REDIS_TIMEOUT_S
 from .redis_failures import REDIS_FAILURES, ScriptRefused, is_refusal
-from .redis_leases import RedisLeases
+from .redis_orphans import RedisOrphans
 from .responses import bucket_state, quota_exceeded, rate_headers, rate_limited
 
 # REDIS_TIMEOUT_S: for loadtest/bench_limits_transport.py, which imports it from here.
@@ -42,7 +42,7 @@ log = logging.getLogger("proxy.limits")
 _BATCH: Final = 500
 
 
-class RedisLimits(RedisLeases):
+class RedisLimits(RedisOrphans):
     """The limits on Redis (`create_limits` picks it when `redis_url` is set)."""
 
     # --- admit --------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""Cancels a handler whose client has gone away, within `WATCH_INTERVAL_S`.
+
+aiohttp does not cancel a handler when its client disconnects (`handler_cancellation` is
+off by default, and stays off: turned on, it would cancel every handler anywhere, an
+admission's Redis call or a key's database write included). So a non-stream request
+would keep its upstream call, and the provider generating, until the upstream answered
+(up to the provider's `timeout_s`), and a stream whose upstream is silent would notice
+only at its next write. Instead the chat and embeddings handlers are watched from their
+admission to their end: one task looks at the watched connections every
+`WATCH_INTERVAL_S` and cancels the handler of each one that is closed. The handler then
+cancels its upstream call (its connection is aborted, never pooled) and records 499.
+
+Per request this costs a dict insert and a pop; the scan is a method call a watched
+request four times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from aiohttp import web
+
+WATCH_INTERVAL_S: Final = 0.25
+
+
+class ClientWatch:
+    __slots__ = ("_interval", "_watched")
+
+    def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
+        self._interval = interval_s
+        # handler task -> its client's transport (None: gone before the watch began)
+        self._watched: dict[asyncio.Task[Any], asyncio.BaseTransport | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def watch(self, request: web.Request) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._watched[task] = request.transport
+
+    def unwatch(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._watched.pop(task, None)
+
+    def scan(self) -> int:
+        """Cancel the handlers whose client is gone; returns how many."""
+        gone = [task for task, transport in self._watched.items()
+                if transport is None or transport.is_closing()]
+        for task in gone:
+            del self._watched[task]
+            task.cancel("the client disconnected")
+        return len(gone)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.scan()

@@ -1,0 +1,382 @@
+"""The admission journal: the requests a worker has admitted and not yet recorded.
+
+A request is written here when its spend limit admits it and marked done when its usage
+record is handed to the ledger, so a worker killed in between (SIGKILL, the OOM killer, a
+crash) leaves on disk what its requests had reserved and what they would have cost at
+least. `inflight_recovery.py` turns such admissions into usage records and settles their
+reservations at the next start of any worker on the same spool directory.
+
+One file per worker, `<spool_dir>/inflight-<time>-<pid>-<random>-<n>.jsonl`, held under an
+exclusive `flock` for as long as the worker lives (a file nobody holds belongs to a dead
+worker). Lines, all JSON:
+
+- `["A", seq, request_id, …]`: an admission (`Admitted`);
+- `seq`: that request's record went to the ledger;
+- `["L", lease_id, key_id, period]`: a spend lease this worker drew from (`limits/leases.py`);
+  its unused rest goes back at recovery.
+
+Cost on the request path: one msgspec encode and a list append at admission, an int's
+bytes at the end; the lines of one event-loop iteration go out in one `write`, never
+fsynced. A `write` lands in the OS page cache, which outlives the process: enough for a
+killed worker, not for a machine that loses power (then the limits' sweeper charges the
+reservations after `limits.reservation_ttl_s`, as without this journal). The file is
+rotated at `ROTATE_BYTES`: the admissions still open are copied into a new file first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+log = logging.getLogger("proxy.ledger")
+
+PREFIX: Final = "inflight-"
+SUFFIX: Final = ".jsonl"
+ROTATE_BYTES: Final = 8 * 1024 * 1024
+_LOCK_NAME: Final = "inflight.lock"  # one recovery at a time per spool directory
+
+
+class Admitted(msgspec.Struct, array_like=True, tag="A"):
+    """One admitted request: its record as it stands if the worker dies, and its admission."""
+
+    seq: int
+    request_id: str
+    ts: datetime
+    key_id: str
+    model_requested: str
+    model: str
+    provider: str
+    region: str
+    stream: bool
+    prompt_tokens: int  # the gateway's estimate of the prompt (priced at recovery)
+    reservation_id: str
+    reserved_nusd: int
+    period: str
+    tokens: int  # taken from the tpm bucket
+    tpm: int
+    leased: bool
+    user_id: str | None = None
+    trace_id: str | None = None
+    tags: list[str] = []
+    extra: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    client_request_id: str | None = None
+
+
+class LeaseUsed(msgspec.Struct, array_like=True, tag="L"):
+    lease_id: str
+    key_id: str
+    period: str
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_line = msgspec.json.Decoder(Admitted | LeaseUsed | int).decode
+
+
+class AdmissionJournal:
+    """This worker's admission file: append on the request path, rotate, remove at close."""
+
+    def __init__(self, directory: Path, lease_memory_s: float) -> None:
+        self.directory = directory
+        self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._lease_memory_s = lease_memory_s  # past this the sweeper has a lease anyway
+        self._seq = itertools.count(1)
+        self._files = itertools.count(1)
+        self._open: dict[int, bytes] = {}  # seq -> its admission line, until recorded
+        self._leases: dict[str, tuple[bytes, float]] = {}  # id -> (line, first seen)
+        self._pending: list[bytes] = []
+        self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
+        self._path: Path | None = None
+        self._size = 0
+        self.errors = 0
+
+    # --- the request path ----------------------------------------------------------------
+
+    def admitted(self, entry: Admitted) -> None:
+        line = _encode(entry) + b"\n"
+        self._open[entry.seq] = line
+        self._pending.append(line)
+        if not self._drain_scheduled:
+            self._schedule()
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def lease_used(self, lease_id: str, key_id: str, period: str) -> None:
+        """A leased admission: the lease is journaled once, the first time it is drawn."""
+        if lease_id in self._leases:
+            return
+        line = _encode(LeaseUsed(lease_id, key_id, period)) + b"\n"
+        self._leases[lease_id] = (line, time.monotonic())
+        self._pending.append(line)
+        if not self._drain_scheduled:
+            self._schedule()
+
+    def recorded(self, seq: int) -> None:
+        if self._open.pop(seq, None) is None:
+            return
+        self._pending.append(b"%d\n" % seq)
+        if not self._drain_scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._drain_scheduled = True
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Write this iteration's lines in one system call."""
+        self._drain_scheduled = False
+        if not self._pending:
+            return
+        if self._fd < 0:  # not open (an app never started) or closed: nothing to keep
+            self._pending.clear()
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        try:
+            _write_all(self._fd, data)
+        except OSError as e:
+            self._failed(e)
+            return
+        self._size += len(data)
+        if self._size >= ROTATE_BYTES:
+            self.rotate()
+
+    # --- the file --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._fd, self._path = self._create(b"")
+        self._size = 0
+
+    def rotate(self) -> None:
+        """A new file with the admissions still open (and recent leases); the old one goes.
+        Until the old one is unlinked both hold the same open admissions: recovery merges
+        the files of one worker by sequence number, so nothing counts twice."""
+        now = time.monotonic()
+        self._leases = {k: v for k, v in self._leases.items()
+                        if now - v[1] < self._lease_memory_s}
+        data = b"".join([*(line for line, _ in self._leases.values()), *self._open.values()])
+        old_fd, old_path = self._fd, self._path
+        try:
+            self._fd, self._path = self._create(data)
+        except OSError as e:
+            self._failed(e)
+            return
+        self._size = len(data)
+        if old_path is not None:
+            _unlink(old_path)
+        if old_fd >= 0:
+            os.close(old_fd)
+
+    def _create(self, data: bytes) -> tuple[int, Path]:
+        """Locked before it has its name: a scan never sees it unlocked."""
+        name = f"{PREFIX}{time.time_ns():020d}-{self.owner}-{next(self._files):06d}{SUFFIX}"
+        tmp = self.directory / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if data:
+                _write_all(fd, data)
+            path = self.directory / name
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        return fd, path
+
+    def close(self) -> None:
+        """SIGTERM path: every request recorded, the file goes; else it stays for recovery."""
+        self.drain()
+        if self._fd < 0:
+            return
+        if not self._open and self._path is not None:
+            _unlink(self._path)
+        elif self._open:
+            log.warning("ledger: %d admitted request(s) without a record at close; %s keeps "
+                        "them for the next start", len(self._open), self._path)
+        os.close(self._fd)
+        self._fd = -1
+
+    def _failed(self, e: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 1000 == 0:
+            log.error("ledger: cannot write the admission journal in %s (%s): a worker killed "
+                      "now would leave its requests to the sweeper", self.directory, e)
+
+
+# --- the files of dead workers -------------------------------------------------------------
+
+
+class Orphans:
+    """The files of dead workers, locked by this process until `finish`, and what they hold
+    that was never recorded."""
+
+    def __init__(self, directory: Path, lock_fd: int) -> None:
+        self.directory = directory
+        self._lock_fd = lock_fd
+        self._files: list[tuple[Path, int]] = []
+        self._marks: dict[str, int] = {}  # owner -> fd of one of its files, for done marks
+        self.admissions: list[tuple[str, Admitted]] = []  # (owner, admission), oldest first
+        self.leases: list[LeaseUsed] = []
+        self.bad_lines = 0
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path, _ in self._files]
+
+    def _read(self) -> None:
+        admitted: dict[tuple[str, int], Admitted] = {}
+        done: set[tuple[str, int]] = set()
+        leases: dict[str, LeaseUsed] = {}
+        for path, fd in self._files:
+            owner = _owner(path.name)
+            self._marks[owner] = fd
+            for line in _lines(path):
+                try:
+                    item = _decode_line(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    self.bad_lines += 1  # a write cut short: nothing to charge from it
+                    continue
+                if isinstance(item, int):
+                    done.add((owner, item))
+                elif isinstance(item, Admitted):
+                    admitted.setdefault((owner, item.seq), item)
+                else:
+                    leases.setdefault(item.lease_id, item)
+        self.admissions = [(k[0], a) for k, a in admitted.items() if k not in done]
+        self.leases = list(leases.values())
+
+    def recorded(self, owner: str, seq: int) -> None:
+        """Settled and recorded: a recovery cut short must not charge it again."""
+        fd = self._marks.get(owner)
+        if fd is not None:
+            _write_all(fd, b"%d\n" % seq)
+
+    def finish(self) -> None:
+        for path, fd in self._files:
+            _unlink(path)
+            os.close(fd)
+        self._files.clear()
+        self.release()
+
+    def release(self) -> None:
+        """Keep the files (an error): the next scan takes them again."""
+        for _, fd in self._files:
+            os.close(fd)
+        self._files.clear()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def claim_orphans(directory: Path) -> Orphans | None:
+    """Lock and read the admission files of dead workers; None when there are none, or when
+    another worker is recovering them right now."""
+    try:
+        listed = os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    names = sorted(n for n in listed if n.startswith(PREFIX) and n.endswith(SUFFIX))
+    for name in listed:
+        if name.startswith("." + PREFIX) and name.endswith(".tmp"):
+            _remove_unheld(directory / name)
+    if not names:
+        return None
+    lock_fd = os.open(directory / _LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        return None
+    orphans = Orphans(directory, lock_fd)
+    for name in names:
+        claimed = _claim(directory / name)
+        if claimed is not None:
+            orphans._files.append(claimed)
+    if not orphans._files:
+        orphans.release()
+        return None
+    orphans._read()
+    return orphans
+
+
+def _claim(path: Path) -> tuple[Path, int] | None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None  # a live worker's
+    try:
+        # Rotated away (unlinked) between our open and our lock: a ghost.
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise FileNotFoundError(path)
+    except FileNotFoundError:
+        os.close(fd)
+        return None
+    return path, fd
+
+
+def _remove_unheld(path: Path) -> None:
+    """A file a worker died creating (its open admissions are still in the file it was
+    replacing): gone, unless a live worker is creating it right now."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _unlink(path)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _owner(name: str) -> str:
+    """`inflight-<time>-<pid>-<random>-<n>.jsonl` -> `<pid>-<random>`."""
+    parts = name[len(PREFIX):-len(SUFFIX)].split("-")
+    return "-".join(parts[1:-1])
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield line
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
