@@ -9,9 +9,10 @@ Private aiohttp API used here, and nowhere else in the gateway:
 - `RequestHandler._waiter` (set while the protocol waits for the next request's headers)
   and `RequestHandler._request_count` (requests whose headers were parsed);
 - `Server._kwargs` (the handler arguments `web.Server` would create its handler with);
-- `BaseSite._server` (the listening server `BaseSite.stop` closes).
-Checked against aiohttp 3.14 (`CHECKED`); `check_aiohttp` refuses to start if the private
-names are gone and warns when the version was never checked.
+- `BaseSite._server` (the listening server `BaseSite.stop` closes), and the protocol's
+  `_loop`.
+Read in aiohttp 3.12.15, 3.13.2 and 3.14.5 (`CHECKED`); `check_aiohttp` refuses to start
+if the private names are gone and warns when the version was never checked.
 """
 
 from __future__ import annotations
@@ -100,13 +101,14 @@ class EdgeHandler(RequestHandler):
     does for keep-alive, so a request arms no new timer.
     """
 
-    __slots__ = ("_slots", "_header_timeout", "_header_deadline", "_header_count",
-                 "_header_bytes", "_header_handle")
+    __slots__ = ("_slots", "_holds_slot", "_header_timeout", "_header_deadline",
+                 "_header_count", "_header_bytes", "_header_handle")
 
     def __init__(self, manager: web.Server, *, slots: ConnectionSlots, header_timeout: float,
                  **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._slots = slots
+        self._holds_slot = False
         self._header_timeout = header_timeout
         self._header_deadline = 0.0
         self._header_count = 0  # the deadline is for the request after this many
@@ -115,11 +117,14 @@ class EdgeHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._slots.open += 1
+        self._holds_slot = True
         super().connection_made(transport)
         self._arm_header_deadline(started=False)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._slots.open -= 1
+        if self._holds_slot:
+            self._holds_slot = False
+            self._slots.open -= 1
         if self._header_handle is not None:
             self._header_handle.cancel()
             self._header_handle = None
@@ -208,6 +213,7 @@ class EdgeProtocolFactory:
                  loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self._slots = slots
+        self._holds_slot = False
         self._header_timeout = header_timeout
         self._loop = loop
         self._kwargs: dict[str, Any] = dict(server._kwargs)  # fenced: see the module doc
@@ -251,7 +257,7 @@ class EdgeSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             self._factory_maker, self._host, self._port, backlog=self._listen_backlog,
-            reuse_port=self._reuse_port or None,
+            reuse_port=self._reuse_port,
         )
         self._server = server  # fenced: BaseSite.stop closes it
         if server.sockets:
