@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiohttp
 from aiohttp import web
@@ -200,10 +200,10 @@ class _Refused(asyncio.Protocol):
         self._loop = loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+        stream = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio subclass
         self._slots.note_refused(self._loop.time())
-        transport.write(OVERLOADED_RESPONSE)
-        transport.close()
+        stream.write(OVERLOADED_RESPONSE)
+        stream.close()
 
 
 class EdgeProtocolFactory:
