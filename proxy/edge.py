@@ -124,6 +124,10 @@ class EdgeServer:
             reuse_port=self._reuse_port, backlog=BACKLOG,
         )
         await self._site.start()
+        edge = self._settings.edge
+        log.info("edge: at most %d open connections; headers within %g s, bodies within %g s, "
+                 "idle keep-alive %g s", self.slots.limit, edge.header_timeout_s,
+                 edge.body_timeout_s, edge.keepalive_timeout_s)
 
     async def close(self) -> None:
         await self.runner.cleanup()
