@@ -14,6 +14,7 @@ from .api.inflight import INFLIGHT, InFlight, inflight_lifecycle
 from .auth import PRINCIPAL, Authenticator, bearer_token
 from .bootstrap import admin_digest, key_secret
 from .config import Settings
+from .edge import read_body_in_time
 from .errors import ApiError, InvalidRequest, NotFound
 from .gateway import GATEWAY, Gateway
 
@@ -42,6 +43,12 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_V1):
             gw = request.app[GATEWAY]
             request[PRINCIPAL] = await gw.auth.authenticate(bearer_token(request))
+        if not request.content.is_eof():  # a body still arriving: bound how long it takes
+            late = await read_body_in_time(
+                request, request.app[GATEWAY].settings.edge.body_timeout_s, rid
+            )
+            if late is not None:
+                return late
         response = await handler(request)
     except ApiError as e:
         response = e.response()
@@ -54,7 +61,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The client went away (the record says 499); there is no one to answer.
         response = web.Response(status=499)
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback to anyone
-        log.error("request %s failed: internal error (%s)", rid, type(e).__name__)
+        # but the log: with the request id the client saw, so a report can be traced.
+        log.error("request %s failed: internal error (%s)", rid, type(e).__name__, exc_info=e)
         response = ApiError("The gateway failed to handle the request.").response()
     if not response.prepared:
         response.headers["x-request-id"] = rid

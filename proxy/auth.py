@@ -5,10 +5,17 @@ checked first. Every other key is looked up by its keyed hash in the in-process 
 `proxy.keys.KeyRegistry`, which holds every live key and is kept current by Redis pub/sub
 and a periodic refresh; a steady-state request makes no database call. Expiry is checked
 here, at use, so an expired key is refused at once on every worker without any message.
+
+A key the cache does not hold is looked up in the database only if the gateway could have
+made it: a key ends in a tag, a keyed MAC of the rest that only holders of the hashing
+secret can compute (`KeyTags`). A flood of made-up keys is refused from memory; only a
+key created a moment ago on another instance, before its pub/sub message arrived, costs a
+lookup.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -70,6 +77,39 @@ def key_digest(secret: bytes, key: str) -> str:
     return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
 
 
+class KeyTags:
+    """Keys that end in a MAC of their random part, so a guessed key is told apart without
+    the database: `sk-px-` + 43 random characters + an 8-character tag (48 bits; a forged
+    key passes one time in 2^48, and then only costs one lookup)."""
+
+    _BODY: Final = 43  # secrets.token_urlsafe(32)
+    _TAG: Final = 8  # base64url of 6 bytes
+    LENGTH: Final = len(KEY_PREFIX) + _BODY + _TAG
+    # Distinct from a key digest's input, which always starts with the key prefix.
+    _DOMAIN: Final = b"proxy key tag\x00"
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _tag(self, body: str) -> str:
+        mac = hmac.new(self._secret, self._DOMAIN + body.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:6]).decode()
+
+    def new_key(self) -> str:
+        body = secrets.token_urlsafe(32)
+        return KEY_PREFIX + body + self._tag(body)
+
+    def may_exist(self, token: str) -> bool:
+        """Could this gateway have made the key? (Keys from before tags are all in the
+        cache: it loads every live key at start.)"""
+        if len(token) != self.LENGTH or not token.startswith(KEY_PREFIX):
+            return False
+        body = token[len(KEY_PREFIX):-self._TAG]
+        return hmac.compare_digest(token[-self._TAG:], self._tag(body))
+
+
 class Authenticator:
     """The admin key, then the key registry's in-memory cache (when one is wired in)."""
 
@@ -81,6 +121,7 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret = secret
+        self.tags = KeyTags(secret)
         self._admin_digest = admin_digest
         self._admin = Principal(ADMIN_KEY_ID, role="admin", name="admin")
         self._clock = clock
@@ -104,15 +145,20 @@ class Authenticator:
         return key_digest(self._secret, token)
 
     async def authenticate(self, token: str) -> Principal:
-        digest = key_digest(self._secret, token)
+        try:
+            digest = key_digest(self._secret, token)
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+            raise Unauthorized("Invalid API key: the `Authorization` header is not valid "
+                               "UTF-8.") from None
         if hmac.compare_digest(digest, self._admin_digest):
             return self._admin
         principal = None
         if self.keys is not None:
             principal = self.keys.cached(digest)
             # A miss is either a wrong key or one created a moment ago on another instance
-            # whose pub/sub message has not arrived; only well-formed keys may cost a lookup.
-            if principal is None and token.startswith(KEY_PREFIX) and len(token) < 100:
+            # whose pub/sub message has not arrived; only a key this gateway could have made
+            # may cost a lookup.
+            if principal is None and self.tags.may_exist(token):
                 principal = await self.keys.lookup(digest)
         if principal is None:
             raise Unauthorized("Invalid API key.")

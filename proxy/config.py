@@ -105,6 +105,22 @@ class IdempotencyConfig(_Strict, frozen=True):
     max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024  # in-process store bound
 
 
+# The HTTP edge (proxy/edge.py): timeouts and a connection cap for slow or abandoned clients.
+class EdgeConfig(_Strict, frozen=True):
+    # From the connection's first byte (or the first byte of a keep-alive connection's next
+    # request) until its request headers are complete: past it, 408 and close.
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # From the headers until the whole body has arrived: past it, 408 and close.
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # An idle keep-alive connection (and a new one that sends nothing) is closed after this;
+    # longer than a load balancer's idle timeout (60 s on most), so the balancer closes first.
+    keepalive_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 75.0
+    # Open client connections per worker; past it a new connection gets 503 and is closed.
+    # 0: half of what the file-descriptor limit leaves after a reserve (`edge.py`), so the
+    # database, Redis, upstream connections and spool files always find a descriptor.
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class Settings(_Strict, frozen=True):
     region: str = "global"
     host: str = "127.0.0.1"
@@ -126,6 +142,7 @@ class Settings(_Strict, frozen=True):
     ledger: LedgerConfig = LedgerConfig()
     cache: CacheConfig = CacheConfig()
     idempotency: IdempotencyConfig = IdempotencyConfig()
+    edge: EdgeConfig = EdgeConfig()
     # Never read from the file: these come from the environment only.
     admin_key: str | None = None
     source: str = "<defaults>"

@@ -15,7 +15,7 @@ from typing import Any, Final
 from aiohttp import web
 from msgspec import Raw
 
-from ..auth import PRINCIPAL, Principal, generate_key
+from ..auth import PRINCIPAL, Principal
 from ..catalog import nano_to_usd, usd_to_nano
 from ..errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from ..gateway import GATEWAY
@@ -79,9 +79,14 @@ def _expiry(fields: dict[str, Raw], now: datetime) -> datetime | None:
             "(2030-01-31).", param="expiry",
         ) from None
     when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00 is past the year 9999 in UTC
+        raise InvalidRequest("`expiry` is out of range: it must be before the year 10000 in "
+                             "UTC.", param="expiry") from None
     if when <= now:
         raise InvalidRequest("`expiry` must be in the future.", param="expiry")
-    return when.astimezone(UTC)
+    return when
 
 
 def _choice(fields: dict[str, Raw], name: str, choices: tuple[str, ...]) -> str:
@@ -100,13 +105,21 @@ def _per_minute(fields: dict[str, Raw], name: str) -> int | None:
     return value
 
 
+def _no_nul(value: str, name: str) -> str:
+    """PostgreSQL's text cannot hold U+0000: refuse it here, not as a database error."""
+    if "\x00" in value:
+        raise InvalidRequest(f"`{name}` must not contain the NUL character (\\u0000).",
+                             param=name)
+    return value
+
+
 def _owner(fields: dict[str, Raw]) -> str:
     owner: str | None = field(fields, "owner", str | None)
     if owner is None:
         return DEFAULT_OWNER
     if not 0 < len(owner) <= MAX_OWNER:
         raise InvalidRequest(f"`owner` must be 1 to {MAX_OWNER} characters.", param="owner")
-    return owner
+    return _no_nul(owner, "owner")
 
 
 def _new_row(fields: dict[str, Raw], key: str, digest: str) -> KeyRow:
@@ -114,10 +127,13 @@ def _new_row(fields: dict[str, Raw], key: str, digest: str) -> KeyRow:
     name: str = field(fields, "name", str | None) or ""
     if len(name) > _MAX_NAME:
         raise InvalidRequest(f"`name` must be at most {_MAX_NAME} characters.", param="name")
+    _no_nul(name, "name")
     labels: list[str] = field(fields, "labels", list[str] | None) or []
     if len(labels) > _MAX_LABELS or any(len(label) > _MAX_NAME for label in labels):
         raise InvalidRequest(f"`labels` takes at most {_MAX_LABELS} labels of at most "
                              f"{_MAX_NAME} characters.", param="labels")
+    for label in labels:
+        _no_nul(label, "labels")
     return KeyRow(
         id="key_" + secrets.token_hex(10),
         name=name,
@@ -183,6 +199,15 @@ async def _one(request: web.Request, row: KeyRow, key: str | None = None) -> web
     return web.json_response(view)
 
 
+def path_key_id(request: web.Request) -> str:
+    """The `{key_id}` of the path; one the database could not store is no key (404), not a
+    database error."""
+    key_id = request.match_info["key_id"]
+    if "\x00" in key_id or not key_id.isprintable():
+        raise NotFound("No API key with that id.")
+    return key_id
+
+
 async def _existing(registry: KeyRegistry, key_id: str) -> KeyRow:
     row = await registry.store.get(key_id)
     if row is None:
@@ -199,19 +224,20 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     registry = _registry(request)
     fields = await _body(request, _CREATE_FIELDS)
-    key = generate_key()
-    row = _new_row(fields, key, request.app[GATEWAY].auth.digest(key))
+    auth = request.app[GATEWAY].auth
+    key = auth.tags.new_key()  # tagged: see `auth.KeyTags`
+    row = _new_row(fields, key, auth.digest(key))
     return await _one(request, await registry.create(row), key)
 
 
 async def get_key(request: web.Request) -> web.Response:
     registry = _registry(request)
-    return await _one(request, await _existing(registry, request.match_info["key_id"]))
+    return await _one(request, await _existing(registry, path_key_id(request)))
 
 
 async def delete_key(request: web.Request) -> web.Response:
     registry = _registry(request)
-    key_id = request.match_info["key_id"]
+    key_id = path_key_id(request)
     if not await registry.delete(key_id):
         raise NotFound(f"No API key with id `{key_id}`.")
     return web.json_response({"id": key_id, "object": "api_key", "deleted": True})
@@ -219,7 +245,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 async def update_limit(request: web.Request) -> web.Response:
     registry = _registry(request)
-    key_id = request.match_info["key_id"]
+    key_id = path_key_id(request)
     fields = await _body(request, ("limit",))
     if "limit" not in fields:
         raise InvalidRequest("Missing required parameter: `limit` (a number of USD, or null "

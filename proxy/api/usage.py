@@ -22,7 +22,8 @@ from ..auth import PRINCIPAL
 from ..catalog import NANO, nano_to_usd
 from ..errors import Forbidden, InvalidRequest, NotFound
 from ..gateway import GATEWAY
-from ..ledger.report import Measures, UsageReport, parse_query
+from ..ledger.report import Measures, UsageQuery, UsageReport, parse_query, parse_time
+from .keys import path_key_id
 
 _encode = msgspec.json.Encoder().encode
 FORMATS: Final = ("json", "csv")
@@ -33,7 +34,7 @@ _CSV_MEASURES: Final = (
 
 
 async def key_usage(request: web.Request) -> web.Response:
-    key_id = request.match_info["key_id"]
+    key_id = path_key_id(request)
     principal = request[PRINCIPAL]
     if not (principal.is_admin or principal.key_id == key_id):
         # Not 403: another key's existence is not disclosed.
@@ -48,7 +49,7 @@ async def org_usage(request: web.Request) -> web.Response:
 
 
 async def _answer(request: web.Request, key_id: str | None) -> web.Response:
-    query = parse_query(request.query, datetime.now(UTC), key_id)
+    query = _query(request, key_id)
     fmt = request.query.get("format") or "json"
     if fmt not in FORMATS:
         raise InvalidRequest(f"`format` must be json or csv, got {fmt!r}.", param="format")
@@ -60,6 +61,23 @@ async def _answer(request: web.Request, key_id: str | None) -> web.Response:
             headers={"Content-Disposition": f'attachment; filename="{_safe(name)}"'},
         )
     return web.Response(body=_encode(to_json(report)), content_type="application/json")
+
+
+def _query(request: web.Request, key_id: str | None) -> UsageQuery:
+    try:
+        return parse_query(request.query, datetime.now(UTC), key_id)
+    except OverflowError:
+        # A valid time whose offset moves it past year 1 or 9999 in UTC
+        # (0001-01-01T00:00:00+14:00): out of range, named like any other bad parameter.
+        for param in ("start", "end"):
+            value = request.query.get(param)
+            if value:
+                try:
+                    parse_time(value, param)
+                except OverflowError:
+                    raise InvalidRequest(f"`{param}` is out of range: {value!r}.",
+                                         param=param) from None
+        raise
 
 
 def rfc3339(t: datetime) -> str:

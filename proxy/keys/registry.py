@@ -1,6 +1,8 @@
 """The in-process cache of every live key, kept current, and the writes that change it.
 
-Reads on the request path (`cached`) are a dict lookup. Three things keep the cache
+Reads on the request path (`cached`) are a dict lookup; a miss reaches the database only
+for a key the gateway could have made (`auth.KeyTags`), and not for a deleted key (its
+hash is kept) nor one looked up in vain in the last second. Three things keep the cache
 current: a management call updates it directly and publishes the row on Redis pub/sub
 (`events.py`) for the other workers and instances; a periodic refresh reads the rows
 changed since the last pass (every second while pub/sub is down, every few seconds as a
@@ -48,6 +50,7 @@ class KeyRegistry:
         self.refresh_s = refresh_s
         self._rows: dict[str, KeyRow] = {}  # by id, deleted rows kept as tombstones
         self._by_hash: dict[str, Principal] = {}
+        self._deleted: set[str] = set()  # hashes of deleted keys: refused without a lookup
         self._cursor: datetime | None = None
         # Recent misses, so a client retrying a wrong key does not query the database
         # on every attempt; short-lived, as the key might have just been created.
@@ -62,6 +65,8 @@ class KeyRegistry:
 
     async def lookup(self, key_hash: str) -> Principal | None:
         """The miss path: a database read, remembered briefly when it finds nothing."""
+        if key_hash in self._deleted:
+            return None
         now = time.monotonic()
         seen = self._negative.get(key_hash)
         if seen is not None and now - seen < _NEGATIVE_TTL_S:
@@ -101,8 +106,13 @@ class KeyRegistry:
                 return  # older, or what is held already (each refresh re-reads its overlap)
             self._by_hash.pop(current.key_hash, None)
         self._rows[row.id] = row
-        if not row.deleted:
+        if row.deleted:
+            self._deleted.add(row.key_hash)
+        else:
             self._by_hash[row.key_hash] = row.principal()
+            # A key known now must not stay refused by an earlier miss (this worker's
+            # create, or another's pub/sub message).
+            self._negative.pop(row.key_hash, None)
         if self._cursor is None or row.updated_at > self._cursor:
             self._cursor = row.updated_at
 
