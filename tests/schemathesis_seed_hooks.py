@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
-import schemathesis_hooks  # noqa: F401 - the shared hooks (window and expiry rules) register too
+import schemathesis_hooks  # noqa: F401 - the shared rules (usage window, expiry) register too
 from schemathesis import Case, HookContext
 
 
