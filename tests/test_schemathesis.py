@@ -4,8 +4,8 @@ Schemathesis (its CLI, in a subprocess, so this test's event loop keeps serving 
 gateway) generates requests from the spec with a fixed seed and a small number of
 examples per operation, and checks each answer: no 5xx, every status, header, content
 type and body documented, every schema-valid request accepted. It runs once with an
-admin key and once with a user key (whose key-management calls must get the documented
-403/404). The seed spec (schemas/requesty-openapi.yml, a copy of the shared contract's)
+admin key and once with a user key with a spend limit and rate limits (its key-management
+calls must get the documented 403/404, its answers the documented limit headers and 429s). The seed spec (schemas/requesty-openapi.yml, a copy of the shared contract's)
 gets its response-schema check.
 
 To explore further than the suite does, raise the examples and change the seed:
@@ -115,8 +115,9 @@ async def test_schemathesis_finds_nothing_in_the_served_spec_with_an_admin_key(
 async def test_schemathesis_finds_nothing_in_the_served_spec_with_a_user_key(
     gw: Gateway, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    resp = await http.post(gw.url + "/v1/api-keys", json={"name": "schemathesis"},
-                           headers=gw.headers)
+    # Limits on, so answers carry the rate-limit headers and some run into a 429.
+    resp = await http.post(gw.url + "/v1/api-keys", headers=gw.headers, json={
+        "name": "schemathesis", "limit": 0.0005, "rpm": 100_000, "tpm": 10_000_000})
     assert resp.status == 200, await resp.text()
     user_key = (await resp.json())["key"]
     code, report = await schemathesis(SERVED_SPEC, gw, user_key, CHECKS, "schemathesis_hooks",
