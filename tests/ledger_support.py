@@ -62,7 +62,8 @@ def known_records(base: datetime, n: int = 900, seed: int = 7) -> list[UsageReco
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        ts = base + timedelta(seconds=rng.randrange(0, 3 * 86400), microseconds=rng.randrange(10**6))
+        ts = base + timedelta(seconds=rng.randrange(0, 3 * 86400),
+                              microseconds=rng.randrange(10**6))
         model = rng.choice(list(PRICES))
         status = rng.choice((200, 200, 200, 200, 429, 502))
         hit = status == 200 and rng.random() < 0.1
@@ -109,7 +110,8 @@ def _groups(r: UsageRecord, group_by: str) -> list[object]:
     return [r.headers.get(name)]
 
 
-Sums = tuple[int, int, int, int, int, int, int]  # requests, tokens, prompt, completion, cost, cached reqs, savings
+# requests, tokens, prompt, completion, cost, cached requests, savings
+Sums = tuple[int, int, int, int, int, int, int]
 
 
 def expected(records: Iterable[UsageRecord], start: datetime, end: datetime, group_by: str,

@@ -23,7 +23,8 @@ async def test_completion_is_translated_both_ways_with_cache_token_usage(
     fake_anthropic.script(Reply(text="Sunny.", prompt_tokens=50, completion_tokens=2,
                                 cached_tokens=1000, cache_write_tokens=200))
     resp = await http.post(gateway.url + "/v1/chat/completions", headers=gateway.headers,
-                           json={"model": "fake/claude", "messages": CONVERSATION, "max_tokens": 64})
+                           json={"model": "fake/claude", "messages": CONVERSATION,
+                                 "max_tokens": 64})
     assert resp.status == 200
     sent = fake_anthropic.last
     assert sent.path == "/v1/messages"
@@ -59,7 +60,8 @@ async def test_tool_use_and_tool_results_round_trip(
     ]
     resp = await http.post(gateway.url + "/v1/chat/completions", headers=gateway.headers, json={
         "model": "fake/claude", "messages": messages,
-        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tools": [{"type": "function",
+                   "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
     })
     assert resp.status == 200
     sent = fake_anthropic.last.json

@@ -157,7 +157,9 @@ async def test_malformed_json_is_400(gateway: Gateway, http: aiohttp.ClientSessi
     assert "not valid JSON" in str(err["message"])
 
 
-async def test_body_that_is_not_an_object_is_400(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_body_that_is_not_an_object_is_400(
+    gateway: Gateway, http: aiohttp.ClientSession,
+) -> None:
     resp = await http.post(gateway.url + "/v1/chat/completions", data=b"[1, 2]",
                            headers=gateway.headers)
     assert resp.status == 400
@@ -177,7 +179,8 @@ async def test_missing_messages_is_400_naming_the_field(
     [
         ({"model": 5, "messages": USER}, "model"),
         ({"model": "fake/gpt", "messages": "hi"}, "messages"),
-        ({"model": "fake/gpt", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "fake/gpt", "messages": [{"role": "robot", "content": "x"}]},
+         "messages[0].role"),
         ({"model": "fake/gpt", "messages": [{"content": "x"}]}, "messages[0]"),
         ({"model": "fake/gpt", "messages": USER, "stream": "yes"}, "stream"),
         ({"model": "fake/gpt", "messages": USER, "max_tokens": "ten"}, "max_tokens"),
@@ -217,7 +220,8 @@ async def test_model_outside_the_region_is_404_saying_so(
 
 async def test_body_over_the_limit_is_413(gateway: Gateway, http: aiohttp.ClientSession) -> None:
     big = "x" * (gateway.settings.max_body_bytes + 10)
-    resp = await chat(http, gateway, {"model": "fake/gpt", "messages": [{"role": "user", "content": big}]})
+    resp = await chat(http, gateway,
+                      {"model": "fake/gpt", "messages": [{"role": "user", "content": big}]})
     assert resp.status == 413
     err = await error_of(resp)
     assert err["code"] == "request_too_large"
@@ -309,13 +313,17 @@ async def test_every_response_has_a_request_id_and_echoes_the_clients(
     assert len(resp.headers["x-request-id"]) >= 16
 
 
-async def test_unknown_route_is_openai_shaped_404(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_unknown_route_is_openai_shaped_404(
+    gateway: Gateway, http: aiohttp.ClientSession,
+) -> None:
     resp = await http.get(gateway.url + "/v1/nothing-here", headers=gateway.headers)
     assert resp.status == 404
     await error_of(resp)
 
 
-async def test_error_bodies_are_json_not_html(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_error_bodies_are_json_not_html(
+    gateway: Gateway, http: aiohttp.ClientSession,
+) -> None:
     resp = await http.get(gateway.url + "/v1/chat/completions", headers=gateway.headers)
     assert resp.status == 405
     assert json.loads(await resp.text())["error"]["type"] == "invalid_request_error"

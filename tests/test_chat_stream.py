@@ -228,7 +228,8 @@ async def test_client_disconnect_cancels_the_upstream_request(
     gate = Gate()
     fake_openai.script(Reply(text="one two three four five six", gate=gate))
     async with aiohttp.ClientSession() as own:
-        request = asyncio.ensure_future(stream(own, gateway, {"model": "fake/gpt", "messages": USER}))
+        request = asyncio.ensure_future(
+            stream(own, gateway, {"model": "fake/gpt", "messages": USER}))
         assert await gate.release()
         resp = await request
         buf = bytearray()

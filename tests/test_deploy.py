@@ -278,7 +278,8 @@ async def test_finops_dashboard_sql_runs_against_a_ledger_database(fresh_pg: str
         results = {}
         for panel in board["panels"]:
             for target in panel["targets"]:
-                sql = grafana_sql(target["rawSql"], now - timedelta(days=30), now + timedelta(hours=1))
+                sql = grafana_sql(target["rawSql"], now - timedelta(days=30),
+                                  now + timedelta(hours=1))
                 rows = await conn.fetch(sql)
                 assert rows, panel["title"]
                 results[panel["title"]] = rows

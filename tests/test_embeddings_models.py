@@ -86,7 +86,9 @@ async def test_eu_instance_lists_and_serves_only_eu_providers(
         assert fake_openai.hits == 1
 
 
-async def test_simulated_model_answers_with_real_usage(tmp_path, http: aiohttp.ClientSession) -> None:
+async def test_simulated_model_answers_with_real_usage(
+    tmp_path, http: aiohttp.ClientSession,
+) -> None:
     async with running_gateway(gateway_settings(tmp_path)) as gw:
         resp = await http.post(gw.url + "/v1/chat/completions", headers=gw.headers, json={
             "model": "simulated/chat", "max_tokens": 5,

@@ -89,7 +89,9 @@ async def until(check: Callable[[], bool], limit: float = 10.0) -> None:
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, own_redis: OwnRedis, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+async def gw(
+    tmp_path: Path, own_redis: OwnRedis, request: pytest.FixtureRequest,
+) -> AsyncIterator[Gateway]:
     extra = "[limits]\nfail_closed = true\n" if "fail_closed" in request.node.name else ""
     settings = gateway_settings(tmp_path, SLOW_SIM + extra, PROXY_REDIS_URL=own_redis.url)
     async with running_gateway(settings) as g:

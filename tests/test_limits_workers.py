@@ -217,7 +217,8 @@ async def test_200_concurrent_requests_on_4_workers_overshoot_by_less_than_one_r
         spent = admitted * COST
 
         async def settled() -> int:
-            resp = await http.get(f"{workers.url}/v1/api-keys/{made['id']}", headers=admin_headers())
+            resp = await http.get(f"{workers.url}/v1/api-keys/{made['id']}",
+                                  headers=admin_headers())
             return round(float((await resp.json())["spend"]) * 1e9)
 
         deadline = time.monotonic() + 5

@@ -278,7 +278,9 @@ async def test_traffic_through_the_app_is_counted_and_logged(
     assert ADMIN_KEY not in "".join(access_lines) and "Say hello" not in "".join(access_lines)
 
 
-def test_multiprocess_dir_is_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multiprocess_dir_is_emptied_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     given = tmp_path / "mp"
     given.mkdir()
     (given / "counter_123.db").write_bytes(b"stale")

@@ -60,7 +60,9 @@ weights = [1, 1]
 
 
 @pytest.fixture
-async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Gateway, FakeOpenAI, FakeOpenAI]]:
+async def pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[Gateway, FakeOpenAI, FakeOpenAI]]:
     monkeypatch.setenv("FAKE_OPENAI_KEY", UPSTREAM_SECRET)
     async with FakeOpenAI() as a, FakeOpenAI() as b:
         settings = gateway_settings(tmp_path, two_provider_toml(a.base_url, b.base_url))
@@ -68,7 +70,9 @@ async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
             yield gw, a, b
 
 
-async def chat(http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any], **headers: str) -> aiohttp.ClientResponse:
+async def chat(
+    http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any], **headers: str,
+) -> aiohttp.ClientResponse:
     return await http.post(gw.url + "/v1/chat/completions", json={"messages": USER, **body},
                            headers={**gw.headers, **headers})
 
@@ -178,8 +182,9 @@ async def test_cache_header_opt_in_and_streamed_replay_has_same_content(pair, ht
 
     def content(raw: str) -> tuple[str, list[str]]:
         chunks = [json.loads(e[6:]) for e in raw.split("\n\n") if e.startswith("data: {")]
-        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        text = "".join(c["delta"].get("content") or "" for c in choices)
+        finishes = [c["finish_reason"] for c in choices if c["finish_reason"]]
         return text, finishes
 
     first = (await (await chat(http, gw, body, **{"x-cache": "true"})).read()).decode()

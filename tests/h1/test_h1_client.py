@@ -452,7 +452,8 @@ async def test_second_caller_waits_for_the_only_connection(serve: Any) -> None:
         await pool.close()
 
 
-STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
 LAST_EVENT = b"data: [DONE]\n\n"
 
 
@@ -526,7 +527,8 @@ async def test_refused_connection_maps_to_could_not_connect_saying_why(
     mapped = transport_error("up", info.value)
     assert mapped.reason == "connect"
     # The client is told why, without the address; the operator's log has both.
-    assert mapped.message == "Could not connect to upstream provider `up`: the connection was refused."
+    assert mapped.message == ("Could not connect to upstream provider `up`: "
+                              "the connection was refused.")
     assert [r.getMessage() for r in caplog.records if r.name == "proxy.upstream"] == [
         f"upstream http://127.0.0.1:{port}: connection failed: the connection was refused"]
 
