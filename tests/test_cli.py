@@ -98,7 +98,7 @@ def start_server(cwd: Path, args: list[str], env: dict[str, str] | None = None) 
                 return server
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read() if proc.stdout else "exited") from None from None
+                raise AssertionError(proc.stdout.read() if proc.stdout else "exited") from None
             time.sleep(0.05)
     proc.kill()
     raise AssertionError("gateway did not start listening")

@@ -5,8 +5,9 @@ gateway) generates requests from the spec with a fixed seed and a small number o
 examples per operation, and checks each answer: no 5xx, every status, header, content
 type and body documented, every schema-valid request accepted. It runs once with an
 admin key and once with a user key with a spend limit and rate limits (its key-management
-calls must get the documented 403/404, its answers the documented limit headers and 429s). The seed spec (schemas/requesty-openapi.yml, a copy of the shared contract's)
-gets its response-schema check.
+calls must get the documented 403/404, its answers the documented limit headers and 429s).
+The seed spec (schemas/requesty-openapi.yml, a copy of the shared contract's) gets its
+response-schema check.
 
 To explore further than the suite does, raise the examples and change the seed:
 `ST_MAX_EXAMPLES=200 ST_SEED=7 pytest tests/test_schemathesis.py`.
