@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import ADMIN_KEY, gateway_settings, running_gateway
+from ledger_support import usage_record
 from prometheus_client.parser import text_string_to_metric_families
 
 import proxy.api.chat
@@ -53,16 +54,13 @@ def total(text: str, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples(text).items() if n == name and want <= ls)
 
 
-def record(**kw: object) -> UsageRecord:
-    base: dict[str, object] = {
-        "request_id": "req-1", "ts": datetime.now(UTC), "key_id": "key-7f3a",
-        "model_requested": "simulated/chat", "model": "simulated/chat", "provider": "simulated",
-        "region": "global", "status": 200, "prompt_tokens": 12, "completion_tokens": 24,
+def record(**kw: Any) -> UsageRecord:
+    base: dict[str, Any] = {
+        "key_id": "key-7f3a", "prompt_tokens": 12, "completion_tokens": 24,
         "cached_tokens": 4, "cost_nusd": 2_500_000_000, "latency_ms": 120.0,
         "user_id": "alice@example.com",
     }
-    base.update(kw)
-    return UsageRecord(**base)  # type: ignore[arg-type]
+    return usage_record(**(base | kw))
 
 
 @pytest.fixture
