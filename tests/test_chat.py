@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from polling import poll
 from conftest import UPSTREAM_SECRET
 from fakes import Fail, FakeOpenAI, Hang, Reply, Reset
 from harness import Gateway
@@ -332,8 +334,6 @@ async def test_error_bodies_are_json_not_html(
 async def test_a_reused_client_request_id_loses_no_record(
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    import asyncio
-    import time
 
     body = {"model": "simulated/chat", "messages": USER}
     for _ in range(2):
@@ -341,11 +341,10 @@ async def test_a_reused_client_request_id_loses_no_record(
                                headers={**gateway.headers, "x-request-id": "same-id-every-time"})
         assert resp.status == 200
         assert resp.headers["x-request-id"] == "same-id-every-time"
-    deadline = time.monotonic() + 5
-    while True:
-        report = await (await http.get(gateway.url + "/v1/organization/usage",
-                                       headers=gateway.headers)).json()
-        if report["total_requests"] == 2 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)  # polling for the ledger's write-behind, with a deadline
+
+    async def usage() -> Any:
+        return await (await http.get(gateway.url + "/v1/organization/usage",
+                                     headers=gateway.headers)).json()
+
+    report = await poll(usage, lambda r: r["total_requests"] == 2, 5)  # write-behind
     assert report["total_requests"] == 2
