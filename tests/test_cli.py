@@ -129,6 +129,7 @@ def admin_key_from(server: Server) -> str:
     raise AssertionError("no admin key printed:\n" + "".join(server.output))
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 async def test_embedded_defaults_serve_a_completion_and_a_stream_with_the_printed_key(
     tmp_path: Path,
 ) -> None:
@@ -161,6 +162,7 @@ async def test_embedded_defaults_serve_a_completion_and_a_stream_with_the_printe
             again.proc.kill()
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 async def test_sigterm_lets_an_inflight_stream_finish_then_exits_cleanly(
     served: tuple[Server, Path],
 ) -> None:

@@ -17,6 +17,9 @@ from polling import wait_for
 from harness import ADMIN_KEY
 from test_cli import free_port
 
+# Gateway worker processes or subprocesses: skipped by the quick run (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 NOFILE = 320  # the automatic cap is then (320 - 256) // 2 = 32 connections
 FLOOD = 600  # more connections than the process has descriptors

@@ -29,6 +29,9 @@ from conftest import REDIS_URL
 from fakes import FakeOpenAI, Hang, Reply
 from ledger_support import wait_for
 
+# Gateway worker processes or subprocesses: skipped by the quick run (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ADMIN = "sk-admin-inflight-test"
 ROOT = Path(__file__).resolve().parent.parent
 USER = [{"role": "user", "content": "hello there"}]

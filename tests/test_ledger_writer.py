@@ -226,6 +226,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
 async def test_the_spool_of_a_killed_writer_is_replayed_exactly_once(
         engine: str, fresh_pg: str, tmp_path: Path) -> None:

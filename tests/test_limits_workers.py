@@ -26,6 +26,9 @@ from polling import poll
 from aiohttp import web
 from conftest import PG_ADMIN_URL, REDIS_URL
 
+# Gateway worker processes or subprocesses: skipped by the quick run (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ADMIN = "sk-admin-workers-test"
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT_TOKENS = 4  # what the gateway estimates for USER (1 text token + 3 per message)

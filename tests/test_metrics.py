@@ -312,6 +312,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 def test_values_of_several_processes_add_up_in_one_scrape(tmp_path: Path) -> None:
     mp_dir = tmp_path / "mp"
     mp_dir.mkdir()
@@ -335,6 +336,7 @@ def test_values_of_several_processes_add_up_in_one_scrape(tmp_path: Path) -> Non
     assert total(text, "proxy_ledger_queue_depth") == 6
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 @needs_wiring
 async def test_workers_2_one_scrape_adds_up_every_workers_requests(
     tmp_path: Path, redis_url: str, redis_namespace: str

@@ -28,6 +28,9 @@ import aiohttp
 import pytest
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
 
+# Gateway worker processes or subprocesses: skipped by the quick run (-m "not slow").
+pytestmark = pytest.mark.slow
+
 TESTS: Final = Path(__file__).resolve().parent
 SERVED_SPEC: Final = TESTS.parent / "schemas" / "openapi.yaml"
 SEED_SPEC: Final = TESTS.parent / "schemas" / "requesty-openapi.yml"
