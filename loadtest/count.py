@@ -103,6 +103,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -203,10 +204,10 @@ def scrape_health(t: Target) -> dict[str, float]:
     return totals
 
 
-# --- the client -----------------------------------------------------------------------------
+# --- one measurement ------------------------------------------------------------------------
 
 
-
+@dataclass
 class Sample:
     target: str  # Target.label
     mode: str

@@ -171,6 +171,7 @@ def quiet_timers_toml(flush_rows: int) -> str:
 # --- the client -----------------------------------------------------------------------------
 
 
+@dataclass
 class Reads:
     """What the client saw of the streams of one window."""
 

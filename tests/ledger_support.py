@@ -117,7 +117,7 @@ def _groups(r: UsageRecord, group_by: str) -> list[object]:
         return [getattr(r, group_by)]
     if group_by == "tag":
         tags = {t for t in r.tags if t}
-        return sorted(tags) if tags else [None]
+        return [*sorted(tags)] if tags else [None]
     name = group_by.removeprefix("extra.")
     if name in r.extra:
         return [r.extra[name]]

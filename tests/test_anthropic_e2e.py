@@ -84,8 +84,8 @@ async def test_stream_is_translated_into_openai_chunks(
     fake_anthropic.script(Reply(text="It is sunny in Paris today.", prompt_tokens=20,
                                 completion_tokens=7))
     text, finish, usage = "", None, None
-    async with await client.chat.completions.create(
-        model="fake/claude", messages=CONVERSATION, stream=True,  # type: ignore[arg-type]
+    async with await client.chat.completions.create(  # type: ignore[call-overload]
+        model="fake/claude", messages=CONVERSATION, stream=True,
         stream_options={"include_usage": True},
     ) as events:
         async for chunk in events:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,7 +11,7 @@ import openai
 import pytest
 from polling import poll
 from conftest import UPSTREAM_SECRET
-from fakes import Fail, FakeOpenAI, Hang, Reply, Reset
+from fakes import Fail, FakeAnthropic, FakeOpenAI, Hang, Reply, Reset
 from harness import Gateway
 
 USER = [{"role": "user", "content": "Say hello"}]
@@ -80,7 +81,8 @@ async def test_response_carries_cost_from_catalog_prices(
 
 
 async def test_missing_model_uses_configured_default(
-    tmp_path, fake_openai: FakeOpenAI, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession,
 ) -> None:
     from conftest import fake_provider_toml
     from harness import gateway_settings, running_gateway
@@ -261,7 +263,8 @@ async def test_upstream_reset_is_502_without_internal_address(
 
 
 async def test_upstream_unreachable_is_502(
-    tmp_path, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+    http: aiohttp.ClientSession,
 ) -> None:
     from conftest import fake_provider_toml
     from harness import gateway_settings, running_gateway
@@ -276,7 +279,8 @@ async def test_upstream_unreachable_is_502(
 
 
 async def test_upstream_timeout_is_504(
-    tmp_path, fake_openai: FakeOpenAI, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession,
 ) -> None:
     from conftest import fake_provider_toml
     from harness import gateway_settings, running_gateway

@@ -34,7 +34,7 @@ NOW = datetime.now(UTC)
 BASE = (NOW - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
 
 
-class FixedKeys(Authenticator):  # type: ignore[misc]
+class FixedKeys(Authenticator):
     """A few fixed keys: an admin and two users."""
 
     def __init__(self) -> None:
