@@ -54,7 +54,8 @@ import stack
 try:
     import sse_client
 except ImportError:  # pragma: no cover: httptools missing
-    sys.exit("stream_scale.py needs httptools: run it with the gateway's venv python")
+    sys.exit("stream_scale.py needs httptools: run it with the gateway's venv python "
+             f"({stack.GATEWAY_PYTHON_DEFAULT}; scripts/bench.sh makes it)")
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 _TX: Final = re.compile(rb'"x_rx":(\d+),"x_tx":(\d+)')
