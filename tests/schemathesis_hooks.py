@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 import schemathesis
 from schemathesis import Case, HookContext, Response
@@ -42,7 +43,7 @@ def _parse(text: str) -> datetime | None:
         return None
 
 
-def breaks_window_rule(query: dict[str, object], now: datetime) -> bool:
+def breaks_window_rule(query: Mapping[str, object], now: datetime) -> bool:
     start, end = query.get("start"), query.get("end")
     end_at = _parse(end) if isinstance(end, str) and end else now
     if end_at is None:
@@ -54,7 +55,7 @@ def breaks_window_rule(query: dict[str, object], now: datetime) -> bool:
     return not (in_range and start_at < end_at <= start_at + _MAX_WINDOW)
 
 
-def breaks_expiry_rule(body: dict[str, object], now: datetime) -> bool:
+def breaks_expiry_rule(body: Mapping[str, object], now: datetime) -> bool:
     expiry = body.get("expiry")
     if not isinstance(expiry, str):
         return False
@@ -69,7 +70,7 @@ _IDEMPOTENCY_STATE: Final = frozenset({"idempotency_in_progress", "idempotency_k
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def breaks_extra_key_rule(body: dict[str, object]) -> bool:
+def breaks_extra_key_rule(body: Mapping[str, object]) -> bool:
     """OpenAPI 3.0 has no `propertyNames`: an `extra` key's bounds live in the description."""
     meta = body.get("requesty")
     extra = meta.get("extra") if isinstance(meta, dict) else None
@@ -92,7 +93,7 @@ def _refused_param(response: Response) -> object:
 
 
 @schemathesis.hook
-def filter_failure(ctx: HookContext, failure: Failure, case: Case, response: Response) -> bool:
+def filter_failure(ctx: HookContext, failure: Failure, case: Case[Any], response: Response) -> bool:
     """False (drop the report) only for a 400 that enforces one of the rules above, or a
     409/422 for an `Idempotency-Key` that an earlier generated request already used."""
     if not isinstance(failure, RejectedPositiveData):

@@ -17,6 +17,6 @@ from schemathesis import Case, HookContext
 
 
 @schemathesis.hook("before_call")
-def answer_in_one_body(ctx: HookContext, case: Case, kwargs: dict[str, Any]) -> None:
+def answer_in_one_body(ctx: HookContext, case: Case[Any], kwargs: dict[str, Any]) -> None:
     if case.operation.path == "/chat/completions" and isinstance(case.body, dict):
         case.body.pop("stream", None)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import struct
+from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
-from fakes import FakeOpenAI, embedding_for
+from fakes import FakeAnthropic, FakeOpenAI, embedding_for
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
 
 
@@ -64,7 +65,8 @@ async def test_models_lists_the_region_catalog_with_prices(gateway: Gateway) -> 
 
 
 async def test_eu_instance_lists_and_serves_only_eu_providers(
-    tmp_path, fake_openai: FakeOpenAI, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession,
 ) -> None:
     from conftest import UPSTREAM_SECRET, fake_provider_toml
 
@@ -86,7 +88,9 @@ async def test_eu_instance_lists_and_serves_only_eu_providers(
         assert fake_openai.hits == 1
 
 
-async def test_simulated_model_answers_with_real_usage(tmp_path, http: aiohttp.ClientSession) -> None:
+async def test_simulated_model_answers_with_real_usage(
+    tmp_path: Path, http: aiohttp.ClientSession,
+) -> None:
     async with running_gateway(gateway_settings(tmp_path)) as gw:
         resp = await http.post(gw.url + "/v1/chat/completions", headers=gw.headers, json={
             "model": "simulated/chat", "max_tokens": 5,

@@ -5,8 +5,9 @@ gateway) generates requests from the spec with a fixed seed and a small number o
 examples per operation, and checks each answer: no 5xx, every status, header, content
 type and body documented, every schema-valid request accepted. It runs once with an
 admin key and once with a user key with a spend limit and rate limits (its key-management
-calls must get the documented 403/404, its answers the documented limit headers and 429s). The seed spec (schemas/requesty-openapi.yml, a copy of the shared contract's)
-gets its response-schema check.
+calls must get the documented 403/404, its answers the documented limit headers and 429s).
+The seed spec (schemas/requesty-openapi.yml, a copy of the shared contract's) gets its
+response-schema check.
 
 To explore further than the suite does, raise the examples and change the seed:
 `ST_MAX_EXAMPLES=200 ST_SEED=7 pytest tests/test_schemathesis.py`.
@@ -26,6 +27,9 @@ from typing import Final
 import aiohttp
 import pytest
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
+
+# Gateway worker processes or subprocesses: skipped by the quick run (-m "not slow").
+pytestmark = pytest.mark.slow
 
 TESTS: Final = Path(__file__).resolve().parent
 SERVED_SPEC: Final = TESTS.parent / "schemas" / "openapi.yaml"

@@ -33,7 +33,8 @@ def _entry(m: Model) -> ModelEntry:
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     entries = [_entry(m) for m in gw.catalog.served()]
-    return web.Response(body=msgspec.json.encode(ModelList(entries)), content_type="application/json")
+    return web.Response(body=msgspec.json.encode(ModelList(entries)),
+                        content_type="application/json")
 
 
 async def get_model(request: web.Request) -> web.Response:

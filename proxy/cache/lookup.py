@@ -29,11 +29,9 @@ class ResponseCache:
         cls, config: CacheConfig, redis: aioredis.Redis | None, namespace: str
     ) -> ResponseCache:
         """Redis when the gateway has one (shared by all instances), else an in-process LRU."""
-        store: CacheStore
-        if redis is not None:
-            store = RedisCache(redis, namespace)
-        else:
-            store = MemoryLRU(config.max_bytes)
+        store: CacheStore = (
+            RedisCache(redis, namespace) if redis is not None else MemoryLRU(config.max_bytes)
+        )
         return cls(store, config)
 
     @property

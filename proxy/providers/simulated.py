@@ -106,7 +106,8 @@ class SimulatedProvider(Provider):
         finish = "length" if call.max_tokens == len(words) else "stop"
         usage = Usage(prompt_tokens=prompt_tokens(call.messages), completion_tokens=len(words))
         payload = {
-            "id": encode_raw("chatcmpl-sim-" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest()),
+            "id": encode_raw(
+                "chatcmpl-sim-" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest()),
             "object": Raw(b'"chat.completion"'),
             "created": encode_raw(int(time.time())),
             "model": encode_raw(call.model.upstream),
