@@ -1,6 +1,7 @@
 """Fake upstream providers: real HTTP servers speaking OpenAI's and Anthropic's wire formats."""
 
 from .anthropic_server import FakeAnthropic
+from .azure_server import FakeAzure
 from .behaviour import (
     Behaviour,
     Cut,
@@ -21,6 +22,7 @@ __all__ = [
     "ErrorEvent",
     "Fail",
     "FakeAnthropic",
+    "FakeAzure",
     "FakeOpenAI",
     "FakeServer",
     "Gate",
