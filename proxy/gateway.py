@@ -37,6 +37,10 @@ def _provider_class(protocol: str) -> Callable[[str, ProviderConfig, str | None]
         from .providers.azure import azure_provider
 
         return azure_provider
+    if protocol == "bedrock":
+        from .providers.bedrock import BedrockProvider
+
+        return BedrockProvider
     return SimulatedProvider
 
 

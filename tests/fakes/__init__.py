@@ -2,6 +2,7 @@
 
 from .anthropic_server import FakeAnthropic
 from .azure_server import FakeAzure
+from .bedrock_server import FakeBedrock
 from .behaviour import (
     Behaviour,
     Cut,
@@ -23,6 +24,7 @@ __all__ = [
     "Fail",
     "FakeAnthropic",
     "FakeAzure",
+    "FakeBedrock",
     "FakeOpenAI",
     "FakeServer",
     "Gate",
