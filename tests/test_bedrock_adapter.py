@@ -14,7 +14,7 @@ from fakes.bedrock_server import event_frame, exception_frame
 from harness import gateway_settings
 
 from proxy.catalog import Model
-from proxy.config import ConfigError, ProviderConfig
+from proxy.config import ConfigError, ProviderConfig, load_settings
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.providers.base import ChatCall
 from proxy.providers.bedrock import (
@@ -225,3 +225,15 @@ def test_signing_and_frame_decoding_cost_is_measured_not_assumed() -> None:
             pass
     per_frame = (time.perf_counter() - start) / 1000
     assert per_sign < 0.05 and per_frame < 0.01
+
+
+def test_eu_deploy_serves_gpt_through_azure_and_claude_through_bedrock_eu_profiles() -> None:
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "eu.toml"
+    settings = load_settings(str(deploy), env={"PROXY_ADMIN_KEY": "x"})
+    eu = {m.id: m for m in settings.models if "eu" in settings.providers[m.provider].regions}
+    azure = [m for m in eu.values() if settings.providers[m.provider].protocol == "azure"]
+    bedrock = [m for m in eu.values() if settings.providers[m.provider].protocol == "bedrock"]
+    assert {m.upstream for m in azure} >= {"gpt-4.1"} and len({m.provider for m in azure}) == 2
+    assert bedrock and all(m.upstream.startswith("eu.anthropic.") for m in bedrock)
+    assert {settings.providers[m.provider].aws_region for m in bedrock} == {"eu-central-1"}
+    assert all(settings.providers[m.provider].regions == ("eu",) for m in [*azure, *bedrock])
