@@ -365,3 +365,28 @@ async def test_without_aws_credentials_bedrock_is_not_configured_and_the_policy_
             resp = await chat(http, gw, model="policy/claude")
             assert resp.status == 200 and resp.headers["x-provider"] == "direct"
             assert bedrock.hits == 0
+
+
+async def test_a_stream_without_usage_metadata_is_whole_and_its_usage_estimated(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    stack.bedrock.script(Reply(text="one two three", omit_usage=True))
+    resp = await chat(http, stack.gw, stream=True, stream_options={"include_usage": True})
+    raw = await resp.read()
+    assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw
+    row = await ledger_row(stack.pg, resp.headers["x-request-id"])
+    assert (row["status"], row["estimated"]) == (200, True) and row["completion_tokens"] > 0
+
+
+async def test_a_bedrock_stream_is_cached_and_replayed_with_the_same_chunks(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    stack.bedrock.script(Reply(text="Same answer twice."))
+    body = {"stream": True, "requesty": {"cache": True}}
+    first = events(await (await chat(http, stack.gw, **body)).read())
+    again = await chat(http, stack.gw, **body)
+    assert again.headers["x-cache"] == "HIT"
+    replayed = events(await again.read())
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in replayed if c["choices"])
+    assert text == "Same answer twice." and replayed[0]["id"] == first[0]["id"]
+    assert stack.bedrock.hits == 1

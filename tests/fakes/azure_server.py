@@ -119,8 +119,8 @@ class FakeAzure(FakeServer):
         model = self.deployments[request.match_info["deployment"]]
         return await self.serve(
             request,
-            lambda reply, req, n: self._completion(reply, {**req, "model": model}, n),
-            lambda reply, req, n: self._chunks(reply, {**req, "model": model}, n),
+            lambda reply, req, n: completion(reply, {**req, "model": model}, n),
+            lambda reply, req, n: chunks(reply, {**req, "model": model}, n),
         )
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -133,27 +133,30 @@ class FakeAzure(FakeServer):
             lambda reply, req, n: _embeddings(req, model),
         )
 
-    @staticmethod
-    def _completion(reply: Reply, req: Any, number: int) -> bytes:
-        body = msgspec.json.decode(openai_server.completion(reply, req, number))
-        body["prompt_filter_results"] = _PROMPT_FILTER
-        for choice in body["choices"]:
-            choice["content_filter_results"] = _FILTERS
-        return encode(body)
 
-    @staticmethod
-    def _chunks(reply: Reply, req: Any, number: int) -> list[bytes]:
-        events = [b"data: " + encode(FILTER_PREAMBLE) + b"\n\n"]
-        for event in openai_server.chunks(reply, req, number):
-            data = event[6:-2]
-            if data == b"[DONE]":
-                events.append(event)
-                continue
-            chunk = msgspec.json.decode(data)
-            for choice in chunk["choices"]:  # the role chunk's results are empty
-                choice["content_filter_results"] = _FILTERS if choice["delta"].get("content") else {}
-            events.append(b"data: " + encode(chunk) + b"\n\n")
-        return events
+
+def completion(reply: Reply, req: Any, number: int) -> bytes:
+    """The OpenAI fake's completion with Azure's filter results added."""
+    body = msgspec.json.decode(openai_server.completion(reply, req, number))
+    body["prompt_filter_results"] = _PROMPT_FILTER
+    for choice in body["choices"]:
+        choice["content_filter_results"] = _FILTERS
+    return encode(body)
+
+
+def chunks(reply: Reply, req: Any, number: int) -> list[bytes]:
+    """The OpenAI fake's stream, opened by Azure's filter preamble, with filter results."""
+    events = [b"data: " + encode(FILTER_PREAMBLE) + b"\n\n"]
+    for event in openai_server.chunks(reply, req, number):
+        data = event[6:-2]
+        if data == b"[DONE]":
+            events.append(event)
+            continue
+        chunk = msgspec.json.decode(data)
+        for choice in chunk["choices"]:  # the role chunk's results are empty
+            choice["content_filter_results"] = _FILTERS if choice["delta"].get("content") else {}
+        events.append(b"data: " + encode(chunk) + b"\n\n")
+    return events
 
 
 def _embeddings(req: Any, model: str) -> bytes:
