@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fakes import Reply, azure_server, bedrock_server, openai_server  # noqa: E402
+from fakes import Reply, azure_server, bedrock_server, openai_server
 
-from proxy.providers.base import ChatStream  # noqa: E402
-from proxy.providers.bedrock import BedrockStream, ConverseTranslator  # noqa: E402
-from proxy.providers.openai import OpenAIStream  # noqa: E402
-from proxy.providers.redact import PATTERNS_ONLY  # noqa: E402
+from proxy.providers.base import ChatStream
+from proxy.providers.bedrock import BedrockStream, ConverseTranslator
+from proxy.providers.openai import OpenAIStream
+from proxy.providers.redact import PATTERNS_ONLY
 
 
 class Reads:

@@ -273,9 +273,11 @@ def _validate(s: Settings) -> None:
             if r not in REGIONS:
                 fail(f"providers.{name}.regions", f"unknown region {r!r}")
         _validate_cloud(f"providers.{name}", p, fail)
-        if p.protocol != "simulated" and not p.base_url.startswith(("http://", "https://")):
-            if not (p.protocol == "bedrock" and not p.base_url):  # bedrock has a default
-                fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
+        has_default_url = p.protocol == "bedrock" and not p.base_url  # the region's endpoint
+        if p.protocol != "simulated" and not has_default_url and not p.base_url.startswith(
+            ("http://", "https://")
+        ):
+            fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
         if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
             fail(f"providers.{name}", "timeouts must be positive")
         if p.ca_file is not None and not os.access(p.ca_file, os.R_OK):

@@ -42,7 +42,7 @@ _STATUS: Final = {
 
 class _Body(msgspec.Struct):
     message: str | None = None
-    Message: str | None = None  # noqa: N815 - some AWS errors capitalize it
+    capitalized: str | None = msgspec.field(default=None, name="Message")  # some AWS errors
     type: str | None = msgspec.field(default=None, name="__type")
 
 
@@ -71,7 +71,7 @@ def bedrock_error(
     except msgspec.MsgspecError:
         parsed = _Body()
     name = exception_name(headers.get("x-amzn-errortype") or parsed.type)
-    message = parsed.message or parsed.Message or ""
+    message = parsed.message or parsed.capitalized or ""
     return _mapped(provider, name, _STATUS.get(name, status), message,
                    retry_after_s(headers), redact)
 

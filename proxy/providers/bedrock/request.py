@@ -286,14 +286,15 @@ def convert_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None
         definition: dict[str, Any] = {"name": "json_object"}
     elif fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
+        spec = spec if isinstance(spec, dict) else {}
+        schema = spec.get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest(
                 "`response_format.json_schema.schema` must be a JSON schema object.",
                 param="response_format.json_schema.schema",
             )
         definition = {"name": spec.get("name") or "response"}
-        if isinstance(spec, dict) and spec.get("description"):
+        if spec.get("description"):
             definition["description"] = spec["description"]
     else:
         raise InvalidRequest(

@@ -16,15 +16,15 @@ from ..anthropic import usage_payload
 from ..base import Completion
 
 
-class CUsage(msgspec.Struct):
-    inputTokens: int = 0  # noqa: N815 - Converse's field names
-    outputTokens: int = 0  # noqa: N815
-    cacheReadInputTokens: int = 0  # noqa: N815
-    cacheWriteInputTokens: int = 0  # noqa: N815
+class CUsage(msgspec.Struct, rename="camel"):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
 
 
-class _ToolUse(msgspec.Struct):
-    toolUseId: str = ""  # noqa: N815
+class _ToolUse(msgspec.Struct, rename="camel"):
+    tool_use_id: str = ""
     name: str = ""
     input: Raw = Raw(b"{}")  # becomes `arguments` as it came
 
@@ -33,14 +33,14 @@ class _ReasoningText(msgspec.Struct):
     text: str = ""
 
 
-class _Reasoning(msgspec.Struct):
-    reasoningText: _ReasoningText | None = None  # noqa: N815
+class _Reasoning(msgspec.Struct, rename="camel"):
+    reasoning_text: _ReasoningText | None = None
 
 
-class _Block(msgspec.Struct):
+class _Block(msgspec.Struct, rename="camel"):
     text: str | None = None
-    toolUse: _ToolUse | None = None  # noqa: N815
-    reasoningContent: _Reasoning | None = None  # noqa: N815
+    tool_use: _ToolUse | None = None
+    reasoning_content: _Reasoning | None = None
 
 
 class _Message(msgspec.Struct):
@@ -51,9 +51,9 @@ class _Output(msgspec.Struct):
     message: _Message | None = None
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, rename="camel"):
     output: _Output | None = None
-    stopReason: str | None = None  # noqa: N815
+    stop_reason: str | None = None
     usage: CUsage | None = None
 
 
@@ -79,10 +79,10 @@ def finish_reason(stop_reason: str | None) -> str | None:
 def to_usage(u: CUsage) -> Usage:
     """Converse's inputTokens leaves out cache reads and writes (its totalTokens adds them);
     the gateway's `Usage`, as OpenAI's prompt_tokens, includes them."""
-    read, written = u.cacheReadInputTokens, u.cacheWriteInputTokens
+    read, written = u.cache_read_input_tokens, u.cache_write_input_tokens
     return Usage(
-        prompt_tokens=u.inputTokens + read + written,
-        completion_tokens=u.outputTokens,
+        prompt_tokens=u.input_tokens + read + written,
+        completion_tokens=u.output_tokens,
         cached_tokens=read,
         cache_write_tokens=written,
     )
@@ -115,15 +115,15 @@ def to_completion(
     for block in blocks:
         if block.text:
             texts.append(block.text)
-        elif block.toolUse is not None:
+        elif block.tool_use is not None:
             tool_calls.append({
-                "id": block.toolUse.toolUseId,
+                "id": block.tool_use.tool_use_id,
                 "type": "function",
-                "function": {"name": block.toolUse.name,
-                             "arguments": bytes(block.toolUse.input).decode()},
+                "function": {"name": block.tool_use.name,
+                             "arguments": bytes(block.tool_use.input).decode()},
             })
-        elif block.reasoningContent and block.reasoningContent.reasoningText:
-            reasoning.append(block.reasoningContent.reasoningText.text)
+        elif block.reasoning_content and block.reasoning_content.reasoning_text:
+            reasoning.append(block.reasoning_content.reasoning_text.text)
     text = "".join(texts)
     message: dict[str, Any] = {
         "role": "assistant",
@@ -134,7 +134,7 @@ def to_completion(
         message["reasoning_content"] = "".join(reasoning)
     if tool_calls:
         message["tool_calls"] = tool_calls
-    finish = finish_reason(resp.stopReason)
+    finish = finish_reason(resp.stop_reason)
     usage = to_usage(resp.usage) if resp.usage is not None else None
     payload: dict[str, Raw] = {
         "id": encode_raw(chat_id(request_id)),

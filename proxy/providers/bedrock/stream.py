@@ -33,13 +33,13 @@ from .response import CUsage, chat_id, finish_reason, to_usage
 _encode = msgspec.json.encode
 
 
-class _ToolStart(msgspec.Struct):
-    toolUseId: str = ""  # noqa: N815 - Converse's field names
+class _ToolStart(msgspec.Struct, rename="camel"):
+    tool_use_id: str = ""
     name: str = ""
 
 
-class _Start(msgspec.Struct):
-    toolUse: _ToolStart | None = None  # noqa: N815
+class _Start(msgspec.Struct, rename="camel"):
+    tool_use: _ToolStart | None = None
 
 
 class _ToolDelta(msgspec.Struct):
@@ -50,19 +50,19 @@ class _ReasoningDelta(msgspec.Struct):
     text: str | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, rename="camel"):
     text: str | None = None
-    toolUse: _ToolDelta | None = None  # noqa: N815
-    reasoningContent: _ReasoningDelta | None = None  # noqa: N815
+    tool_use: _ToolDelta | None = None
+    reasoning_content: _ReasoningDelta | None = None
 
 
-class _Event(msgspec.Struct):
+class _Event(msgspec.Struct, rename="camel"):
     """Every event's fields in one shape: each event type fills its own."""
 
-    contentBlockIndex: int = 0  # noqa: N815
+    content_block_index: int = 0
     start: _Start | None = None
     delta: _Delta | None = None
-    stopReason: str | None = None  # noqa: N815
+    stop_reason: str | None = None
     usage: CUsage | None = None
 
 
@@ -136,18 +136,18 @@ class ConverseTranslator:
             ) from None
         kind = headers.get(":event-type")
         if kind == "contentBlockDelta" and ev.delta is not None:
-            return self._delta(ev.contentBlockIndex, ev.delta)
-        if kind == "contentBlockStart" and ev.start is not None and ev.start.toolUse is not None:
-            tool = ev.start.toolUse
-            index = self._tools[ev.contentBlockIndex] = len(self._tools)
-            call = {"index": index, "id": tool.toolUseId, "type": "function",
+            return self._delta(ev.content_block_index, ev.delta)
+        if kind == "contentBlockStart" and ev.start is not None and ev.start.tool_use is not None:
+            tool = ev.start.tool_use
+            index = self._tools[ev.content_block_index] = len(self._tools)
+            call = {"index": index, "id": tool.tool_use_id, "type": "function",
                     "function": {"name": tool.name, "arguments": ""}}
             return [self._chunk({"tool_calls": [call]})]
         if kind == "messageStart":
             return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
         if kind == "messageStop":
             self.stopped = True
-            self.finish_reason = finish_reason(ev.stopReason) or "stop"
+            self.finish_reason = finish_reason(ev.stop_reason) or "stop"
             return [self._chunk({}, self.finish_reason)]
         if kind == "metadata":
             self._finish(ev.usage)
@@ -158,15 +158,15 @@ class ConverseTranslator:
         if delta.text:
             self.text_chars += len(delta.text)
             return [self._chunk({"content": delta.text})]
-        if delta.toolUse is not None and delta.toolUse.input:
-            self.text_chars += len(delta.toolUse.input)
+        if delta.tool_use is not None and delta.tool_use.input:
+            self.text_chars += len(delta.tool_use.input)
             call = {"index": self._tools.get(index, 0),
-                    "function": {"arguments": delta.toolUse.input}}
+                    "function": {"arguments": delta.tool_use.input}}
             return [self._chunk({"tool_calls": [call]})]
-        if delta.reasoningContent is not None and delta.reasoningContent.text:
+        if delta.reasoning_content is not None and delta.reasoning_content.text:
             # Reasoning is billed as output: it counts toward the estimate of a cut stream.
-            self.text_chars += len(delta.reasoningContent.text)
-            return [self._chunk({"reasoning_content": delta.reasoningContent.text})]
+            self.text_chars += len(delta.reasoning_content.text)
+            return [self._chunk({"reasoning_content": delta.reasoning_content.text})]
         return []  # a reasoning signature, a citation: nothing OpenAI-shaped to say
 
     def _finish(self, usage: CUsage | None) -> None:
