@@ -165,6 +165,7 @@ _ENV_OVERRIDES: Final = {
 _INT_KEYS: Final = {"port", "workers"}
 _PATH_RE: Final = re.compile(r"at `\$(.*)`")
 _API_VERSION_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
+_AZURE_STREAM_USAGE_SINCE: Final = "2024-09-01"
 _AWS_REGION_RE: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 
 
@@ -323,6 +324,10 @@ def _validate_cloud(key: str, p: ProviderConfig, fail: Callable[[str, str], None
             fail(f"{key}.api_version", 'is required for protocol "azure" (e.g. "2024-10-21")')
         elif not _API_VERSION_RE.fullmatch(p.api_version):
             fail(f"{key}.api_version", f"must look like 2024-10-21, got {p.api_version!r}")
+        elif p.api_version < _AZURE_STREAM_USAGE_SINCE:
+            # Every stream asks for its usage (stream_options.include_usage), to be metered.
+            fail(f"{key}.api_version", f"must be {_AZURE_STREAM_USAGE_SINCE} or later: older "
+                 "versions refuse stream_options, which metering streams needs")
     elif p.api_version is not None:
         fail(f"{key}.api_version", 'applies only to protocol "azure"')
     if p.protocol == "bedrock":

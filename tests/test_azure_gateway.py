@@ -310,6 +310,8 @@ async def test_embeddings_go_to_the_embedding_deployment(azure: Pair, http: aioh
      "key `providers.p.api_version`: is required"),
     ('protocol = "azure"\nbase_url = "https://x.openai.azure.com"\napi_version = "latest"',
      "key `providers.p.api_version`: must look like 2024-10-21"),
+    ('protocol = "azure"\nbase_url = "https://x.openai.azure.com"\napi_version = "2024-02-01"',
+     "key `providers.p.api_version`: must be 2024-09-01 or later"),
     ('protocol = "openai"\nbase_url = "https://x"\napi_version = "2024-10-21"',
      "key `providers.p.api_version`: applies only to protocol \"azure\""),
 ])
@@ -318,3 +320,15 @@ def test_azure_settings_are_checked_at_load_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(")):
         gateway_settings(tmp_path, f"[providers.p]\n{provider}\n")
+
+
+async def test_a_whole_azure_stream_in_one_read_loses_only_the_preamble(
+    azure: Pair, http: aiohttp.ClientSession
+) -> None:
+    azure.se.script(Reply(text="all at once", burst=True, prompt_tokens=3, completion_tokens=3))
+    resp = await chat(http, azure.gw, stream=True, stream_options={"include_usage": True})
+    raw = await resp.read()
+    chunks = events(raw)
+    assert b"prompt_filter_results" not in raw and raw.endswith(b"data: [DONE]\n\n")
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "all at once"
+    assert chunks[-1]["usage"]["total_tokens"] == 6 and chunks[-1]["usage"]["cost"] > 0

@@ -390,3 +390,16 @@ async def test_a_bedrock_stream_is_cached_and_replayed_with_the_same_chunks(
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in replayed if c["choices"])
     assert text == "Same answer twice." and replayed[0]["id"] == first[0]["id"]
     assert stack.bedrock.hits == 1
+
+
+async def test_an_exception_frame_before_any_text_falls_back_to_anthropic(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    stack.bedrock.script(ErrorEvent(after_events=0, message="Too many tokens",
+                                    error_type="throttlingException"))
+    stack.anthropic.script(Reply(text="Fallback answer."))
+    resp = await chat(http, stack.gw, model="policy/claude", stream=True)
+    assert resp.status == 200 and resp.headers["x-provider"] == "direct"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events(await resp.read())
+                   if c["choices"])
+    assert text == "Fallback answer."
