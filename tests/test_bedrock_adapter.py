@@ -237,3 +237,14 @@ def test_eu_deploy_serves_gpt_through_azure_and_claude_through_bedrock_eu_profil
     assert bedrock and all(m.upstream.startswith("eu.anthropic.") for m in bedrock)
     assert {settings.providers[m.provider].aws_region for m in bedrock} == {"eu-central-1"}
     assert all(settings.providers[m.provider].regions == ("eu",) for m in [*azure, *bedrock])
+
+
+def test_an_eventstream_error_frame_is_an_error_with_its_message() -> None:
+    from fakes.bedrock_server import encode_frame
+
+    tr = ConverseTranslator("m", "bedrock-eu", PATTERNS_ONLY)
+    frame = encode_frame({":message-type": "error", ":error-code": "InternalFailure",
+                          ":error-message": "The stream failed"}, b"")
+    with pytest.raises(UpstreamError) as broke:
+        feed_all(tr, frame)
+    assert "The stream failed" in broke.value.message and broke.value.status == 502

@@ -126,6 +126,9 @@ class ConverseTranslator:
     def feed(self, headers: dict[str, Any], payload: bytes) -> list[bytes]:
         """One frame in (its headers and payload), zero or more chunks out."""
         if headers.get(":message-type") != "event":
+            if headers.get(":message-type") == "error":  # the eventstream's own error frame
+                message = str(headers.get(":error-message") or "")
+                payload = _encode({"message": message})
             kind = headers.get(":exception-type") or headers.get(":error-code")
             raise stream_exception(self.provider, kind, payload, self.redact)
         try:
