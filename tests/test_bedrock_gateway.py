@@ -260,11 +260,15 @@ async def test_throttling_is_a_429_with_retry_after_and_the_policy_falls_back_to
     assert int(resp.headers["retry-after"]) > 0 and resp.headers["retry-after-ms"]
     error = (await resp.json())["error"]
     assert error["type"] == "rate_limit_error" and "ThrottlingException" in error["message"]
+    row = await ledger_row(stack.pg, resp.headers["x-request-id"])
+    assert (row["status"], row["error_code"], row["cost_nusd"]) == (429, "upstream_rate_limited", 0)
     stack.bedrock.script(Fail(429, "Too many requests"))
     stack.anthropic.script(Reply(text="From Anthropic's API."))
     resp = await chat(http, stack.gw, model="policy/claude")
     assert resp.status == 200 and resp.headers["x-provider"] == "direct"
     assert (await resp.json())["choices"][0]["message"]["content"] == "From Anthropic's API."
+    row = await ledger_row(stack.pg, resp.headers["x-request-id"])
+    assert (row["provider"], row["status"], row["attempts"]) == ("direct", 200, 2)
 
 
 @pytest.mark.parametrize(("fail", "status"), [
@@ -310,7 +314,9 @@ async def test_a_mid_stream_exception_frame_becomes_an_sse_error_after_the_text_
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events(raw.encode()) if c.get("choices"))
     assert text == "one two"
     row = await ledger_row(stack.pg, resp.headers["x-request-id"])
-    assert row["status"] == 502 and row["completion_tokens"] > 0  # what flowed is charged
+    # What flowed is charged, estimated: the usage never came.
+    assert (row["status"], row["error_code"], row["estimated"]) == (502, "upstream_rate_limited", True)
+    assert row["completion_tokens"] > 0 and row["cost_nusd"] > 0
 
 
 async def test_a_cut_stream_ends_with_an_error_event(stack: Stack, http: aiohttp.ClientSession) -> None:
