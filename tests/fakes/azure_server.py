@@ -52,6 +52,7 @@ class FakeAzure(FakeServer):
         super().__init__()
         self.deployments = deployments or {"gpt-4o-eu": "gpt-4o-2024-11-20"}
         self.api_key = api_key
+        self.api_versions: list[str] = []  # each request's `api-version`, in order
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -95,6 +96,7 @@ class FakeAzure(FakeServer):
         """Azure's answer to a request it would not route to a deployment, if any."""
         if not request.query.get("api-version"):
             return _error(404, "404", "Resource not found")
+        self.api_versions.append(request.query["api-version"])
         if request.headers.get("api-key") != self.api_key:
             return _error(
                 401,
