@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -17,7 +18,7 @@ import msgspec
 REGIONS: Final = ("global", "eu")
 DEFAULT_CATALOG: Final = Path(__file__).resolve().parent.parent / "schemas" / "models.toml"
 
-Protocol = Literal["openai", "anthropic", "simulated"]
+Protocol = Literal["openai", "anthropic", "simulated", "azure", "bedrock"]
 Strategy = Literal["fallback", "loadbalance", "latency"]
 
 
@@ -46,6 +47,10 @@ class ProviderConfig(_Strict, frozen=True):
     # simulated protocol only: pacing and fixed latency
     tokens_per_second: float = 0.0
     latency_ms: float = 0.0
+    # azure: the `api-version` query parameter (e.g. "2024-10-21"); bedrock: the AWS region
+    # (e.g. "eu-central-1") requests are signed for, and whose endpoint is the default base_url.
+    api_version: str | None = None
+    aws_region: str | None = None
 
 
 class ModelConfig(_Strict, frozen=True):
@@ -159,6 +164,9 @@ _ENV_OVERRIDES: Final = {
 }
 _INT_KEYS: Final = {"port", "workers"}
 _PATH_RE: Final = re.compile(r"at `\$(.*)`")
+_API_VERSION_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
+_AZURE_STREAM_USAGE_SINCE: Final = "2024-09-01"
+_AWS_REGION_RE: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 
 
 def load_settings(
@@ -268,7 +276,11 @@ def _validate(s: Settings) -> None:
         for r in p.regions:
             if r not in REGIONS:
                 fail(f"providers.{name}.regions", f"unknown region {r!r}")
-        if p.protocol != "simulated" and not p.base_url.startswith(("http://", "https://")):
+        _validate_cloud(f"providers.{name}", p, fail)
+        has_default_url = p.protocol == "bedrock" and not p.base_url  # the region's endpoint
+        if p.protocol != "simulated" and not has_default_url and not p.base_url.startswith(
+            ("http://", "https://")
+        ):
             fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
         if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
             fail(f"providers.{name}", "timeouts must be positive")
@@ -305,3 +317,26 @@ def _validate(s: Settings) -> None:
         s.default_model.startswith("policy/") and s.default_model[7:] in s.policies
     ):
         fail("default_model", f"unknown model {s.default_model!r}")
+
+
+def _validate_cloud(key: str, p: ProviderConfig, fail: Callable[[str, str], None]) -> None:
+    """`api_version` (azure) and `aws_region` (bedrock): required by their protocol,
+    refused by the others, so a misplaced key is not silently ignored."""
+    if p.protocol == "azure":
+        if not p.api_version:
+            fail(f"{key}.api_version", 'is required for protocol "azure" (e.g. "2024-10-21")')
+        elif not _API_VERSION_RE.fullmatch(p.api_version):
+            fail(f"{key}.api_version", f"must look like 2024-10-21, got {p.api_version!r}")
+        elif p.api_version < _AZURE_STREAM_USAGE_SINCE:
+            # Every stream asks for its usage (stream_options.include_usage), to be metered.
+            fail(f"{key}.api_version", f"must be {_AZURE_STREAM_USAGE_SINCE} or later: older "
+                 "versions refuse stream_options, which metering streams needs")
+    elif p.api_version is not None:
+        fail(f"{key}.api_version", 'applies only to protocol "azure"')
+    if p.protocol == "bedrock":
+        if not p.aws_region:
+            fail(f"{key}.aws_region", 'is required for protocol "bedrock" (e.g. "eu-central-1")')
+        elif not _AWS_REGION_RE.fullmatch(p.aws_region):
+            fail(f"{key}.aws_region", f"must be an AWS region such as eu-central-1, got {p.aws_region!r}")
+    elif p.aws_region is not None:
+        fail(f"{key}.aws_region", 'applies only to protocol "bedrock"')

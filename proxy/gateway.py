@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -12,7 +13,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .cache import ResponseCache
 from .catalog import Catalog
-from .config import Settings
+from .config import ProviderConfig, Settings
 from .errors import ServiceUnavailable, UpstreamError
 from .idempotency import Idempotency
 from .ledger import Ledger, create_ledger
@@ -25,13 +26,21 @@ from .router import Router
 from .routing import Routing
 
 
-def _provider_class(protocol: str) -> type[Provider]:
+def _provider_class(protocol: str) -> Callable[[str, ProviderConfig, str | None], Provider]:
     if protocol == "openai":
         return OpenAIProvider
     if protocol == "anthropic":
         from .providers.anthropic import AnthropicProvider
 
         return AnthropicProvider
+    if protocol == "azure":
+        from .providers.azure import azure_provider
+
+        return azure_provider
+    if protocol == "bedrock":
+        from .providers.bedrock import BedrockProvider
+
+        return BedrockProvider
     return SimulatedProvider
 
 
