@@ -21,7 +21,7 @@ from .metrics import Metrics
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .providers.simulated import SimulatedProvider
-from .router import Router
+from .routing.resolve import Router
 from .routing import Routing
 
 
