@@ -21,6 +21,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..migrate import is_sqlite
+from ..stats import LedgerStats
 from .record import UsageRecord
 from .report import UsageQuery, UsageReport, aggregate
 
@@ -44,6 +45,9 @@ class Ledger(Protocol):
         """nano-USD spent by a key since a time (None: ever). Records still queued are not
         counted (they land within a flush interval)."""
 
+    def stats(self) -> LedgerStats:
+        """The queue, the counters and the database state, for metrics and readiness."""
+
 
 class MemoryLedger:
     """Keeps records in a list: for tests that need no database."""
@@ -62,6 +66,10 @@ class MemoryLedger:
 
     async def report(self, query: UsageQuery) -> UsageReport:
         return aggregate(self.records, query)
+
+    def stats(self) -> LedgerStats:
+        # Nothing spools: a database away loses these records (readiness says so).
+        return LedgerStats(spools=False, records_enqueued=len(self.records))
 
     async def spend(self, key_id: str, since: datetime | None) -> int:
         return sum(r.cost_nusd for r in self.records

@@ -71,7 +71,7 @@ FLUSH_SQL: Final = _flush_sql()
 
 def is_data_error(e: BaseException) -> bool:
     if isinstance(e, asyncpg.PostgresError):
-        return str(getattr(e, "sqlstate", "") or "")[:2] in _DATA_CLASSES
+        return str(e.sqlstate or "")[:2] in _DATA_CLASSES
     # Raised by asyncpg while encoding a value client-side: out of range, wrong type,
     # a lone surrogate in a string.
     return isinstance(e, (TypeError, ValueError, OverflowError))

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from ..config import LedgerConfig
+from ..stats import LedgerStats
 from .journal import Journal, Segment
 from .lanes import Lanes
 from .record import UsageRecord
@@ -79,6 +80,16 @@ class WriterState:
         self.last_flush_seconds = 0.0
 
     # --- state for metrics and readiness ---------------------------------------------
+
+    def stats(self) -> LedgerStats:
+        return LedgerStats(
+            spools=True, database_up=self.database_up, queue_depth=self.queue_depth,
+            last_flush_seconds=self.last_flush_seconds, records_enqueued=self.records_enqueued,
+            records_written=self.records_written, records_duplicate=self.records_duplicate,
+            records_spooled=self.records_spooled, records_replayed=self.records_replayed,
+            records_quarantined=self.records_quarantined, records_salvaged=self.records_salvaged,
+            journal_errors=self.journal_errors, database_errors=self.database_errors,
+            flushes=self.flushes)
 
     @property
     def flush_errors(self) -> int:
