@@ -2,14 +2,10 @@
 
 `Ledger` is what the rest of the gateway sees. The request path only calls `enqueue`,
 which never waits on a database. `create_ledger` picks the engine from `database_url`:
-PostgreSQL (postgres.py) or SQLite (sqlite.py), both driven by the same writer
-(writer.py: the request path and lifecycle; writer_state.py: its state and spooling;
-flusher.py: the background task; batches.py: transactions; sink.py: the engine's side)
-and answering the same reports (report.py).
-The SQL ledgers also carry the writer's counters as plain attributes for metrics:
-`queue_depth`, `records_written`, `records_spooled`, `records_replayed`,
-`records_quarantined`, `records_salvaged` (refused, then written with their metadata
-replaced by a marker), `last_flush_seconds`, `database_errors` (failed flushes).
+PostgreSQL (postgres.py) or SQLite (sqlite.py), each a sink and a reader handed to the one
+writer class, `writer.LedgerWriter` (its docstring lists the parts it owns), and answering
+the same reports (report.py). `stats()` is what metrics and readiness read: the queue,
+the writer's counters and whether the database is up (`proxy.stats.LedgerStats`).
 """
 
 from __future__ import annotations
@@ -87,9 +83,9 @@ def create_ledger(settings: Settings) -> Ledger:
                     "(benchmarks only)")
         return MemoryLedger()
     if is_sqlite(settings.database_url):
-        from .sqlite import SqliteLedger
+        from .sqlite import sqlite_ledger
 
-        return SqliteLedger(settings.database_url, settings.ledger, spool_dir(settings))
-    from .postgres import PostgresLedger
+        return sqlite_ledger(settings.database_url, settings.ledger, spool_dir(settings))
+    from .postgres import postgres_ledger
 
-    return PostgresLedger(settings.database_url, settings.ledger, spool_dir(settings))
+    return postgres_ledger(settings.database_url, settings.ledger, spool_dir(settings))

@@ -24,7 +24,7 @@ from ..config import Settings
 from ..ledger.record import UsageRecord
 from .collectors import Collectors
 from .multiprocess import multiprocess_exposition
-from .recording import InFlight, Recording, AttemptLogView
+from .recording import AttemptLogView, InFlight, Recording
 from .sampling import MetricSources, Sampling
 
 __all__ = ["InFlight", "MetricSources", "Metrics"]
