@@ -4,9 +4,9 @@
     python loadtest/bench_ledger.py --ingest 500000       # records for the ingest part
     python loadtest/bench_ledger.py --skip-ingest --reuse proxy_bench_reports   # rerun reports
 
-Ingest: records (1,000 keys, 20 models, user ids, tags, extra) are enqueued into a
-the PostgreSQL ledger (postgres_ledger) with the default settings (flush at 1,000 records or 200 ms) as fast as the
-producer can, 1,000 per event-loop turn, first waiting while 20,000 are queued (records
+Ingest: records (1,000 keys, 20 models, user ids, tags, extra) are enqueued into the
+PostgreSQL ledger (`postgres_ledger`) with the default settings (flush at 1,000 records or
+200 ms) as fast as the producer can, 1,000 per event-loop turn, first waiting while 20,000 are queued (records
 flushed from memory), then never waiting (the queue overflows into the spool files and is
 read back); the rate is records landed in PostgreSQL (COPY, insert, five rollup tables, in
 one transaction per batch, two transactions at a time) divided by the time from the first
