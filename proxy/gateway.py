@@ -84,6 +84,7 @@ class Gateway:
             auth=lambda: self.auth,
             cache=lambda: self.cache,
             circuits=lambda: self.routing.breakers.states(),
+            pools=lambda: self.providers,
             edge=self.edge_slots,
             admissions=self.admissions,
         ))

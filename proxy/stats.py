@@ -57,6 +57,16 @@ class EdgeStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A provider's upstream connection pool, now (no pool: all zero)."""
+
+    open: int = 0  # connections open or being opened (slots taken)
+    idle: int = 0  # open and kept for reuse
+    waiting: int = 0  # requests waiting for a slot: the pool is at its limit
+    limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class AdmissionStats:
     """The admission journal (`ledger/inflight.py`): failed writes (monotonic)."""
 

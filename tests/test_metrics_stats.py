@@ -9,8 +9,9 @@ import re
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
-from harness import gateway_settings, running_gateway
+from harness import Gateway, gateway_settings, running_gateway
 from test_edge_server import HEALTH, edge_gateway, read_response, read_until_closed
 from test_metrics import total
 
@@ -75,6 +76,22 @@ async def test_response_cache_redis_failures_count_in_redis_errors(tmp_path: Pat
         assert gateway.redis is not None
         await gateway.redis.aclose()
     assert total(text, "proxy_redis_errors_total", component="cache") == 1
+
+
+async def test_upstream_pool_connections_are_exported_by_provider(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    body = {"model": "fake/gpt", "messages": [{"role": "user", "content": "hi"}]}
+    resp = await http.post(gateway.url + "/v1/chat/completions", json=body,
+                           headers=gateway.headers)
+    assert resp.status == 200
+    await resp.read()
+    text = (await gateway.app[GATEWAY].metrics.scrape()).decode()
+    # the one connection went back to the pool: open and idle, nobody waiting
+    assert total(text, "proxy_upstream_connections_open", provider="fake") == 1
+    assert total(text, "proxy_upstream_connections_idle", provider="fake") == 1
+    assert total(text, "proxy_upstream_requests_waiting", provider="fake") == 0
+    assert total(text, "proxy_upstream_connections_open", provider="fakeanthropic") == 0
 
 
 @pytest.mark.parametrize("call", ["getattr", "hasattr"])

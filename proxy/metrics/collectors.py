@@ -160,6 +160,16 @@ class Collectors:
             "proxy_edge_connections_refused",
             "Client connections refused with 503 at the cap (`[edge] max_connections`).",
             registry=r)
+        self.upstream_open = Gauge(
+            "proxy_upstream_connections_open", "Upstream connections open or being opened, "
+            "by provider.", ("provider",), multiprocess_mode="livesum", registry=r)
+        self.upstream_idle = Gauge(
+            "proxy_upstream_connections_idle", "Upstream connections open and idle (kept for "
+            "reuse), by provider.", ("provider",), multiprocess_mode="livesum", registry=r)
+        self.upstream_waiting = Gauge(
+            "proxy_upstream_requests_waiting", "Requests waiting for an upstream connection "
+            "(the provider's pool at `max_connections`).", ("provider",),
+            multiprocess_mode="livesum", registry=r)
         info = Gauge("proxy_info", "The gateway's region and version (value 1).",
                      ("region", "version"), multiprocess_mode="livemax", registry=r)
         info.labels(settings.region, _version()).set(1)
@@ -170,3 +180,5 @@ class Collectors:
             self.database_errors.labels(component)
         for provider in self.providers:
             self.circuit.labels(provider).set(0)
+            for gauge in (self.upstream_open, self.upstream_idle, self.upstream_waiting):
+                gauge.labels(provider).set(0)

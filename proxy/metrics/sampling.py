@@ -11,11 +11,11 @@ worker sees every worker's numbers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from ..stats import AdmissionStats, DependencyErrors, EdgeStats, LedgerStats, Reports
+from ..stats import AdmissionStats, DependencyErrors, EdgeStats, LedgerStats, PoolStats, Reports
 from .collectors import Collectors
 
 S = TypeVar("S")
@@ -35,6 +35,7 @@ class MetricSources:
     auth: Callable[[], Reports[DependencyErrors]]
     cache: Callable[[], Reports[DependencyErrors]]
     circuits: Callable[[], Iterable[tuple[str, str, str]]]  # (provider, model, state)
+    pools: Callable[[], Mapping[str, Reports[PoolStats]]]  # provider name -> its provider
     edge: Reports[EdgeStats] | None = None
     admissions: Reports[AdmissionStats] | None = None
 
@@ -90,6 +91,7 @@ class Sampling:
     def __init__(self, collectors: Collectors, sources: MetricSources) -> None:
         c = self._collectors = collectors
         self._circuits = sources.circuits
+        self._pools = sources.pools
         self._tick: asyncio.TimerHandle | None = None
         self._ledger = _Mirrors[LedgerStats](sources.ledger, [
             (c.ledger_written, lambda s: s.records_written),
@@ -121,6 +123,7 @@ class Sampling:
         if self._admissions is not None:
             self._admissions.sample()
         self._sample_circuits()
+        self._sample_pools()
 
     def _sample_circuits(self) -> None:
         """The worst circuit of each provider's models (`CircuitBreakers.states()`)."""
@@ -131,6 +134,15 @@ class Sampling:
                 worst[provider] = max(worst[provider], CIRCUIT_STATES.get(state, 2))
         for provider, value in worst.items():
             c.circuit.labels(provider).set(value)
+
+    def _sample_pools(self) -> None:
+        c = self._collectors
+        for name, provider in self._pools().items():
+            if name in c.providers:
+                pool = provider.stats()
+                c.upstream_open.labels(name).set(pool.open)
+                c.upstream_idle.labels(name).set(pool.idle)
+                c.upstream_waiting.labels(name).set(pool.waiting)
 
     # --- in a worker of several: keep this worker's files current between its scrapes ---
 
