@@ -29,8 +29,7 @@ from .metrics import MetricSources, Metrics
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .providers.simulated import SimulatedProvider
-from .routing.resolve import Router
-from .routing import Routing
+from .routing import Router, Routing
 
 
 def _provider_class(protocol: str) -> type[Provider]:
