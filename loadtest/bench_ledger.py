@@ -114,7 +114,7 @@ async def bench_ingest(admin: str, n: int, paced: bool) -> dict[str, float]:
             landed = time.perf_counter() - started
             stats = {"records": n, "seconds": landed, "records_per_s": n / landed,
                      "enqueue_per_s": n / produced, "spooled": ledger.stats().records_spooled,
-                     "flushes": ledger.flushes}
+                     "flushes": ledger.stats().flushes}
             await ledger.close()
         conn = await asyncpg.connect(dsn)
         try:
