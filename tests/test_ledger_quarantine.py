@@ -22,10 +22,10 @@ from proxy.config import LedgerConfig
 from proxy.gateway import GATEWAY
 from proxy.ledger.postgres import postgres_ledger
 from proxy.ledger.salvage import MARKER_TAG
-from proxy.ledger.writer import LedgerWriter
+from proxy.ledger.writer import LedgerWriter, WriterOptions
 
 USER = [{"role": "user", "content": "Hello"}]
-FAST = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
+FAST: WriterOptions = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
 
 
 @pytest.fixture

@@ -31,11 +31,11 @@ from proxy.ledger.postgres import COPY_SLICE, PostgresSink, in_slices, postgres_
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
 from proxy.ledger.sqlite import sqlite_ledger
-from proxy.ledger.writer import LedgerWriter
+from proxy.ledger.writer import LedgerWriter, WriterOptions
 from proxy.migrate import migrate
 
 BASE = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
-FAST = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
+FAST: WriterOptions = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
 TESTS = Path(__file__).resolve().parent
 
 

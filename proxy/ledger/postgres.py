@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Unpack
 
 import asyncpg
 
@@ -29,7 +29,7 @@ from .record import UsageRecord
 from .report import Measures, UsageQuery, UsageReport, UsageRow, assemble
 from .schema import COLUMNS, POSTGRES, ROLLUP_INPUTS, pg_row, upserts
 from .sink import RecordError
-from .writer import LedgerWriter
+from .writer import LedgerWriter, WriterOptions
 
 log = logging.getLogger("proxy.ledger")
 
@@ -176,13 +176,10 @@ class PostgresSink:
                 lane.conn = None
 
 
-def postgres_ledger(dsn: str, config: LedgerConfig, spool_dir: Path, *,
-                    max_batch: int | None = None, write_timeout_s: float = 30.0,
-                    backoff_s: tuple[float, float] = (0.2, 5.0)) -> LedgerWriter:
+def postgres_ledger(dsn: str, config: LedgerConfig, spool_dir: Path,
+                    **options: Unpack[WriterOptions]) -> LedgerWriter:
     """The ledger on PostgreSQL: a writer through `PostgresSink`, reports from its pool."""
-    return LedgerWriter(PostgresSink(dsn), PostgresReader(dsn), config, spool_dir,
-                        max_batch=max_batch, write_timeout_s=write_timeout_s,
-                        backoff_s=backoff_s)
+    return LedgerWriter(PostgresSink(dsn), PostgresReader(dsn), config, spool_dir, **options)
 
 
 class PostgresReader:

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from ..config import LedgerConfig
 from ..migrate import migrate, sqlite_path
@@ -24,7 +24,7 @@ from .record import UsageRecord
 from .report import Measures, UsageQuery, UsageReport, UsageRow, assemble
 from .schema import COLUMNS, SQLITE, from_micros, sqlite_row, upserts
 from .sink import RecordError
-from .writer import LedgerWriter
+from .writer import LedgerWriter, WriterOptions
 
 STAGING: Final = "temp.ledger_staging"
 _COLS: Final = ", ".join(COLUMNS)
@@ -113,13 +113,10 @@ class SqliteSink:
         await asyncio.to_thread(self._close)
 
 
-def sqlite_ledger(database_url: str, config: LedgerConfig, spool_dir: Path, *,
-                  max_batch: int | None = None, write_timeout_s: float = 30.0,
-                  backoff_s: tuple[float, float] = (0.2, 5.0)) -> LedgerWriter:
+def sqlite_ledger(database_url: str, config: LedgerConfig, spool_dir: Path,
+                  **options: Unpack[WriterOptions]) -> LedgerWriter:
     """The ledger on SQLite: a writer through `SqliteSink`, reports on fresh connections."""
-    return LedgerWriter(SqliteSink(database_url), SqliteReader(database_url), config,
-                        spool_dir, max_batch=max_batch, write_timeout_s=write_timeout_s,
-                        backoff_s=backoff_s)
+    return LedgerWriter(SqliteSink(database_url), SqliteReader(database_url), config, spool_dir, **options)
 
 
 class SqliteReader:

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict
 
 from ..config import LedgerConfig
 from ..stats import LedgerStats
@@ -39,6 +40,14 @@ from .report import UsageQuery, UsageReport
 from .sink import Reader, Sink
 
 log = logging.getLogger("proxy.ledger")
+
+
+class WriterOptions(TypedDict, total=False):
+    """The writer's tuning beyond `[ledger]` (tests shorten the waits)."""
+
+    max_batch: int | None  # records per transaction (default: 10 x flush_rows)
+    write_timeout_s: float  # one transaction
+    backoff_s: tuple[float, float]  # retry delays while the database is away: first, most
 
 
 class LedgerWriter:
