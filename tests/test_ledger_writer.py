@@ -94,14 +94,16 @@ async def test_database_outage_loses_and_duplicates_nothing(fresh_pg: str, tmp_p
         for r in records[i : i + 100]:
             ledger.enqueue(r)
         await asyncio.sleep(0.03)  # several flush and retry cycles while it is away
-    await wait_for(lambda: not ledger.stats().database_up and ledger.stats().records_spooled >= 1000)
+    await wait_for(lambda: not ledger.stats().database_up
+                   and ledger.stats().records_spooled >= 1000)
     assert spool_files(spool)
     assert ledger.stats().queue_depth == 0  # while it is away, records live on disk only
 
     await proxy.restore()
     for r in records[2000:]:
         ledger.enqueue(r)
-    await wait_for(lambda: ledger.stats().records_written + ledger.stats().records_duplicate >= 3000)
+    await wait_for(lambda: ledger.stats().records_written
+                   + ledger.stats().records_duplicate >= 3000)
     assert ledger.stats().records_replayed >= 1000
     await ledger.close()
     await proxy.cut()
@@ -157,9 +159,11 @@ async def test_a_refused_record_lands_with_a_marker_and_only_an_unwritable_one_i
         salvaged.append(250)
     for r in records:
         ledger.enqueue(r)
-    await wait_for(lambda: ledger.stats().records_written + ledger.stats().records_quarantined == 300)
+    await wait_for(lambda: ledger.stats().records_written
+                   + ledger.stats().records_quarantined == 300)
     await ledger.close()
-    assert (ledger.stats().records_quarantined, ledger.stats().records_salvaged) == (1, len(salvaged))
+    counts = ledger.stats()
+    assert (counts.records_quarantined, counts.records_salvaged) == (1, len(salvaged))
     assert await stored(engine, fresh_pg, tmp_path) == (299,) * 3
     lines = [json.loads(line) for f in spool.glob("quarantine-*.jsonl")
              for line in f.read_text().splitlines()]
@@ -252,8 +256,9 @@ async def test_the_spool_of_a_killed_writer_is_replayed_exactly_once(
     heir = make(engine, fresh_pg, tmp_path, spool)
     await heir.start()
     await heir.close()
-    assert (heir.stats().records_replayed, heir.stats().records_written, heir.stats().records_duplicate) == (500, 400,
-                                                                                     100)
+    counts = heir.stats()
+    assert (counts.records_replayed, counts.records_written, counts.records_duplicate) == (
+        500, 400, 100)
     assert await stored(engine, fresh_pg, tmp_path) == (500, 500, 500)
     assert spool_files(spool) == []
 

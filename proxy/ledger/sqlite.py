@@ -116,7 +116,8 @@ class SqliteSink:
 def sqlite_ledger(database_url: str, config: LedgerConfig, spool_dir: Path,
                   **options: Unpack[WriterOptions]) -> LedgerWriter:
     """The ledger on SQLite: a writer through `SqliteSink`, reports on fresh connections."""
-    return LedgerWriter(SqliteSink(database_url), SqliteReader(database_url), config, spool_dir, **options)
+    return LedgerWriter(SqliteSink(database_url), SqliteReader(database_url), config,
+                        spool_dir, **options)
 
 
 class SqliteReader:
