@@ -31,7 +31,7 @@ from ..idempotency import Once, replay_answer
 from ..ledger.record import UsageRecord
 from ..limits import Admission
 from ..providers.base import ChatCall, Completion
-from ..router import Route
+from ..routing.resolve import Route
 from ..routing import AttemptLog
 from ..wire import (
     MAX_TOKENS,
