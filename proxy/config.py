@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -17,7 +18,7 @@ import msgspec
 REGIONS: Final = ("global", "eu")
 DEFAULT_CATALOG: Final = Path(__file__).resolve().parent.parent / "schemas" / "models.toml"
 
-Protocol = Literal["openai", "anthropic", "simulated"]
+Protocol = Literal["openai", "anthropic", "simulated", "gemini", "vertex"]
 Strategy = Literal["fallback", "loadbalance", "latency"]
 
 
@@ -46,6 +47,10 @@ class ProviderConfig(_Strict, frozen=True):
     # simulated protocol only: pacing and fixed latency
     tokens_per_second: float = 0.0
     latency_ms: float = 0.0
+    # vertex protocol only: the Google Cloud project and location (region, or "global")
+    # in the URL; base_url defaults to the location's endpoint.
+    gcp_project: str | None = None
+    gcp_location: str | None = None
 
 
 class ModelConfig(_Strict, frozen=True):
@@ -59,6 +64,8 @@ class ModelConfig(_Strict, frozen=True):
     cache_write_price: float | None = None  # cache-write prompt tokens (Anthropic)
     context_window: int = 0
     max_output_tokens: int = 4096
+    # vertex protocol only: whose model it is; by default `claude-...` is Anthropic's.
+    publisher: Literal["google", "anthropic"] | None = None
 
 
 class PolicyConfig(_Strict, frozen=True):
@@ -265,8 +272,11 @@ def _validate(s: Settings) -> None:
         for r in p.regions:
             if r not in REGIONS:
                 fail(f"providers.{name}.regions", f"unknown region {r!r}")
-        if p.protocol != "simulated" and not p.base_url.startswith(("http://", "https://")):
+        if p.protocol != "simulated" and not p.base_url.startswith(("http://", "https://")) and (
+            p.base_url or p.protocol != "vertex"  # vertex: the location's endpoint by default
+        ):
             fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
+        _validate_gcp(f"providers.{name}", p, fail)
         if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
             fail(f"providers.{name}", "timeouts must be positive")
         if p.ca_file is not None and not os.access(p.ca_file, os.R_OK):
@@ -280,6 +290,8 @@ def _validate(s: Settings) -> None:
             fail(f"models[{i}].provider", f"model {m.id!r} names unknown provider {m.provider!r}")
         if min(m.input_price, m.output_price) < 0:
             fail(f"models[{i}]", f"model {m.id!r} has a negative price")
+        if m.publisher is not None and s.providers[m.provider].protocol != "vertex":
+            fail(f"models[{i}].publisher", "only a vertex provider's models take a publisher")
     for name, pol in s.policies.items():
         key = f"policies.{name}"
         if not pol.models:
@@ -302,3 +314,24 @@ def _validate(s: Settings) -> None:
         s.default_model.startswith("policy/") and s.default_model[7:] in s.policies
     ):
         fail("default_model", f"unknown model {s.default_model!r}")
+
+
+# A project id or number, a location: each goes into a URL path (and the location into the
+# default host name), so nothing that could change the URL's shape.
+_GCP_PROJECT: Final = re.compile(r"[a-z0-9][a-z0-9.:\-]{0,62}")
+_GCP_LOCATION: Final = re.compile(r"[a-z][a-z0-9\-]{0,62}")
+
+
+def _validate_gcp(key: str, p: ProviderConfig, fail: Callable[[str, str], None]) -> None:
+    if p.protocol != "vertex":
+        if p.gcp_project is not None:
+            fail(f"{key}.gcp_project", "only a vertex provider takes it")
+        if p.gcp_location is not None:
+            fail(f"{key}.gcp_location", "only a vertex provider takes it")
+        return
+    if p.gcp_project is None or not _GCP_PROJECT.fullmatch(p.gcp_project):
+        fail(f"{key}.gcp_project", "a vertex provider needs its Google Cloud project id "
+             "(lower-case letters, digits, hyphens)")
+    if p.gcp_location is None or not _GCP_LOCATION.fullmatch(p.gcp_location):
+        fail(f"{key}.gcp_location", "a vertex provider needs its location, such as "
+             "europe-west4 or global")

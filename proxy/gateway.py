@@ -32,6 +32,14 @@ def _provider_class(protocol: str) -> type[Provider]:
         from .providers.anthropic import AnthropicProvider
 
         return AnthropicProvider
+    if protocol == "gemini":
+        from .providers.gemini import GeminiProvider
+
+        return GeminiProvider
+    if protocol == "vertex":
+        from .providers.vertex import VertexProvider
+
+        return VertexProvider
     return SimulatedProvider
 
 

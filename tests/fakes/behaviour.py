@@ -281,11 +281,16 @@ class FakeServer:
     # -- playing one request --------------------------------------------------------
 
     async def serve(
-        self, request: web.Request, render: Render, frames: Frames | None = None
+        self,
+        request: web.Request,
+        render: Render,
+        frames: Frames | None = None,
+        stream: bool | None = None,
     ) -> web.StreamResponse:
         """Record the request, take the next behaviour and play it.
 
-        `frames` is None for endpoints that never stream.
+        `frames` is None for endpoints that never stream; `stream` says whether to stream
+        for APIs that say it in the URL (Gemini's), else the body's `stream` flag does.
         """
         body = await request.read()
         try:
@@ -299,7 +304,9 @@ class FakeServer:
         if not isinstance(decoded, dict):
             return self._fail(Fail(400, "The request body is not valid JSON."))
         behaviour = self._script.popleft() if self._script else self.default
-        stream = frames is not None and decoded.get("stream") is True
+        if stream is None:
+            stream = decoded.get("stream") is True
+        stream = stream and frames is not None
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
