@@ -47,8 +47,8 @@ class ProviderConfig(_Strict, frozen=True):
     # simulated protocol only: pacing and fixed latency
     tokens_per_second: float = 0.0
     latency_ms: float = 0.0
-    # vertex protocol only: the Google Cloud project and location (region, or "global")
-    # in the URL; base_url defaults to the location's endpoint.
+    # vertex protocol only: the Google Cloud project (default: the credentials' project)
+    # and location (a region, or "global"); base_url defaults to the location's endpoint.
     gcp_project: str | None = None
     gcp_location: str | None = None
 
@@ -329,9 +329,9 @@ def _validate_gcp(key: str, p: ProviderConfig, fail: Callable[[str, str], None])
         if p.gcp_location is not None:
             fail(f"{key}.gcp_location", "only a vertex provider takes it")
         return
-    if p.gcp_project is None or not _GCP_PROJECT.fullmatch(p.gcp_project):
-        fail(f"{key}.gcp_project", "a vertex provider needs its Google Cloud project id "
-             "(lower-case letters, digits, hyphens)")
+    if p.gcp_project is not None and not _GCP_PROJECT.fullmatch(p.gcp_project):
+        fail(f"{key}.gcp_project", "must be a Google Cloud project id (lower-case letters, "
+             "digits, hyphens), or be left out for the credentials' own project")
     if p.gcp_location is None or not _GCP_LOCATION.fullmatch(p.gcp_location):
         fail(f"{key}.gcp_location", "a vertex provider needs its location, such as "
              "europe-west4 or global")

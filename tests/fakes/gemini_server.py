@@ -195,6 +195,9 @@ class FakeGemini(FakeServer):
             model, _, method = info["target"].partition(":")
             if method not in ("rawPredict", "streamRawPredict"):
                 return self._refuse(404, f"Method {method} not found.")
+            body = await request.json()
+            if not isinstance(body, dict) or "model" in body or not body.get("anthropic_version"):
+                return self._refuse(400, "anthropic_version is required and model is not allowed.")
             return await self.serve(
                 request,
                 lambda r, req, n: anthropic_server.message(r, {"model": model, **req}, n),
