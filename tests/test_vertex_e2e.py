@@ -313,3 +313,18 @@ def test_vertex_base_url_defaults_to_the_locations_endpoint(tmp_path: Path) -> N
     assert settings.providers["vx"].base_url == ""
     assert default_base_url("europe-west4") == "https://europe-west4-aiplatform.googleapis.com"
     assert default_base_url("global") == "https://aiplatform.googleapis.com"
+
+
+def test_eu_config_offers_gemini_and_claude_through_vertex_in_europe_west() -> None:
+    from proxy.config import load_settings
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "eu.toml"
+    settings = load_settings(str(deploy), env={})
+    google = {m.id: settings.providers[m.provider] for m in settings.models
+              if settings.providers[m.provider].protocol == "vertex"
+              and "eu" in settings.providers[m.provider].regions}
+    assert {"vertex-eu/gemini-2.5-flash", "vertex-claude-eu/claude-sonnet-4-5"} <= set(google)
+    for provider in google.values():
+        assert provider.regions == ("eu",)
+        assert provider.gcp_location is not None and provider.gcp_location.startswith("europe-west")
+        assert provider.base_url == ""  # the regional endpoint, never `global`
