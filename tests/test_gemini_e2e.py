@@ -38,6 +38,14 @@ first_byte_timeout_s = 5
 timeout_s = 10
 
 [[models]]
+id = "gem/embed"
+provider = "gem"
+upstream = "gemini-embedding-001"
+kind = "embedding"
+input_price = 0.15
+context_window = 2048
+
+[[models]]
 id = "gem/flash"
 provider = "gem"
 upstream = "gemini-2.5-flash"
@@ -307,3 +315,25 @@ async def test_cut_stream_is_an_error_not_a_finished_answer(
     assert "error" in json.loads(events[-1])
     [row] = await ledger_rows(gw, 1)
     assert row["estimated"] == 1
+
+
+async def test_embeddings_through_batch_embed_contents_with_estimated_usage(
+    gw: Gateway, fake: FakeGemini, http: aiohttp.ClientSession
+) -> None:
+    from fakes.openai_server import embedding_for
+
+    resp = await http.post(gw.url + "/v1/embeddings", headers=gw.headers, json={
+        "model": "gem/embed", "input": ["alpha", "beta gamma"], "dimensions": 4})
+    assert resp.status == 200, await resp.text()
+    sent = fake.last.json["requests"]
+    assert sent[0] == {"model": "models/gemini-embedding-001",
+                       "content": {"parts": [{"text": "alpha"}]}, "outputDimensionality": 4}
+    body = await resp.json()
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["data"][1]["embedding"] == pytest.approx(embedding_for("beta gamma", 4))
+    [row] = await ledger_rows(gw, 1)
+    assert row["estimated"] == 1 and row["prompt_tokens"] > 0  # Gemini reports no usage
+    resp = await http.post(gw.url + "/v1/embeddings", headers=gw.headers, json={
+        "model": "gem/embed", "input": [[1, 2, 3]]})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "input"

@@ -90,3 +90,11 @@ async def test_sdk_reads_a_max_tokens_cut_and_structured_output(fake: FakeGemini
     config = fake.last.json["generationConfig"]
     assert config["responseMimeType"] == "application/json"
     assert config["responseJsonSchema"]["properties"]["a"] == {"type": "integer"}
+
+
+async def test_sdk_embeds_through_batch_embed_contents(fake: FakeGemini) -> None:
+    resp = await client(fake).aio.models.embed_content(
+        model="gemini-embedding-001", contents=["alpha", "beta"],
+        config=types.EmbedContentConfig(output_dimensionality=4))
+    assert resp.embeddings and [len(e.values or []) for e in resp.embeddings] == [4, 4]
+    assert fake.last.path.endswith("/models/gemini-embedding-001:batchEmbedContents")

@@ -1,7 +1,8 @@
 """A fake Gemini API and Vertex AI on one server.
 
 Gemini API: `POST /{v1beta|v1}/models/{model}:generateContent` and
-`:streamGenerateContent?alt=sse`, the key in `x-goog-api-key` (or `?key=`).
+`:streamGenerateContent?alt=sse`, `:batchEmbedContents`, the key in `x-goog-api-key`
+(or `?key=`).
 Vertex AI: `POST /{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{m}:...`
 (the same Gemini formats) and `.../publishers/anthropic/models/{m}:rawPredict` /
 `:streamRawPredict` (Anthropic's Messages formats, from `anthropic_server`), with an
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from . import anthropic_server
 from .behaviour import ErrorEvent, FakeServer, Reply, encode
+from .openai_server import embedding_for
 
 _STATUS: Final[dict[int, str]] = {
     400: "INVALID_ARGUMENT",
@@ -113,6 +115,16 @@ def events(reply: Reply, number: int, model: str) -> list[bytes]:
         out.append(_event(_envelope(reply, number, model, candidate,
                                     usage_metadata(reply, final=last))))
     return out
+
+
+def embeddings(req: Any) -> bytes:
+    """`batchEmbedContents`: one deterministic vector per request's text (no usage: the
+    Gemini API reports none for embeddings)."""
+    out = []
+    for r in req.get("requests", []):
+        text = "".join(p.get("text", "") for p in r["content"]["parts"])
+        out.append({"values": embedding_for(text, r.get("outputDimensionality", 8))})
+    return encode({"embeddings": out})
 
 
 def status_body(status: int, message: str, word: str | None,
@@ -214,6 +226,8 @@ class FakeGemini(FakeServer):
             stream = True
         elif method == "generateContent":
             stream = False
+        elif method == "batchEmbedContents":
+            return await self.serve(request, lambda _r, req, _n: embeddings(req))
         else:
             return self._refuse(404, f"Method {method} not found.")
         return await self.serve(

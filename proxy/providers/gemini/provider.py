@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from msgspec import Raw
+
+from ...catalog import Model
 from ...config import ProviderConfig
-from ..base import ChatCall, ChatStream, Completion, Provider
+from ...errors import UpstreamError
+from ..base import ChatCall, ChatStream, Completion, Embedding, Provider
 from ..h1 import Endpoint
 from ..http import read_all
 from ..redact import Redactor
+from .embed import embed_request, to_embeddings
 from .request import build_body
 from .response import to_completion
 from .stream import GeminiStream
@@ -19,6 +24,9 @@ def method_path(upstream: str, stream: bool) -> str:
     """`/models/{upstream}:generateContent`, or the SSE stream's method."""
     method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
     return "/models/" + quote(upstream, safe="") + method
+
+
+_EMBED = ":batchEmbedContents"
 
 
 class GeminiProvider(Provider):
@@ -33,14 +41,16 @@ class GeminiProvider(Provider):
             self._headers["x-goog-api-key"] = api_key
         # One per (model, streamed): the URL names the model. Filled as models are first
         # called; the catalog bounds it.
-        self._endpoints: dict[tuple[str, bool], Endpoint] = {}
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._redact = Redactor.for_provider(config.base_url, api_key)
 
-    def _endpoint(self, upstream: str, stream: bool) -> Endpoint:
-        endpoint = self._endpoints.get((upstream, stream))
+    def _endpoint(self, upstream: str, stream: bool, method: str = "") -> Endpoint:
+        key = (upstream, method or ("stream" if stream else "chat"))
+        endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = Endpoint(self._base + method_path(upstream, stream), self._headers)
-            self._endpoints[(upstream, stream)] = endpoint
+            path = ("/models/" + quote(upstream, safe="") + method) if method else method_path(
+                upstream, stream)
+            endpoint = self._endpoints[key] = Endpoint(self._base + path, self._headers)
         return endpoint
 
     async def chat(self, call: ChatCall) -> Completion:
@@ -52,3 +62,14 @@ class GeminiProvider(Provider):
         endpoint = self._endpoint(call.model.upstream, True)
         resp = await post(self.pool, self.name, endpoint, build_body(call), self._redact)
         return GeminiStream(self.name, call.model.upstream, resp, self._redact)
+
+    async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
+        endpoint = self._endpoint(model.upstream, False, _EMBED)
+        body = embed_request(model.upstream, fields)
+        resp = await post(self.pool, self.name, endpoint, body, self._redact)
+        payload = to_embeddings(await read_all(self.name, resp), model.upstream, fields)
+        if payload is None:
+            raise UpstreamError(
+                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
+            )
+        return Embedding(payload, None)  # Gemini reports no usage: the gateway estimates it
