@@ -36,12 +36,14 @@ from .response import (
 )
 
 _encode = msgspec.json.encode
+_CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
 
 
 class StreamTranslator:
     """Feeds on Gemini stream events, returns OpenAI chunk payloads (one id for all)."""
 
     __slots__ = (
+        "_content_head",
         "_head",
         "_id",
         "_started",
@@ -79,6 +81,7 @@ class StreamTranslator:
         self._tools: dict[int, int] = {}  # candidate index -> tool calls so far
         self._id = ""
         self._head = b""
+        self._content_head = b""  # candidate 0's text chunk up to the text: the common chunk
 
     def _set_id(self, response_id: str | None) -> None:
         self._id = chat_id(response_id)
@@ -88,6 +91,7 @@ class StreamTranslator:
             b',"model":', _encode(self.model),
             b',"choices":[{"index":',
         ))
+        self._content_head = self._head + b'0,"delta":{"content":'
 
     def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return b"".join((
@@ -127,9 +131,13 @@ class StreamTranslator:
         return [self._chunk(index, {"role": "assistant", "content": "", "refusal": None})]
 
     def _candidate(self, c: GCandidate) -> list[bytes]:
-        out = self._start(c.index)
+        out = self._start(c.index) if c.index not in self._started else []
         for part in c.content.parts if c.content else ():
-            if part.function_call is not None:
+            if part.text and not part.thought and c.index == 0:
+                # The common event, one piece of text, without a dict to encode.
+                self.text_chars += len(part.text)
+                out.append(b"".join((self._content_head, _encode(part.text), _CONTENT_TAIL)))
+            elif part.function_call is not None:
                 fc = part.function_call
                 n = self._tools.get(c.index, 0)
                 self._tools[c.index] = n + 1
@@ -146,6 +154,8 @@ class StreamTranslator:
                 self.text_chars += len(part.text)
                 key = "reasoning_content" if part.thought else "content"
                 out.append(self._chunk(c.index, {key: part.text}))
+        if c.finish_reason is None:
+            return out
         finish = finish_reason(c.finish_reason, c.index in self._tools)
         if finish is not None:
             self.finish_reason = self.finish_reason or finish
@@ -193,11 +203,11 @@ class GeminiStream(ChatStream):
                     try:
                         batch += tr.feed(payload)
                     except UpstreamError:
+                        self._sync()
                         if batch:
                             yield frame(batch)  # what came before the error still reaches the client
                         raise
-                    finally:
-                        self._sync()
+                self._sync()
                 if batch:
                     yield frame(batch)
             ended = True
