@@ -89,6 +89,7 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", models.get_model)
     app.router.add_get("/v1/api-keys", keys.list_keys)
     app.router.add_post("/v1/api-keys", keys.create_key)
     app.router.add_get("/v1/api-keys/{key_id}", keys.get_key)

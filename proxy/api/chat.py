@@ -140,7 +140,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             cache_key = None
             if gw.cache.wanted(req.model_id, request_flag=req.meta.cache,
                                header=request.headers.get("x-cache"), key_flag=principal.cache):
-                cache_key = gw.cache.key(principal.owner, req.model_id, req.fields)
+                cache_key = gw.cache.key(principal.owner, req.model_id, req.fields, req.fallbacks)
                 hit = await gw.cache.get(cache_key)
                 gw.metrics.cache_lookup(ROUTE, hit is not None)
                 if hit is not None:
