@@ -4,6 +4,7 @@ the request path), usage and cost, errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fakes import Fail, Reply
+from fakes import Fail, Gate, Reply
 from fakes.gemini_server import FakeGemini, GeminiReply
 from fakes.google_token_server import FakeGoogleToken
 from harness import Gateway, gateway_settings, running_gateway
@@ -149,6 +150,46 @@ async def test_claude_on_vertex_uses_raw_predict_without_model_in_the_body(
     assert usage["cost"] == pytest.approx(expected)
     [row] = await ledger_rows(gw, 1)
     assert row["cost_nusd"] == round(expected * 1e9)
+
+
+async def test_a_burst_of_first_calls_fetches_one_token(
+    gw: Gateway, vertex: FakeGemini, tokens: FakeGoogleToken, http: aiohttp.ClientSession
+) -> None:
+    answers = await asyncio.gather(*(chat(http, gw, "vx/gemini") for _ in range(12)))
+    assert [r.status for r in answers] == [200] * 12
+    assert tokens.hits == 1
+
+
+async def test_each_claude_stream_event_reaches_the_client_before_the_next_is_sent(
+    gw: Gateway, vertex: FakeGemini, http: aiohttp.ClientSession
+) -> None:
+    gate = Gate()
+    vertex.script(Reply(text="alpha beta gamma", gate=gate))
+    request = asyncio.ensure_future(chat(http, gw, "vx/claude", stream=True))
+    assert await gate.release()  # message_start: the gateway answers with the role chunk
+    resp = await request
+    assert resp.status == 200
+    buf = bytearray()
+
+    async def next_delta() -> dict[str, Any]:
+        while b"\n\n" not in buf:
+            chunk = await asyncio.wait_for(resp.content.readany(), timeout=5)
+            assert chunk, "the stream ended early"
+            buf.extend(chunk)
+        end = buf.index(b"\n\n")
+        event = json.loads(bytes(buf[:end]).decode().removeprefix("data: "))
+        del buf[: end + 2]
+        return event["choices"][0]["delta"]  # type: ignore[no-any-return]
+
+    assert (await next_delta())["role"] == "assistant"
+    # content_block_start (empty text) and ping carry nothing to forward.
+    assert await gate.release() and await gate.release()
+    seen = []
+    for _ in range(3):  # then one word an event, each at the client before the next is sent
+        assert await gate.release()
+        seen.append((await next_delta())["content"])
+    assert "".join(seen) == "alpha beta gamma"
+    await gate.release_all()
 
 
 async def test_claude_stream_on_vertex_with_a_tool_call(

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 SCOPES: Final = ("https://www.googleapis.com/auth/cloud-platform",)
 _MARGIN_S: Final = 300.0  # refresh this long before expiry (a quarter of a shorter life)
 _RETRY_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-_MISSING_S: Final = 30.0  # credentials not found: look again after this long
+_MISSING_S: Final = 30.0
+_MIN_REFRESH_S: Final = 1.0  # credentials not found: look again after this long
 
 
 class TokenError(Exception):
@@ -138,8 +139,10 @@ class AccessTokens:
         self.fetches += 1
 
     def _next_refresh_in(self) -> float:
+        # Never sooner than a second: a token endpoint that issues tokens already expiring
+        # must not turn the refresher into a busy loop against it.
         life = self._expires_at - time.time()
-        return max(life - min(self._margin_s, life / 4), 0.0)
+        return max(life - min(self._margin_s, life / 4), _MIN_REFRESH_S)
 
     async def _refresh_loop(self) -> None:
         failures = 0
