@@ -337,3 +337,24 @@ async def test_embeddings_through_batch_embed_contents_with_estimated_usage(
         "model": "gem/embed", "input": [[1, 2, 3]]})
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == "input"
+
+
+async def test_error_event_in_a_paced_stream_follows_the_text_before_it(
+    gw: Gateway, fake: FakeGemini, http: aiohttp.ClientSession
+) -> None:
+    gate = Gate()
+    fake.script(ErrorEvent(after_events=2, message="The model is overloaded.",
+                           error_type="UNAVAILABLE",
+                           reply=GeminiReply(text="one two three", gate=gate)))
+    request = asyncio.ensure_future(chat(http, gw, stream=True))
+    assert await gate.release()
+    resp = await request
+    assert resp.status == 200
+    await gate.release_all()  # the second word, then the error event, each its own read
+    events = sse_data(await resp.read())
+    texts = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert texts == ["", "one", " two"]
+    error = json.loads(events[-1])["error"]
+    assert "overloaded" in error["message"]
+    [row] = await ledger_rows(gw, 1)
+    assert row["status"] == 502 and row["estimated"] == 1

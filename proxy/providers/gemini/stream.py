@@ -9,7 +9,7 @@ marker: it ends with the body, and only a stream that reached a finish reason is
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -184,22 +184,28 @@ class StreamTranslator:
 
 
 class GeminiStream(ChatStream):
+    """Iterated, or pushed (`push`: each read translated and handed to the sink in the
+    connection's callback, no task switch a read); both share one parser and translator,
+    so iterating carries on where a push stopped. The body's end is the stream's end."""
+
     def __init__(
         self, provider: str, model: str, resp: Response, redact: Redactor = PATTERNS_ONLY
     ) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
+        self._parser = SSEParser()
         self._translator = StreamTranslator(model, provider, redact=redact)
+        self._sink: Callable[[bytes], bool] = _not_pushing
+        self._push_error: Exception | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        parser = SSEParser()
         tr = self._translator
         ended = False
         try:
             async for data in self._resp:
                 batch: list[bytes] = []
-                for _event, payload in parser.feed(data):
+                for _event, payload in self._parser.feed(data):
                     try:
                         batch += tr.feed(payload)
                     except UpstreamError:
@@ -218,6 +224,32 @@ class GeminiStream(ChatStream):
         tr.end()
         self._sync()
 
+    async def push(self, sink: Callable[[bytes], bool]) -> None:
+        """Until the body ends (iterating then finds the end and accounts it), the sink
+        falls behind, or an error event: raised here, after what came before it."""
+        self._sink = sink
+        try:
+            await self._resp.push(self._pushed)
+        finally:
+            self._sink = _not_pushing
+        error, self._push_error = self._push_error, None
+        if error is not None:
+            self._resp.close()
+            raise error
+
+    def _pushed(self, data: bytes) -> bool:
+        """The connection's receiver: True while the client keeps up. Must not raise."""
+        batch: list[bytes] = []
+        try:
+            for _event, payload in self._parser.feed(data):
+                batch += self._translator.feed(payload)
+        except Exception as e:  # noqa: BLE001 - raised again from push(), not in the parser
+            self._push_error = e
+        self._sync()
+        if batch and not self._sink(frame(batch)):
+            return False
+        return self._push_error is None
+
     def _sync(self) -> None:
         tr = self._translator
         self.usage, self.usage_chunk = tr.usage, tr.usage_chunk
@@ -226,3 +258,7 @@ class GeminiStream(ChatStream):
 
     async def aclose(self) -> None:
         self._resp.close()
+
+
+def _not_pushing(_: bytes) -> bool:
+    return False
