@@ -174,8 +174,9 @@ def gemini_sse_body(n: int = STREAM_TOKENS) -> bytes:
     """One event per word, the last with `finishReason` and the final usage; no end marker."""
     out = []
     for i, word in enumerate(words(n)):
-        candidate: dict[str, Any] = {"content": {"parts": [{"text": word if i == 0 else " " + word}],
-                                                 "role": "model"}, "index": 0}
+        text = word if i == 0 else " " + word
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"},
+                                     "index": 0}
         usage = {"promptTokenCount": PROMPT_TOKENS, "totalTokenCount": PROMPT_TOKENS}
         if i == n - 1:
             candidate["finishReason"] = "STOP"

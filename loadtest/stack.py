@@ -367,7 +367,8 @@ GEMINI_MODEL: Final = "bench-gemini/gemini-2.5-flash"  # bench target `gemini`
 def gemini_toml(upstream: str) -> str:
     """The `gemini` bench target's provider and model (appended to the gateway's config)."""
     return "\n".join([
-        "[providers.bench-gemini]", 'protocol = "gemini"', f"base_url = {json.dumps(upstream + '/v1beta')}",
+        "[providers.bench-gemini]", 'protocol = "gemini"',
+        f"base_url = {json.dumps(upstream + '/v1beta')}",
         'api_key_env = "BENCH_UPSTREAM_KEY"', "", "[[models]]", f"id = {json.dumps(GEMINI_MODEL)}",
         'provider = "bench-gemini"', 'upstream = "gemini-2.5-flash"', "input_price = 0.30",
         "output_price = 2.50", "context_window = 1048576", "max_output_tokens = 65536", ""])

@@ -16,7 +16,7 @@ Errors are `google.rpc.Status` bodies; a 429 carries `RetryInfo` when `retry_del
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -146,7 +146,7 @@ class FakeGemini(FakeServer):
     url_suffix = "/v1beta"
     request_id_header = "x-goog-request-id"
 
-    def __init__(self, api_key: str | None = None, tokens: Set[str] | None = None) -> None:
+    def __init__(self, api_key: str | None = None, tokens: AbstractSet[str] | None = None) -> None:
         super().__init__()
         self.api_key = api_key
         self.tokens = tokens

@@ -8,6 +8,7 @@ The canonical `status` word becomes the client's error code on a passed-through 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Final
 
@@ -80,7 +81,7 @@ def retry_delay_s(status: _Status) -> float | None:
                 seconds = float(detail.retry_delay.removesuffix("s"))
             except ValueError:
                 return None
-            if seconds != seconds:  # NaN
+            if math.isnan(seconds):
                 return None
             return min(max(seconds, 0.0), _MAX_RETRY_DELAY_S)
     return None

@@ -211,7 +211,7 @@ class GeminiStream(ChatStream):
                     except UpstreamError:
                         self._sync()
                         if batch:
-                            yield frame(batch)  # what came before the error still reaches the client
+                            yield frame(batch)  # what came before the error reaches the client
                         raise
                 self._sync()
                 if batch:

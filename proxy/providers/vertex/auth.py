@@ -112,16 +112,17 @@ class AccessTokens:
             fut.exception()  # retrieved here: the waiters raise it themselves
 
     async def _fetch(self) -> None:
-        if self._credentials is None:
+        credentials = self._credentials
+        if credentials is None:
             # Looking for credentials may probe a metadata server: a miss is remembered.
             if self._missing is not None and time.monotonic() < self._missing[0]:
                 raise self._missing[1]
             try:
-                self._credentials, self.project = await asyncio.to_thread(self._load)
+                loaded, self.project = await asyncio.to_thread(self._load)
             except TokenError as e:
                 self._missing = (time.monotonic() + _MISSING_S, e)
                 raise
-        credentials = self._credentials
+            credentials = self._credentials = loaded
         try:
             await asyncio.to_thread(credentials.refresh, Request())
         except google.auth.exceptions.GoogleAuthError as e:
