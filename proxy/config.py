@@ -18,7 +18,7 @@ import msgspec
 REGIONS: Final = ("global", "eu")
 DEFAULT_CATALOG: Final = Path(__file__).resolve().parent.parent / "schemas" / "models.toml"
 
-Protocol = Literal["openai", "anthropic", "simulated", "azure", "bedrock"]
+Protocol = Literal["openai", "anthropic", "simulated", "azure", "bedrock", "gemini", "vertex"]
 Strategy = Literal["fallback", "loadbalance", "latency"]
 
 
@@ -51,6 +51,10 @@ class ProviderConfig(_Strict, frozen=True):
     # (e.g. "eu-central-1") requests are signed for, and whose endpoint is the default base_url.
     api_version: str | None = None
     aws_region: str | None = None
+    # vertex protocol only: the Google Cloud project (default: the credentials' project)
+    # and location (a region, or "global"); base_url defaults to the location's endpoint.
+    gcp_project: str | None = None
+    gcp_location: str | None = None
 
 
 class ModelConfig(_Strict, frozen=True):
@@ -64,6 +68,8 @@ class ModelConfig(_Strict, frozen=True):
     cache_write_price: float | None = None  # cache-write prompt tokens (Anthropic)
     context_window: int = 0
     max_output_tokens: int = 4096
+    # vertex protocol only: whose model it is; by default `claude-...` is Anthropic's.
+    publisher: Literal["google", "anthropic"] | None = None
 
 
 class PolicyConfig(_Strict, frozen=True):
@@ -277,11 +283,13 @@ def _validate(s: Settings) -> None:
             if r not in REGIONS:
                 fail(f"providers.{name}.regions", f"unknown region {r!r}")
         _validate_cloud(f"providers.{name}", p, fail)
-        has_default_url = p.protocol == "bedrock" and not p.base_url  # the region's endpoint
+        # bedrock and vertex: the region's or location's endpoint by default
+        has_default_url = p.protocol in ("bedrock", "vertex") and not p.base_url
         if p.protocol != "simulated" and not has_default_url and not p.base_url.startswith(
             ("http://", "https://")
         ):
             fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
+        _validate_gcp(f"providers.{name}", p, fail)
         if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
             fail(f"providers.{name}", "timeouts must be positive")
         if p.ca_file is not None and not os.access(p.ca_file, os.R_OK):
@@ -295,6 +303,8 @@ def _validate(s: Settings) -> None:
             fail(f"models[{i}].provider", f"model {m.id!r} names unknown provider {m.provider!r}")
         if min(m.input_price, m.output_price) < 0:
             fail(f"models[{i}]", f"model {m.id!r} has a negative price")
+        if m.publisher is not None and s.providers[m.provider].protocol != "vertex":
+            fail(f"models[{i}].publisher", "only a vertex provider's models take a publisher")
     for name, pol in s.policies.items():
         key = f"policies.{name}"
         if not pol.models:
@@ -340,3 +350,24 @@ def _validate_cloud(key: str, p: ProviderConfig, fail: Callable[[str, str], None
             fail(f"{key}.aws_region", f"must be an AWS region such as eu-central-1, got {p.aws_region!r}")
     elif p.aws_region is not None:
         fail(f"{key}.aws_region", 'applies only to protocol "bedrock"')
+
+
+# A project id or number, a location: each goes into a URL path (and the location into the
+# default host name), so nothing that could change the URL's shape.
+_GCP_PROJECT: Final = re.compile(r"[a-z0-9][a-z0-9.:\-]{0,62}")
+_GCP_LOCATION: Final = re.compile(r"[a-z][a-z0-9\-]{0,62}")
+
+
+def _validate_gcp(key: str, p: ProviderConfig, fail: Callable[[str, str], None]) -> None:
+    if p.protocol != "vertex":
+        if p.gcp_project is not None:
+            fail(f"{key}.gcp_project", "only a vertex provider takes it")
+        if p.gcp_location is not None:
+            fail(f"{key}.gcp_location", "only a vertex provider takes it")
+        return
+    if p.gcp_project is not None and not _GCP_PROJECT.fullmatch(p.gcp_project):
+        fail(f"{key}.gcp_project", "must be a Google Cloud project id (lower-case letters, "
+             "digits, hyphens), or be left out for the credentials' own project")
+    if p.gcp_location is None or not _GCP_LOCATION.fullmatch(p.gcp_location):
+        fail(f"{key}.gcp_location", "a vertex provider needs its location, such as "
+             "europe-west4 or global")

@@ -48,6 +48,14 @@ def _provider_class(protocol: str) -> Callable[[str, ProviderConfig, str | None]
         from .providers.bedrock import BedrockProvider
 
         return BedrockProvider
+    if protocol == "gemini":
+        from .providers.gemini import GeminiProvider
+
+        return GeminiProvider
+    if protocol == "vertex":
+        from .providers.vertex import VertexProvider
+
+        return VertexProvider
     return SimulatedProvider
 
 

@@ -294,7 +294,7 @@ class FakeServer:
         """Record the request, take the next behaviour and play it.
 
         `frames` is None for endpoints that never stream; `stream` says whether this one
-        streams where the path, not the body's `stream: true`, says so (Bedrock's).
+        streams where the URL or path, not the body's `stream: true`, says so (Gemini's, Bedrock's).
         """
         body = await request.read()
         try:
