@@ -16,7 +16,7 @@ from typing import Protocol
 from ..auth import Principal
 from ..config import Settings
 from .admission import Admission
-from .durable import SpendSource, SpendStore
+from .durable import LedgerSpend, SpendSource, SpendStore
 
 __all__ = ["Admission", "Limits", "create_limits"]
 
@@ -58,7 +58,7 @@ class _KeySource(Protocol):
 
 
 def create_limits(
-    settings: Settings, keys: _KeySource | None, ledger: Callable[[], object]
+    settings: Settings, keys: _KeySource | None, ledger: Callable[[], LedgerSpend | None]
 ) -> Limits:
     """`ledger` is a getter, so the ledger can be swapped in after the limits are built."""
     source = SpendSource(keys.store if keys is not None else None, ledger)
@@ -66,8 +66,8 @@ def create_limits(
     if settings.redis_url:
         from .redis import RedisLimits
 
-        return RedisLimits(settings.limits, settings.redis_url, settings.redis_namespace,
-                           source, key_ids)
+        return RedisLimits.from_url(settings.limits, settings.redis_url,
+                                    settings.redis_namespace, source, key_ids)
     from .durable import SnapshotWriter
     from .memory import MemoryLimits
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from .periods import period_start
 
@@ -29,20 +29,28 @@ class SpendStore(Protocol):
     async def close(self) -> None: ...
 
 
+class LedgerSpend(Protocol):
+    """What a counter's rebuild reads of the usage ledger (`proxy.ledger.Ledger.spend`)."""
+
+    async def spend(self, key_id: str, since: datetime | None) -> int: ...
+
+
 class SpendSource:
-    def __init__(self, store: SpendStore | None, ledger: Callable[[], object]) -> None:
+    def __init__(
+        self, store: SpendStore | None, ledger: Callable[[], LedgerSpend | None]
+    ) -> None:
         self.store = store
-        self.ledger = ledger  # a getter: the ledger object may be replaced after we are built
+        # A getter: the ledger object may be replaced after we are built; None: no ledger.
+        self.ledger = ledger
 
     async def snapshot(self, key_id: str, period: str) -> int:
         return await self.store.spend_snapshot(key_id, period) if self.store is not None else 0
 
     async def ledger_spend(self, key_id: str, period: str) -> int | None:
-        # The ledger's `spend(key_id, since)` lands separately; until then, only snapshots.
-        spend: Callable[[str, datetime | None], Any] | None = getattr(self.ledger(), "spend", None)
-        if spend is None:
+        ledger = self.ledger()
+        if ledger is None:
             return None
-        return int(await spend(key_id, period_start(period)))
+        return int(await ledger.spend(key_id, period_start(period)))
 
     async def base(self, key_id: str, period: str) -> int:
         """The counter's starting value: raises when no durable source could be read."""
