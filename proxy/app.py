@@ -8,6 +8,7 @@ from typing import Final
 
 from aiohttp import web
 
+from . import compat
 from .api import chat, embeddings, keys, models, ops, usage
 from .api.common import CLIENT_REQUEST_ID, REQUEST_ID
 from .api.inflight import INFLIGHT, InFlight, inflight_lifecycle
@@ -103,6 +104,7 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
 
 
 async def _gateway_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    compat.check()  # a library changed under a fenced private API: fail here, not mid-request
     gw = app[GATEWAY]
     await gw.ledger.start()
     await gw.limits.start()

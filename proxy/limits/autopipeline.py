@@ -11,7 +11,8 @@ still gets its own result or its own error, so the callers' outage and refusal h
 unchanged.
 
 TLS (`rediss://`) is not spoken by the lean connection: there the calls go through redis-py's
-pipelines as before, and so do they when `lean=False` (the benchmark's baseline).
+pipelines as before, and so do they when `lean=False` (the benchmark's baseline) or when
+redis-py no longer says how it connects (`compat/redis.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
+from ..compat.redis import connection_settings
 from .resp import Address, Call, RespConnection, fail
 
 
@@ -32,8 +34,8 @@ class AutoPipeline:
 
     def __init__(self, client: redis.Redis, timeout_s: float, lean: bool = True) -> None:
         self._client = client
-        pool = client.connection_pool
-        self._address = Address.of(pool.connection_class, pool.connection_kwargs) if lean else None
+        settings = connection_settings(client) if lean else None  # None: not for redis-py's
+        self._address = Address.of(*settings) if settings is not None else None
         self._timeout_s = timeout_s  # for connecting, and for each batch's replies
         self._queue: list[Call] = []  # this iteration's calls
         self._gathering = False
