@@ -97,7 +97,7 @@ def count_admits(limits: RedisLimits) -> list[str]:
         ran.append(name)
         return await run_(name, *args)
 
-    limits.counters.run = counted  # type: ignore[method-assign]
+    limits.counters.run = counted  # type: ignore[method-assign,assignment]
     return ran
 
 

@@ -44,6 +44,11 @@ class AutoPipeline:
         self._unsent: list[Call] = []  # calls waiting for the connection to open
         self._sending: set[asyncio.Task[None]] = set()  # redis-py batches, until each finishes
 
+    @property
+    def lean(self) -> bool:
+        """Whether the calls go on the lean connection (else through redis-py's pipelines)."""
+        return self._address is not None
+
     def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
