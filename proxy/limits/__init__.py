@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from ..auth import Principal
 from ..config import Settings
+from ..principal import Principal
 from .admission import Admission
 from .durable import LedgerSpend, SpendSource, SpendStore
 

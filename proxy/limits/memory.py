@@ -15,8 +15,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from ..auth import Principal
 from ..config import LimitsConfig
+from ..principal import Principal
 from . import periods
 from .admission import Admission, reservation_id
 from .durable import SnapshotWriter, SpendSource

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from ..auth import Principal
 from ..config import LimitsConfig
 from ..errors import ServiceUnavailable
+from ..principal import Principal
 from . import periods
 from .admission import Admission, reservation_id
 from .durable import SnapshotWriter, SpendSource

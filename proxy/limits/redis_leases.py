@@ -16,8 +16,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ..auth import Principal
 from ..config import LimitsConfig
+from ..principal import Principal
 from .admission import Admission
 from .leases import ALL, Lease, Leases
 from .redis_counters import REDIS_FAILURES, RedisCounters, is_refusal

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from ..auth import Principal
 from ..config import LimitsConfig
 from ..errors import ServiceUnavailable
+from ..principal import Principal
 from .admission import Admission
 from .durable import SpendSource
 from .leases import Lease, Leases
