@@ -43,6 +43,9 @@ class RedisLeases:
         self._outage = outage
         self._clock = clock
         self._returning: set[asyncio.Future[Any]] = set()  # hand-backs awaiting Redis
+        # An admission drawn from the key's lease, or None (no lease, or it cannot serve):
+        # the bookkeeping's own method, so a draw on the request path is one call.
+        self.draw: Callable[[str, str, int, float], Admission | None] = held.draw
 
     def __len__(self) -> int:
         return len(self._held)
@@ -52,10 +55,6 @@ class RedisLeases:
         count each request in Redis)."""
         return (principal.limit_nusd is not None and not principal.rpm and not principal.tpm
                 and self._config.lease_requests > 0)
-
-    def draw(self, key_id: str, period: str, worst: int, now: float) -> Admission | None:
-        """An admission drawn from the key's lease, or None (no lease, or it cannot serve)."""
-        return self._held.draw(key_id, period, worst, now)
 
     def ask(self, key_id: str, period: str, worst: int) -> int:
         """The most this request's admit may reserve as a lease (0: its own reservation).
