@@ -8,6 +8,7 @@ from typing import Final
 
 from aiohttp import web
 
+from . import compat
 from .api import chat, embeddings, keys, models, ops, usage
 from .api.common import CLIENT_REQUEST_ID, REQUEST_ID
 from .api.inflight import INFLIGHT, InFlight, inflight_lifecycle
@@ -15,7 +16,7 @@ from .auth import PRINCIPAL, Authenticator, bearer_token
 from .bootstrap import admin_digest, key_secret
 from .config import Settings
 from .edge import read_body_in_time
-from .edge_aiohttp import EDGE_SLOTS
+from .compat.aiohttp_edge import EDGE_SLOTS
 from .errors import ApiError, InvalidRequest, NotFound
 from .gateway import GATEWAY, Gateway
 
@@ -106,6 +107,7 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
 
 
 async def _gateway_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    compat.check()  # a library changed under a fenced private API: fail here, not mid-request
     gw = app[GATEWAY]
     await gw.ledger.start()
     await gw.limits.start()

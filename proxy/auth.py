@@ -21,40 +21,17 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiohttp import web
 
 from .errors import Unauthorized
+from .keys.registry import KeyRegistry
+from .principal import Principal as Principal  # re-exported: the request path's name for it
 from .stats import DependencyErrors
-
-if TYPE_CHECKING:
-    from .keys.registry import KeyRegistry
 
 ADMIN_KEY_ID: Final = "admin"
 KEY_PREFIX: Final = "sk-px-"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    key_id: str
-    role: str = "user"  # "user" or "admin"
-    name: str = ""
-    labels: tuple[str, ...] = field(default=())
-    # The tenant that owns the key: response-cache entries are never shared across owners.
-    owner: str = "default"
-    cache: bool = False  # every request of the key uses the response cache
-    # Spend limit in nano-USD per period ("monthly": the calendar month in UTC, or "total").
-    limit_nusd: int | None = None
-    period: str = "monthly"
-    rpm: int | None = None  # requests per minute
-    tpm: int | None = None  # tokens per minute
-    expires_at: float | None = None  # Unix seconds
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 PRINCIPAL: Final = web.RequestKey("principal", Principal)  # who is calling, set by the edge

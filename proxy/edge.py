@@ -15,7 +15,7 @@ per worker (settings `[edge]`, docs/operations.md):
   default leaves half of the descriptors the limit allows after a reserve to the rest of
   the process (upstream connections, PostgreSQL, Redis, spool files).
 
-The parts that need aiohttp's internals are fenced in `edge_aiohttp.py`.
+The parts that need aiohttp's internals are fenced in `compat/aiohttp_edge.py`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ from typing import Final
 
 from aiohttp import web
 
+from .compat.aiohttp_edge import (
+    EDGE_SLOTS,
+    ConnectionSlots,
+    EdgeProtocolFactory,
+    EdgeSite,
+    check_aiohttp,
+)
 from .config import Settings
-from .edge_aiohttp import EDGE_SLOTS, ConnectionSlots, EdgeProtocolFactory, EdgeSite, check_aiohttp
 from .errors import ApiError, BodyTooLarge, InvalidRequest
 
 log = logging.getLogger("proxy.edge")

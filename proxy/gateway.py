@@ -19,7 +19,7 @@ from .cache import ResponseCache
 from .catalog import Catalog
 from .config import ProviderConfig, Settings
 from .edge import connection_cap, fd_limit
-from .edge_aiohttp import ConnectionSlots
+from .compat.aiohttp_edge import ConnectionSlots
 from .errors import ServiceUnavailable, UpstreamError
 from .health import Readiness
 from .idempotency import Idempotency

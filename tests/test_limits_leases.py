@@ -39,7 +39,7 @@ class Workers:
         self.ledger = Ledger()
         self.ns = ns
         self.redis = redis.Redis.from_url(redis_url)
-        self._make: Callable[[], RedisLimits] = lambda: RedisLimits(
+        self._make: Callable[[], RedisLimits] = lambda: RedisLimits.from_url(
             LimitsConfig(reservation_ttl_s=60, lease_requests=LEASE_REQUESTS, lease_s=1.0),
             redis_url, ns, SpendSource(store, lambda: self.ledger), lambda: ["k1"], self.clock)
         self.all: list[RedisLimits] = []
@@ -95,14 +95,14 @@ async def a_leased_request(workers: Workers) -> tuple[RedisLimits, Principal, Ad
 
 def count_admits(limits: RedisLimits) -> list[str]:
     """The scripts a worker runs on the request path (they still run on Redis)."""
-    run_ = limits._run
+    run_ = limits.counters.run
     ran: list[str] = []
 
     async def counted(name: str, *args: Any) -> Any:
         ran.append(name)
         return await run_(name, *args)
 
-    limits._run = counted  # type: ignore[method-assign,assignment]
+    limits.counters.run = counted  # type: ignore[method-assign,assignment]
     return ran
 
 
@@ -259,7 +259,7 @@ async def test_leases_taken_out_in_an_outage_go_back_when_redis_answers_again(
     workers: Workers,
 ) -> None:
     limits, p, a = await a_leased_request(workers)
-    limits._failed(redis.ConnectionError("the network dropped"))  # what a failed call does
+    limits.outage.failed(redis.ConnectionError("the network dropped"))  # as a failed call does
     assert limits.degraded and len(limits.leases) == 0
     assert not (await limits.admit(p, "r", WC, 10)).leased  # counted in-process
     limits.settle(a, 40_000, 10)  # queued for Redis
@@ -284,7 +284,7 @@ async def test_a_return_replayed_after_a_timeout_releases_nothing_twice(
     limits, a, b = await two_draws_then_handed_back(workers)
     # Redis ran the return but its reply came too late: the outage replay sends it again.
     rest = Lease(a.reservation_id, "k1", a.period, (LEASE_REQUESTS - 2) * WC, 0.0)
-    await limits._give_back_remote(rest)
+    await limits.counters.give_back(rest)
     assert workers.counter() == (0, 2 * WC)
     limits.settle(a, WC, 10)
     limits.settle(b, WC, 10)

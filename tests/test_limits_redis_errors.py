@@ -124,8 +124,8 @@ class Clock:
 
 @pytest.fixture
 async def limits(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLimits]:
-    made = RedisLimits(LimitsConfig(reservation_ttl_s=60), redis_url, redis_namespace,
-                       SpendSource(None, lambda: None), lambda: ["k1"], Clock())
+    made = RedisLimits.from_url(LimitsConfig(reservation_ttl_s=60), redis_url, redis_namespace,
+                                SpendSource(None, lambda: None), lambda: ["k1"], Clock())
     yield made
     await made.close()
 
@@ -176,17 +176,17 @@ async def test_a_refused_admission_fails_only_keys_with_a_spend_limit(
 async def test_a_key_with_nothing_to_enforce_is_admitted_without_a_round_trip_and_charged(
     redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch, fail_closed: bool,
 ) -> None:
-    limits = RedisLimits(LimitsConfig(reservation_ttl_s=60, fail_closed=fail_closed), redis_url,
-                         redis_namespace, SpendSource(None, lambda: None), lambda: ["k1"],
-                         Clock())
+    limits = RedisLimits.from_url(LimitsConfig(reservation_ttl_s=60, fail_closed=fail_closed),
+                                  redis_url, redis_namespace, SpendSource(None, lambda: None),
+                                  lambda: ["k1"], Clock())
     scripts_run: list[str] = []
-    run = limits._run
+    run = limits.counters.run
 
     async def counted(name: str, *args: Any) -> Any:
         scripts_run.append(name)
         return await run(name, *args)
 
-    monkeypatch.setattr(limits, "_run", counted)
+    monkeypatch.setattr(limits.counters, "run", counted)
     try:
         admission = await limits.admit(Principal("k1"), "req", 1000, 5)
         # failing closed, a request is served only while Redis answers: it still asks

@@ -72,7 +72,8 @@ class Rig:
         source = SpendSource(self.store, lambda: self.ledger)
         if self.kind == "memory":
             return MemoryLimits(cfg, source, self.clock, SnapshotWriter(self.store))
-        return RedisLimits(cfg, self.redis_url, self.ns, source, lambda: ["k1", "k2"], self.clock)
+        return RedisLimits.from_url(cfg, self.redis_url, self.ns, source, lambda: ["k1", "k2"],
+                                    self.clock)
 
     async def admit(self, p: Principal, wc: int = WC, tokens: int = 10) -> Admission:
         return await self.limits.admit(p, "req", wc, tokens)

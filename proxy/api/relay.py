@@ -17,6 +17,7 @@ from msgspec import Raw
 
 from ..cache import CachedCompletion, replay_chunks, response_body
 from ..catalog import Model, Usage, nano_to_usd
+from ..compat.aiohttp_stream import EventStreamResponse, RawChunks
 from ..errors import UpstreamError, UpstreamTimeout
 from ..providers.base import ChatCall, ChatStream, Completion
 from ..providers.sse import frame, payloads
@@ -34,13 +35,6 @@ STATUS_CLIENT_GONE: Final = 499
 _CLIENT_HIGH_WATER: Final = 64 * 1024  # unsent bytes to the client that stop pushing
 
 OpenStream = tuple[ChatStream, AsyncIterator[bytes], bytes | None]
-
-
-class EventStreamResponse(web.StreamResponse):
-    """An SSE response whose headers leave with its first bytes: one socket write, not
-    two, for every stream (aiohttp's `Response` does the same for bodies)."""
-
-    _send_headers_immediately = False
 
 
 class Outcome:
@@ -214,17 +208,16 @@ def _pusher(
     goes through `response.write`, whose drain waits for the client. None for a response
     that is not chunked (an HTTP/1.0 client): it stays on the task path.
     """
-    transport = request.transport
-    if transport is None or response.headers.get("Transfer-Encoding") != "chunked":
+    raw = RawChunks.of(request, response)  # aiohttp's writer bypassed: `proxy/compat`
+    if raw is None:
         return None
 
     def push(events: bytes) -> bool:
-        if transport.is_closing():
+        if raw.closing:
             return False  # the client is gone: the next `response.write` raises it
         if keep is not None:
             keep.extend(payloads(events))
-        transport.write(b"%x\r\n%b\r\n" % (len(events), events))
-        return transport.get_write_buffer_size() <= _CLIENT_HIGH_WATER
+        return raw.write(events) <= _CLIENT_HIGH_WATER
 
     return push
 

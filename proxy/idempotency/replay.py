@@ -8,9 +8,10 @@ import msgspec
 from aiohttp import web
 
 from ..api.common import echo_request_id
-from ..api.relay import DONE, EventStreamResponse
+from ..api.relay import DONE
 from ..cache import replay_chunks
 from ..catalog import nano_to_usd
+from ..compat.aiohttp_stream import EventStreamResponse
 from ..providers.sse import frame
 from .store import Answer
 

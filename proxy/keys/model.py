@@ -7,7 +7,7 @@ from typing import Final
 
 import msgspec
 
-from ..auth import Principal
+from ..principal import Principal
 
 ROLES: Final = ("user", "admin")
 PERIODS: Final = ("monthly", "total")

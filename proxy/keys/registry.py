@@ -20,8 +20,8 @@ from typing import Final
 
 import msgspec
 
-from ..auth import Principal
 from ..errors import ServiceUnavailable
+from ..principal import Principal
 from .events import KeyEvents
 from .model import KeyRow, decode_row, encode_row
 from .store import KeyStore

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from ..auth import Principal
 from ..config import Settings
 from ..stats import DependencyErrors
+from ..principal import Principal
 from .admission import Admission
 from .durable import LedgerSpend, SpendSource, SpendStore
 
@@ -70,8 +70,8 @@ def create_limits(
     if settings.redis_url:
         from .redis import RedisLimits
 
-        return RedisLimits(settings.limits, settings.redis_url, settings.redis_namespace,
-                           source, key_ids)
+        return RedisLimits.from_url(settings.limits, settings.redis_url,
+                                    settings.redis_namespace, source, key_ids)
     from .durable import SnapshotWriter
     from .memory import MemoryLimits
 

@@ -11,7 +11,8 @@ still gets its own result or its own error, so the callers' outage and refusal h
 unchanged.
 
 TLS (`rediss://`) is not spoken by the lean connection: there the calls go through redis-py's
-pipelines as before, and so do they when `lean=False` (the benchmark's baseline).
+pipelines as before, and so do they when `lean=False` (the benchmark's baseline) or when
+redis-py no longer says how it connects (`compat/redis.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
+from ..compat.redis import connection_settings
 from .resp import Address, Call, RespConnection, fail
 
 
@@ -32,8 +34,8 @@ class AutoPipeline:
 
     def __init__(self, client: redis.Redis, timeout_s: float, lean: bool = True) -> None:
         self._client = client
-        pool = client.connection_pool
-        self._address = Address.of(pool.connection_class, pool.connection_kwargs) if lean else None
+        settings = connection_settings(client) if lean else None  # None: not for redis-py's
+        self._address = Address.of(*settings) if settings is not None else None
         self._timeout_s = timeout_s  # for connecting, and for each batch's replies
         self._queue: list[Call] = []  # this iteration's calls
         self._gathering = False
@@ -41,6 +43,11 @@ class AutoPipeline:
         self._connecting: asyncio.Task[None] | None = None
         self._unsent: list[Call] = []  # calls waiting for the connection to open
         self._sending: set[asyncio.Task[None]] = set()  # redis-py batches, until each finishes
+
+    @property
+    def lean(self) -> bool:
+        """Whether the calls go on the lean connection (else through redis-py's pipelines)."""
+        return self._address is not None
 
     def call(
         self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]

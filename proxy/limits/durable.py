@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from .periods import period_start
 
@@ -39,7 +39,8 @@ class SpendSource:
     def __init__(self, store: SpendStore | None,
                  ledger: Callable[[], LedgerSpend | None]) -> None:
         self.store = store
-        self.ledger = ledger  # a getter: the ledger object may be replaced after we are built
+        # A getter: the ledger object may be replaced after we are built; None: no ledger.
+        self.ledger = ledger
 
     async def snapshot(self, key_id: str, period: str) -> int:
         return await self.store.spend_snapshot(key_id, period) if self.store is not None else 0

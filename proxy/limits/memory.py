@@ -12,16 +12,14 @@ rpm and tpm are per-minute token buckets.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Callable, Sequence
 
-from ..auth import Principal
 from ..config import LimitsConfig
 from ..stats import DependencyErrors
+from ..principal import Principal
 from . import periods
-from .admission import Admission
+from .admission import Admission, reservation_id
 from .durable import SnapshotWriter, SpendSource
 from .responses import bucket_state, quota_exceeded, rate_headers, rate_limited
 from .tasks import TaskSet
@@ -58,25 +56,6 @@ class _Bucket:
             self.level = min(float(cap), self.level + (now - self.at) * cap / 60.0)
         self.at = now
         return self.level
-
-
-def reservation_id() -> str:
-    """A fresh id: no two admissions share a reservation (and so a limit test)."""
-    return f"{_rid_prefix}{next(_rid_counter):x}"
-
-
-def _new_reservation_ids() -> None:
-    """A random prefix per process (drawn again in a forked worker) and a counter: unique
-    across workers, instances and restarts, without `os.urandom`'s syscall per request."""
-    global _rid_prefix, _rid_counter
-    _rid_prefix = "r:" + os.urandom(6).hex() + ":"
-    _rid_counter = itertools.count(1)
-
-
-_rid_prefix = ""
-_rid_counter = itertools.count(1)
-_new_reservation_ids()
-os.register_at_fork(after_in_child=_new_reservation_ids)
 
 
 class MemoryLimits:

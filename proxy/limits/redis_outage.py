@@ -1,27 +1,29 @@
 """The Redis limits while Redis cannot be reached: count in-process, then hand back.
 
-On the first failed call the limits degrade (unless `limits.fail_closed`, which refuses
-requests meanwhile): new requests are admitted by an in-process `MemoryLimits` floored at
-the last values Redis reported, settles of requests Redis admitted are queued, leases are
-taken out of use and their rests queued, and a background task probes Redis every
-`RECOVER_S`. When Redis answers again the spend counted meanwhile is pushed and the queues
-replayed, before Redis is used again.
+On the first failed call (`failed`) the limits degrade (unless `limits.fail_closed`, which
+refuses requests meanwhile): new requests are admitted by an in-process `MemoryLimits`
+floored at the last values Redis reported, settles of requests Redis admitted are queued,
+leases are taken out of use and their rests queued, and a background task probes Redis
+every `RECOVER_S`. When Redis answers again the spend counted meanwhile is pushed and the
+queues replayed, before Redis is used again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from typing import Final
 
-from ..auth import Principal
+from ..config import LimitsConfig
 from ..errors import ServiceUnavailable
-from . import periods
+from ..principal import Principal
 from .admission import Admission
 from .durable import SpendSource
+from .leases import Lease, Leases
 from .memory import MemoryLimits
-from .redis_counters import RedisCounters
-from .redis_failures import REDIS_FAILURES, ScriptRefused
+from .redis_counters import REDIS_FAILURES, RedisCounters
+from .tasks import TaskSet
 
 log = logging.getLogger("proxy.limits")
 
@@ -31,78 +33,105 @@ RECOVER_S: Final = 0.25  # how often a degraded worker looks for Redis again
 class _OutageSource(SpendSource):
     """Floors for the in-process stand-in: what Redis last said, settled + reserved."""
 
-    def __init__(self, owner: RedisCounters) -> None:
-        super().__init__(owner.source.store, owner.source.ledger)
-        self._owner = owner
+    def __init__(self, counters: RedisCounters) -> None:
+        super().__init__(counters.source.store, counters.source.ledger)
+        self._counters = counters
 
     async def base(self, key_id: str, period: str) -> int:
-        seen = self._owner.seen.get((key_id, period))
-        if seen is not None:
-            return seen[0] + seen[1]
+        in_use = self._counters.in_use(key_id, period)
+        if in_use is not None:
+            return in_use
         return await super().base(key_id, period)
 
 
-class RedisOutage(RedisCounters):
+class Outage:
     """Degrading to the in-process stand-in, and handing its spend back to Redis."""
+
+    def __init__(
+        self,
+        config: LimitsConfig,
+        counters: RedisCounters,
+        leases: Leases,
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._counters = counters
+        self._leases = leases
+        self._clock = clock
+        self.active = False  # for metrics: counting in-process, Redis unreachable
+        self._fallback: MemoryLimits | None = None
+        self._pending: list[tuple[Admission, int, int]] = []  # settles for Redis to replay
+        self._returns: list[Lease] = []  # leases' rests for Redis to take back, likewise
+        self._tasks = TaskSet()
+        self._recovering = TaskSet()
 
     # --- while Redis is away ------------------------------------------------------------
 
-    async def _admit_locally(
-        self, principal: Principal, worst: int, est_tokens: int
-    ) -> Admission:
-        if self.config.fail_closed:
+    async def admit(self, principal: Principal, worst: int, est_tokens: int) -> Admission:
+        if self._config.fail_closed:
             raise ServiceUnavailable(
                 "Spend limits cannot be checked right now (Redis is unreachable); "
                 "this gateway is configured to refuse requests meanwhile.",
                 code="limits_unavailable", headers={"retry-after": "1"},
             )
-        assert self._fallback is not None
-        admission = await self._fallback.admit(principal, "", worst, est_tokens)
+        admission = await self._stand_in().admit(principal, "", worst, est_tokens)
         admission.local = True
         return admission
 
-    def _settle_elsewhere(self, admission: Admission, cost: int, tokens: int) -> None:
+    def settle(self, admission: Admission, cost: int, tokens: int) -> None:
         """Redis is away: count in-process, or queue the settle for Redis to replay."""
         if admission.local:
-            assert self._fallback is not None
-            self._fallback.settle(admission, cost, tokens)
+            self._stand_in().settle(admission, cost, tokens)
         else:
             self._pending.append((admission, cost, tokens))
 
+    def queue_return(self, lease: Lease) -> None:
+        """A lease's rest for Redis to take back when it answers again."""
+        self._returns.append(lease)
+
+    async def sweep(self, now: float | None) -> int:
+        return await self._stand_in().sweep(now)
+
+    async def spend(self, principals: Sequence[Principal]) -> list[int | None]:
+        return await self._stand_in().spend(principals)
+
+    def _stand_in(self) -> MemoryLimits:
+        assert self._fallback is not None, "only while Redis is away"
+        return self._fallback
+
     # --- going down and coming back -----------------------------------------------------
 
-    def _failed(self, error: BaseException) -> None:
-        self.redis_errors += 1
-        if self.degraded:
+    def failed(self, error: BaseException) -> None:
+        """A call Redis did not answer: count it, and degrade if not already."""
+        self._counters.failed()
+        if self.active:
             return
-        self.degraded = True
-        self._fallback = MemoryLimits(self.config, _OutageSource(self), self.clock)
-        self._returns += (lease for lease in self.leases.take_all() if lease.left)
+        self.active = True
+        self._fallback = MemoryLimits(self._config, _OutageSource(self._counters), self._clock)
+        self._returns += (lease for lease in self._leases.take_all() if lease.left)
         log.warning("limits: Redis unreachable (%s); counting spend and rate limits in-process "
                     "until it is back%s", type(error).__name__,
-                    " (refusing requests: fail_closed)" if self.config.fail_closed else "")
-        self._loops.spawn(self._recover())
-        self._tasks.spawn(self.snapshots.flush())  # the database keeps what Redis last said
+                    " (refusing requests: fail_closed)" if self._config.fail_closed else "")
+        self._recovering.spawn(self._recover())
+        self._tasks.spawn(self._counters.snapshots.flush())  # the database keeps what Redis said
 
     async def _recover(self) -> None:
         while True:
             await asyncio.sleep(RECOVER_S)
             try:
                 # Connections to a restarted server are dead; drop them all, then probe.
-                self._pipeline.disconnect()
-                await self.redis.connection_pool.disconnect()
-                await self.redis.ping()
-                pushed = await self._reconcile()
+                await self._counters.reconnect()
+                pushed = await self.reconcile()
             except REDIS_FAILURES:
-                self.redis_errors += 1
+                self._counters.failed()
                 continue
             log.info("limits: Redis is back; pushed the in-process spend of %d counters", pushed)
             return
 
-    async def _reconcile(self) -> int:
+    async def reconcile(self) -> int:
         """Push what was counted in-process, replay queued settles; then leave the outage."""
-        fallback = self._fallback
-        assert fallback is not None
+        fallback = self._stand_in()
+        counters = self._counters
         pushed = 0
         while True:  # settles can land while we push: loop until nothing is left
             local = fallback.take_local()
@@ -120,38 +149,38 @@ class RedisOutage(RedisCounters):
                     local.append((admission.key_id, admission.period, 0))
             try:  # each list shrinks as its items land: what is left on a failure is kept
                 while local:
-                    await self._push(*local[0])
+                    await counters.push(*local[0])
                     del local[0]
                     pushed += 1
                 while pending:
-                    await self._settle_remote(*pending[0])
+                    await counters.settle(*pending[0])
                     del pending[0]
                 while returns:
-                    await self._give_back_remote(returns[0])
+                    await counters.give_back(returns[0])
                     del returns[0]
             except BaseException:
                 fallback.give_back(local)
                 self._pending[:0] = pending
                 self._returns[:0] = returns
                 raise
-        self.degraded = False
+        self.active = False
         self._fallback = None
         return pushed
 
-    async def _push(self, key_id: str, period: str, delta: int) -> None:
-        # The floor excludes the ledger: it already holds the requests counted in `delta`.
-        floor = self.seen.get((key_id, period), [0, 0])[0]
-        try:
-            floor = max(floor, await self.source.snapshot(key_id, period))
-        except Exception as e:  # noqa: BLE001
-            self._load_errors += 1
-            log.warning("limits: no spend snapshot for key %s (%s)", key_id, type(e).__name__)
-        ttl = periods.counter_ttl_s(period, self.clock())
-        try:
-            settled = await self._run("rebuild", self._rebuild, self._counter_keys(key_id, period),
-                                      [floor, delta, ttl])
-        except ScriptRefused:
-            log.error("limits: could not push %d nano-USD counted in-process to key %s; the "
-                      "ledger still has it", delta, key_id)
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        await self._tasks.drain()
+
+    async def stop(self) -> None:
+        """Stop probing for Redis (closing)."""
+        await self._recovering.cancel()
+
+    async def close(self) -> None:
+        """One last chance to hand the outage's spend over."""
+        if not self.active:
             return
-        self._saw(key_id, period, int(settled))
+        try:
+            await asyncio.wait_for(self.reconcile(), timeout=2.0)
+        except (*REDIS_FAILURES, TimeoutError):
+            log.warning("limits: closing while Redis is away; the ledger keeps the spend")

@@ -8,8 +8,8 @@ batch leave in one write, and since Redis answers in order, the replies are matc
 callers first in, first out.
 
 What the callers see is what redis-py gave them: an error reply becomes redis-py's exception
-for it (READONLY is `ReadOnlyError`, ...), a script Redis lost (restart, SCRIPT FLUSH) is
-sent again as EVAL without the caller noticing, a broken connection is `ConnectionError`, and
+for it (READONLY is `ReadOnlyError`, ...; the map is in `compat/redis.py`), a script Redis
+lost (restart, SCRIPT FLUSH) is sent again as EVAL without the caller noticing, a broken connection is `ConnectionError`, and
 a reply late by more than the timeout is `TimeoutError`. After a timeout the connection is
 closed, not reused: a late reply would otherwise be matched to the wrong caller.
 """
@@ -24,9 +24,10 @@ from typing import Any, cast
 
 import hiredis
 from redis import exceptions
-from redis._parsers.base import BaseParser
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.commands.core import AsyncScript
+
+from ..compat.redis import reply_error
 
 # A caller's future, the script to run (None: `args` is a plain command), its keys and args.
 Call = tuple["asyncio.Future[Any]", AsyncScript | None, Sequence[Any], Sequence[Any]]
@@ -108,7 +109,7 @@ class RespConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(protocolError=exceptions.InvalidResponse,
-                                      replyError=BaseParser.parse_error)
+                                      replyError=reply_error)
         self._pending: deque[Call] = deque()  # sent, reply not yet read; in send order
         self._batches: deque[_Batch] = deque()
 

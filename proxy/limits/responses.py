@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from ..auth import Principal
 from ..catalog import nano_to_usd
 from ..errors import QuotaExceeded, RateLimited
+from ..principal import Principal
 
 
 def duration(seconds: float) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol, Self
 from prometheus_client import Counter
 
 from ..catalog import NANO
+from ..compat.prometheus import histogram_add_bucket, histogram_add_sum, histogram_bounds
 from ..ledger.record import UsageRecord
 from .collectors import COMPONENTS, OTHER, ROUTES, Collectors
 
@@ -65,15 +66,12 @@ class _Observations:
     def of(child: Any) -> _Observations | _Direct:
         """Deferred where the child has the parts `fold` adds to (prometheus_client's own
         attributes, not its API); observed at once where a release has renamed them."""
-        try:
-            child._buckets, child._sum  # noqa: B018 - present, or a release renamed them
-            return _Observations(child)
-        except AttributeError:
-            return _Direct(child)
+        bounds = histogram_bounds(child)  # fenced in `proxy/compat/prometheus.py`
+        return _Observations(child, bounds) if bounds is not None else _Direct(child)
 
-    def __init__(self, child: Any) -> None:
+    def __init__(self, child: Any, bounds: list[float]) -> None:
         self._child = child
-        self._bounds: list[float] = list(child._upper_bounds)  # the last is +Inf
+        self._bounds = bounds  # the last is +Inf
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
 
@@ -87,10 +85,10 @@ class _Observations:
         counts = self._counts
         for i, n in enumerate(counts):
             if n:
-                self._child._buckets[i].inc(n)
+                histogram_add_bucket(self._child, i, n)
                 counts[i] = 0
         if self._sum:
-            self._child._sum.inc(self._sum)
+            histogram_add_sum(self._child, self._sum)
             self._sum = 0.0
 
 

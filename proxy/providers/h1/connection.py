@@ -22,7 +22,7 @@ import socket
 import zlib
 from collections import deque
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -38,7 +38,15 @@ _FRAMING: Final = (b"content-length", b"transfer-encoding")
 MAX_HEAD_BYTES: Final = 64 * 1024
 
 
-def _inflater(coding: bytes) -> zlib._Decompress | None:
+class Inflater(Protocol):
+    """What the connection uses of `zlib.decompressobj()` (whose class zlib does not name)."""
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+def _inflater(coding: bytes) -> Inflater | None:
     """A decompressor for a gzip or zlib-deflate body; None for identity (or unknown: as is)."""
     if coding.strip().lower() in (b"gzip", b"x-gzip", b"deflate"):
         return zlib.decompressobj(32 + zlib.MAX_WBITS)  # 32: detect a gzip or zlib header
@@ -105,7 +113,7 @@ class Connection(asyncio.Protocol):
         self._framed = False  # Content-Length or Transfer-Encoding: else the body ends at EOF
         self._keep_alive = False
         self._got_data = False
-        self._inflate: zlib._Decompress | None = None
+        self._inflate: Inflater | None = None
         self._exc: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None

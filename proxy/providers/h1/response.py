@@ -10,13 +10,21 @@ mid-response.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 
 from .connection import Connection
 from .errors import H1Error
 
-if TYPE_CHECKING:
-    from .pool import Pool
+
+class Pool(Protocol):
+    """What a response needs of the pool it came from (`pool.Pool`)."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The most a body read whole (`read`) may hold."""
+
+    def put(self, conn: Connection) -> None:
+        """Take the connection back once the response is over."""
 
 
 class Response:

@@ -11,8 +11,9 @@ Private aiohttp API used here, and nowhere else in the gateway:
 - `Server._kwargs` (the handler arguments `web.Server` would create its handler with);
 - `BaseSite._server` (the listening server `BaseSite.stop` closes), and the protocol's
   `_loop`.
-Read in aiohttp 3.12.15, 3.13.2 and 3.14.5 (`CHECKED`); `check_aiohttp` refuses to start
-if the private names are gone and warns when the version was never checked.
+Read in aiohttp 3.12.15, 3.13.2 and 3.14.5 (`FENCE.checked`); `check_aiohttp` (and the
+gateway's start-up self-check, `proxy.compat.check`) refuses to start if the private names
+are gone, and warns when the version was never checked.
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Final, cast
 
-import aiohttp
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp import web, web_protocol, web_runner, web_server
 from aiohttp.web_request import BaseRequest
 
-from .stats import EdgeStats
+from ..stats import EdgeStats
+from . import fence
 
 log = logging.getLogger("proxy.edge")
 
-CHECKED: Final = ((3, 12), (3, 15))  # [low, high): the aiohttp versions read for this fence
-_PRIVATE: Final = ("_waiter", "_request_count")
 _REFUSE_LOG_EVERY_S: Final = 10.0
 
 
@@ -60,25 +58,37 @@ OVERLOADED_RESPONSE: Final = _json_error(
 )
 
 
+def _slots(cls: type) -> set[str]:
+    return {name for c in cls.__mro__ for name in vars(c).get("__slots__", ())}
+
+
+def probe() -> list[str]:
+    """The private names this module uses that the installed aiohttp lacks."""
+    missing = [f"RequestHandler.{name}" for name in ("_waiter", "_request_count", "_loop")
+               if name not in _slots(web_protocol.RequestHandler)]
+    if "_server" not in _slots(web_runner.BaseSite):
+        missing.append("BaseSite._server")
+    # An instance attribute: what `Server.__init__` sets is in the names its code uses.
+    if "_kwargs" not in web_server.Server.__init__.__code__.co_names:
+        missing.append("Server._kwargs")
+    return missing
+
+
+FENCE: Final = fence.Fence(
+    name="aiohttp edge", module="proxy/compat/aiohttp_edge.py", distribution="aiohttp",
+    checked=((3, 12), (3, 15)), probe=probe,
+)
+
+
 def check_aiohttp() -> None:
     """Fail at start, not on the first slow client, if aiohttp changed under the fence."""
-    missing = [name for name in _PRIVATE if name not in RequestHandler.__slots__]
-    if missing:
-        raise RuntimeError(
-            f"aiohttp {aiohttp.__version__} lacks RequestHandler.{', '.join(missing)}: "
-            "proxy/edge_aiohttp.py needs updating for this version"
-        )
-    version = tuple(int(p) for p in aiohttp.__version__.split(".")[:2] if p.isdigit())
-    if not CHECKED[0] <= version < CHECKED[1]:
-        log.warning("edge: aiohttp %s was not checked against proxy/edge_aiohttp.py "
-                    "(checked: %s.%s to before %s.%s)", aiohttp.__version__,
-                    *CHECKED[0], *CHECKED[1])
+    fence.run(FENCE)
 
 
 class ConnectionSlots:
     """Counts the open client connections of one listener against the cap."""
 
-    __slots__ = ("limit", "open", "refused", "_last_log")
+    __slots__ = ("_last_log", "limit", "open", "refused")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -100,7 +110,7 @@ class ConnectionSlots:
 EDGE_SLOTS: Final = web.AppKey("edge_slots", ConnectionSlots)
 
 
-class EdgeHandler(RequestHandler):
+class EdgeHandler(web_protocol.RequestHandler):
     """aiohttp's protocol with a header deadline, a slot in the cap, and quiet parse errors.
 
     The header deadline runs from the connection's start, or from the first byte of a
@@ -109,8 +119,15 @@ class EdgeHandler(RequestHandler):
     does for keep-alive, so a request arms no new timer.
     """
 
-    __slots__ = ("_slots", "_holds_slot", "_header_timeout", "_header_deadline",
-                 "_header_count", "_header_bytes", "_header_handle")
+    __slots__ = (
+        "_header_bytes",
+        "_header_count",
+        "_header_deadline",
+        "_header_handle",
+        "_header_timeout",
+        "_holds_slot",
+        "_slots",
+    )
 
     def __init__(self, manager: web.Server, *, slots: ConnectionSlots, header_timeout: float,
                  **kwargs: Any) -> None:
@@ -236,7 +253,7 @@ class EdgeProtocolFactory:
 class EdgeSite(web.BaseSite):
     """A TCP listener whose connections are made by `EdgeProtocolFactory`."""
 
-    __slots__ = ("_factory_maker", "_host", "_port", "_reuse_port", "_listen_backlog", "port")
+    __slots__ = ("_factory_maker", "_host", "_listen_backlog", "_port", "_reuse_port", "port")
 
     def __init__(
         self,
