@@ -46,6 +46,9 @@ class ProviderConfig(_Strict, frozen=True):
     # simulated protocol only: pacing and fixed latency
     tokens_per_second: float = 0.0
     latency_ms: float = 0.0
+    # openai protocol only: the provider serves OpenAI's Responses API (`/responses`), so
+    # `/v1/responses` requests pass through to it instead of being translated to chat.
+    responses_api: bool = False
 
 
 class ModelConfig(_Strict, frozen=True):
@@ -59,6 +62,9 @@ class ModelConfig(_Strict, frozen=True):
     cache_write_price: float | None = None  # cache-write prompt tokens (Anthropic)
     context_window: int = 0
     max_output_tokens: int = 4096
+    # Other names clients send for this model (Claude Code sends Anthropic's own ids, such
+    # as `claude-sonnet-4-5-20250929`); unique across the catalog's ids and aliases.
+    aliases: tuple[str, ...] = ()
 
 
 class PolicyConfig(_Strict, frozen=True):
@@ -233,7 +239,14 @@ def _merge_default_catalog(settings: Settings) -> Settings:
         raise ConfigError(f"{DEFAULT_CATALOG}: {_describe(e)}") from None
     providers = {**base_providers, **settings.providers}
     own = {m.id for m in settings.models}
-    models = tuple(m for m in base_models if m.id not in own) + settings.models
+    # An alias the file gives one of its own models is taken from the default catalog's.
+    claimed = {a for m in settings.models for a in m.aliases} | own
+    base = tuple(
+        msgspec.structs.replace(m, aliases=tuple(a for a in m.aliases if a not in claimed))
+        if claimed.intersection(m.aliases) else m
+        for m in base_models if m.id not in own
+    )
+    models = base + settings.models
     return msgspec.structs.replace(settings, providers=providers, models=models)
 
 
@@ -280,6 +293,14 @@ def _validate(s: Settings) -> None:
             fail(f"models[{i}].provider", f"model {m.id!r} names unknown provider {m.provider!r}")
         if min(m.input_price, m.output_price) < 0:
             fail(f"models[{i}]", f"model {m.id!r} has a negative price")
+    ids = {m.id for m in s.models}
+    aliases: set[str] = set()
+    for i, m in enumerate(s.models):
+        for alias in m.aliases:
+            if alias in ids or alias in aliases or not alias:
+                fail(f"models[{i}].aliases", f"alias {alias!r} of model {m.id!r} is empty or "
+                     "already names a model or another alias")
+            aliases.add(alias)
     for name, pol in s.policies.items():
         key = f"policies.{name}"
         if not pol.models:

@@ -19,6 +19,8 @@ from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .faults import error_event
 from .h1 import Endpoint, H1Error, Response
+from .openai_native import ResponsesWireStream
+from .openai_native import to_wire_completion as responses_wire
 from .http import post, read_all, transport_error
 from .redact import PATTERNS_ONLY, Redactor
 from .sse import LF, SSEParser, frame, parse
@@ -308,6 +310,8 @@ class OpenAIProvider(Provider):
             headers["Authorization"] = f"Bearer {api_key}"
         self._chat = Endpoint(base + "/chat/completions", headers)
         self._embeddings = Endpoint(base + "/embeddings", headers)
+        self._completions = Endpoint(base + "/completions", headers)
+        self._responses = Endpoint(base + "/responses", headers)
         self._redact = Redactor.for_provider(config.base_url, api_key)
 
     async def _post(self, endpoint: Endpoint, body: bytes) -> Response:
@@ -329,6 +333,34 @@ class OpenAIProvider(Provider):
     async def stream(self, call: ChatCall) -> ChatStream:
         resp = await self._post(self._chat, build_body(call))
         return OpenAIStream(self.name, resp, self._redact)
+
+    # -- other OpenAI endpoints, passed through (`api/completions.py`, `api/responses.py`)
+
+    async def completions(self, call: ChatCall) -> Completion:
+        """Legacy `/completions`: the body as the client sent it, `model` rewritten."""
+        body = await read_all(self.name, await self._post(self._completions, build_body(call)))
+        try:
+            payload = _decode_fields(body)
+            lite = _decode_lite(body)
+        except msgspec.MsgspecError:
+            raise UpstreamError(
+                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
+            ) from None
+        finish = next((c.finish_reason for c in lite.choices if c.finish_reason), None)
+        return Completion(payload, to_usage(lite.usage), finish, 0)
+
+    async def completions_stream(self, call: ChatCall) -> ChatStream:
+        # The same SSE shape as chat (`data:` chunks, the usage chunk, `[DONE]`).
+        resp = await self._post(self._completions, build_body(call))
+        return OpenAIStream(self.name, resp, self._redact)
+
+    async def responses(self, body: bytes) -> Completion:
+        answer = await read_all(self.name, await self._post(self._responses, body))
+        return responses_wire(answer, self.name)
+
+    async def responses_stream(self, body: bytes) -> ChatStream:
+        resp = await self._post(self._responses, body)
+        return ResponsesWireStream(self.name, resp, self._redact)
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         fields = dict(fields)

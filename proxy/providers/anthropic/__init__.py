@@ -8,6 +8,7 @@ OpenAI `chat.completion.chunk` payloads). `AnthropicProvider` is the I/O edge ar
 
 from .provider import API_VERSION, AnthropicProvider
 from .request import (
+    OUTPUT_TOOL,
     MAX_CACHE_BREAKPOINTS,
     apply_auto_cache,
     build_body,
@@ -15,12 +16,14 @@ from .request import (
     convert_messages,
     convert_tool_choice,
     convert_tools,
+    structured_tool,
 )
 from .response import finish_reason, to_completion, to_usage, usage_payload
 from .stream import AnthropicStream, StreamTranslator
 
 __all__ = [
     "API_VERSION",
+    "OUTPUT_TOOL",
     "MAX_CACHE_BREAKPOINTS",
     "AnthropicProvider",
     "AnthropicStream",
@@ -34,5 +37,6 @@ __all__ = [
     "finish_reason",
     "to_completion",
     "to_usage",
+    "structured_tool",
     "usage_payload",
 ]
