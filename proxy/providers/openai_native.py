@@ -17,7 +17,7 @@ from msgspec import Raw
 from ..catalog import Usage
 from ..errors import UpstreamError
 from .base import Completion
-from .faults import event_status, map_error
+from .faults import error_event, event_status, map_error
 from .h1 import H1Error, Response
 from .http import transport_error
 from .redact import PATTERNS_ONLY, Redactor
@@ -111,8 +111,15 @@ class ResponsesWireStream(WireStream):
                 complete = parser.take(data)
                 if not complete:
                     continue
-                for _event, payload in parse(complete):
-                    self._read(payload)
+                sent = 0
+                try:
+                    for _event, payload in parse(complete):
+                        self._read(payload)
+                        sent += 1
+                except UpstreamError:
+                    if sent:  # the events before the error still reach the client
+                        yield b"\n\n".join(complete.split(b"\n\n")[:sent]) + b"\n\n"
+                    raise
                 yield complete
                 if self.finished:
                     break
@@ -127,6 +134,9 @@ class ResponsesWireStream(WireStream):
             )
 
     def _read(self, payload: bytes) -> None:
+        if payload.startswith(b'{"error"'):
+            # A compatible server's chat-style error event: mapped, sent in this dialect.
+            raise error_event(self._provider, payload, self._redact)
         try:
             ev = _decode_event(payload)
         except msgspec.MsgspecError:
