@@ -82,14 +82,15 @@ async def test_fields_anthropic_cannot_honour_are_a_400_naming_them(
     await c.close()
 
 
-async def test_seed_and_user_are_dropped_for_anthropic(
+async def test_seed_is_dropped_and_user_becomes_anthropics_metadata_user_id(
     dgw: Gateway, fake_anthropic: FakeAnthropic
 ) -> None:
     c = client(dgw)
     await c.chat.completions.create(model="d/claude", messages=USER, seed=7,  # type: ignore[arg-type]
                                     user="someone")
     sent = fake_anthropic.last.json
-    assert "seed" not in sent and "user" not in sent and "metadata" not in sent
+    assert "seed" not in sent and "user" not in sent
+    assert sent["metadata"] == {"user_id": "someone"}
     await c.close()
 
 

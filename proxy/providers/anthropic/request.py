@@ -54,7 +54,10 @@ def build_request(call: ChatCall) -> dict[str, Any]:
     stop = field(f, "stop", str | list[str] | None)
     if stop:
         req["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-    # `seed` and `user` are advisory and Anthropic has neither: dropped (docs/protocols.md).
+    user = field(f, "user", str | None)
+    if user:  # Anthropic's own field for it
+        req["metadata"] = {"user_id": user}
+    # `seed` is advisory and Anthropic has none: dropped (docs/protocols.md).
     # Not OpenAI parameters, but clients that know they talk to Claude send them.
     for name in ("top_k", "thinking"):
         if name in f:

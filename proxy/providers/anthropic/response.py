@@ -133,7 +133,7 @@ def to_completion(
     if tool_calls:
         message["tool_calls"] = tool_calls
     finish = finish_reason(msg.stop_reason)
-    if finish == "tool_calls" and not tool_calls:
+    if finish == "tool_calls" and not tool_calls and structured is not None:
         finish = "stop"  # only the output tool was called: the answer is complete
     usage = to_usage(msg.usage) if msg.usage is not None else None
     payload: dict[str, Raw] = {

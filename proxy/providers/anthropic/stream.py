@@ -208,7 +208,7 @@ class StreamTranslator:
         if ev.delta is None or ev.delta.stop_reason is None:
             return []
         self.finish_reason = finish_reason(ev.delta.stop_reason)
-        if self.finish_reason == "tool_calls" and not self._tools:
+        if self.finish_reason == "tool_calls" and not self._tools and self._output is not None:
             self.finish_reason = "stop"  # only the output tool was called
         return [self._chunk({}, self.finish_reason)]
 
