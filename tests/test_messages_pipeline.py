@@ -85,3 +85,20 @@ async def test_cut_translated_stream_is_charged_on_an_estimate(
     [rec] = await records(dgw, 1)
     assert rec["status"] == 502 and rec["estimated"] == 1
     assert rec["completion_tokens"] > 0 and rec["cost_nusd"] > 0
+
+
+async def test_dialect_metadata_is_bounded_like_requesty_metadata(
+    dgw: Gateway, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    http: aiohttp.ClientSession,
+) -> None:
+    resp = await http.post(dgw.url + "/v1/messages", headers={"x-api-key": ADMIN_KEY}, json={
+        "model": "d/claude", "max_tokens": 8, "messages": USER,
+        "metadata": {"user_id": "a\u0000b"}})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["type"] == "error" and "metadata" in body["error"]["message"]
+    resp = await http.post(dgw.url + "/v1/responses", headers=dgw.headers, json={
+        "model": "d/gpt", "input": "Hi", "metadata": {f"k{i}": "v" for i in range(33)}})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "metadata"
+    assert fake_openai.hits == 0 and fake_anthropic.hits == 0
