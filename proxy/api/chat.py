@@ -7,7 +7,7 @@ byte except the fields the gateway owns, and the answer goes back as the provide
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
@@ -98,11 +98,11 @@ class ChatDialect(Dialect[ChatRequest]):
     def decode(self, request: web.Request, body: bytes, gw: Gateway) -> ChatRequest:
         return ChatRequest(decode_body(body), gw.settings.default_model, requesty_headers(request))
 
-    async def complete(self, gw: Gateway, req: ChatRequest, model: Model) -> Completion:
-        return await gw.provider(model.provider).chat(req.call(model))
+    def complete(self, gw: Gateway, req: ChatRequest, model: Model) -> Awaitable[Completion]:
+        return gw.provider(model.provider).chat(req.call(model))
 
-    async def open(self, gw: Gateway, req: ChatRequest, model: Model) -> ChatStream:
-        return await gw.provider(model.provider).stream(req.call(model))
+    def open(self, gw: Gateway, req: ChatRequest, model: Model) -> Awaitable[ChatStream]:
+        return gw.provider(model.provider).stream(req.call(model))
 
     def respond(self, request: web.Request, req: ChatRequest, completion: Completion,
                 outcome: Outcome) -> web.Response:

@@ -13,7 +13,7 @@ the access log and the ledger record carry. Chat Completions is the identity dia
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import msgspec
@@ -63,11 +63,12 @@ class Dialect(abc.ABC, Generic[R]):
         """The client's body as a request; a 4xx `ApiError` naming what is wrong."""
 
     @abc.abstractmethod
-    async def complete(self, gw: Gateway, req: R, model: Model) -> Completion:
-        """One non-streamed upstream attempt for `model`."""
+    def complete(self, gw: Gateway, req: R, model: Model) -> Awaitable[Completion]:
+        """One non-streamed upstream attempt for `model` (a coroutine function, or a plain
+        one that returns the provider's coroutine: one frame less on the chat path)."""
 
     @abc.abstractmethod
-    async def open(self, gw: Gateway, req: R, model: Model) -> ChatStream:
+    def open(self, gw: Gateway, req: R, model: Model) -> Awaitable[ChatStream]:
         """Open one streamed upstream attempt for `model`: its events in the client's format."""
 
     @abc.abstractmethod

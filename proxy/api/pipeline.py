@@ -10,6 +10,7 @@ failure before that can still fall back to another model or become a clean error
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,12 +48,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def handler(dialect: Dialect[R]) -> Handler:
-    """The aiohttp handler of one dialect's route."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await serve(request, dialect)
-
-    return handle
+    """The aiohttp handler of one dialect's route (a partial: no coroutine frame more)."""
+    return functools.partial(serve, dialect=dialect)
 
 
 async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse:
@@ -129,9 +126,9 @@ async def _complete(
     request: web.Request, gw: Gateway, dialect: Dialect[R], req: R, route: Route,
     outcome: Outcome, cache_key: str | None, once: Once | None,
 ) -> web.Response:
-    async def attempt(model: Model) -> Completion:
-        return await dialect.complete(gw, req, model)
-
+    # The dialect's coroutine is the attempt itself: no frame of ours around it.
+    attempt: Callable[[Model], Awaitable[Completion]] = functools.partial(
+        dialect.complete, gw, req)
     log = AttemptLog()
     began = time.monotonic()
     try:
