@@ -3,6 +3,7 @@
     python loadtest/bench.py --quick          # ~3 minutes: 5 s runs, one pass
     python loadtest/bench.py                  # full: 10 s runs, best of three passes
     python loadtest/bench.py --profile        # also py-spy the gateway under the same load
+    python loadtest/bench.py --ratio          # gateway/bare throughput, alternating (bench_ratio.py)
 
 One command, one run, one upstream: nginx answering a fixed 712-byte chat completion (and a
 fixed SSE stream) with `return 200`, from a config generated into a temp dir. Every server
@@ -449,8 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(TARGETS)}")
     p.add_argument("--modes", default="chat,stream",
                    help=f"a comma-separated subset of {','.join(MODES)}")
-    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT
-                   if os.path.exists(stack.GATEWAY_PYTHON_DEFAULT) else sys.executable,
+    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT,
                    help="the Python with the gateway installed (also runs the bare forwarder)")
     p.add_argument("--litellm-venv", default=stack.LITELLM_VENV_DEFAULT)
     p.add_argument("--pg", default=stack.PG_DEFAULT,
@@ -480,6 +480,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="drop the 'preliminary' banner (a quiet machine)")
     p.add_argument("--workdir", help="keep configs and logs here (default: a temp dir, removed)")
     p.add_argument("--out", help="report path (default loadtest/results/<date-time>.md)")
+    ratio = p.add_argument_group("ratio mode (bench_ratio.py): gateway and reference alternating")
+    ratio.add_argument("--ratio", action="store_true",
+                       help="the gateway's throughput as a share of the bare forwarder's, "
+                            "short runs alternating so the host's drift cancels")
+    ratio.add_argument("--against", metavar="TREE", type=Path,
+                       help="(implies --ratio) the reference is the gateway of this checkout")
+    ratio.add_argument("--against-toml", metavar="FILE", type=Path,
+                       help="extra config for the --against gateway only: with --against . "
+                            "it A/Bs a switch in this tree")
+    ratio.add_argument("--rounds", type=int, default=15, help="gateway runs a mode (default 15)")
+    ratio.add_argument("--seconds", type=int, default=3, help="length of one run (default 3)")
     a = p.parse_args(argv)
     a.targets = [t for t in a.targets.split(",") if t]
     a.modes = [m for m in a.modes.split(",") if m]
@@ -494,6 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.c1_duration = a.c1_duration or defaults[1]
     a.warmup = a.warmup if a.warmup is not None else defaults[2]
     a.repeat = a.repeat or defaults[3]
+    a.ratio = a.ratio or a.against is not None
     return a
 
 
@@ -504,6 +516,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} is missing: apt-get install -y wrk nginx-light", file=sys.stderr)
             return 2
     try:
+        if args.ratio:
+            import bench_ratio  # imports this module: only when asked for
+
+            return bench_ratio.run_ratio(args)
         if args.workdir:
             Path(args.workdir).mkdir(parents=True, exist_ok=True)
             return Bench(args, Path(args.workdir).resolve()).run()

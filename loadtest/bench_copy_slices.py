@@ -1,7 +1,7 @@
 """How long the ledger's COPY holds the event loop: all rows at once against slices.
 
-    /tmp/venvtest/bin/python loadtest/bench_copy_slices.py            # 2,000 rows, 3 runs each
-    /tmp/venvtest/bin/python loadtest/bench_copy_slices.py --rows 500
+    .venv/bin/python loadtest/bench_copy_slices.py            # 2,000 rows, 3 runs each
+    .venv/bin/python loadtest/bench_copy_slices.py --rows 500
 
 asyncpg encodes COPY rows on the event loop, and `pg_row` builds them there too; a busy
 worker's 200 ms batch is a few thousand rows. A probe task yields in a loop during the COPY

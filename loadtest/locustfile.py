@@ -1,6 +1,6 @@
 """Mixed-traffic load on a running gateway: the scenarios a real tenant produces.
 
-    PROXY_ADMIN_KEY=... /tmp/locustvenv/bin/locust -f loadtest/locustfile.py --headless \
+    PROXY_ADMIN_KEY=... locust -f loadtest/locustfile.py --headless \
         -u 200 -r 20 -t 2m --host http://127.0.0.1:8080 --csv loadtest/results/locust
 
 (loadtest/README.md has the whole sequence: fake upstream, database, gateway, locust.)

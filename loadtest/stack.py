@@ -34,8 +34,18 @@ HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PAGE_KB: Final = os.sysconf("SC_PAGE_SIZE") // 1024
-GATEWAY_PYTHON_DEFAULT: Final = "/tmp/venvtest/bin/python"
-LITELLM_VENV_DEFAULT: Final = "/tmp/litellmvenv"
+
+
+def _gateway_python() -> str:
+    """The Python with the gateway installed: the repository's .venv (the one
+    scripts/serve.sh and scripts/bench.sh make), else the Python running this."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+GATEWAY_PYTHON_DEFAULT: Final = _gateway_python()
+# LiteLLM's proxy, only for bench.py's `litellm` target: its own venv, never the gateway's.
+LITELLM_VENV_DEFAULT: Final = str(REPO / ".venv-litellm")
 PG_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432"
 REDIS_DEFAULT: Final = "redis://127.0.0.1:6379/0"
 
@@ -470,7 +480,7 @@ class Gateway:
 
     `tree`: the checkout whose proxy/ runs (`python -m proxy serve` with cwd = tree puts
     it first on sys.path, whatever the venv's editable install points at). `wrapper`: a
-    command the gateway runs under (instructions.py: valgrind). `env`: added to its
+    command the gateway runs under (count.py --tool callgrind: valgrind). `env`: added to its
     environment. The timeouts are for startup and for stopping (drain, last ledger flush).
     `key_limit_usd`: the user key's spend limit (None: a key with no limit at all).
     """

@@ -1,8 +1,8 @@
 """1,000 concurrent SSE streams on one gateway worker: does chunk timing survive?
 
-    /tmp/venvtest/bin/python loadtest/stream_scale.py            # 1,000 streams at 20 tokens/s
-    /tmp/venvtest/bin/python loadtest/stream_scale.py --streams 200 --window 10   # a quick look
-    /tmp/venvtest/bin/python loadtest/stream_scale.py --final --window 10 --rounds 5
+    .venv/bin/python loadtest/stream_scale.py            # 1,000 streams at 20 tokens/s
+    .venv/bin/python loadtest/stream_scale.py --streams 200 --window 10   # a quick look
+    .venv/bin/python loadtest/stream_scale.py --final --window 10 --rounds 5
 
 The fake upstream (`fake_upstream.py`, paced, `--stamp`) and this client run on the load core;
 the gateway (everything on, as in bench.py) runs alone on the server core. The client keeps
@@ -54,7 +54,8 @@ import stack
 try:
     import sse_client
 except ImportError:  # pragma: no cover: httptools missing
-    sys.exit("stream_scale.py needs httptools: run it with the gateway's venv python")
+    sys.exit("stream_scale.py needs httptools: run it with the gateway's venv python "
+             f"({stack.GATEWAY_PYTHON_DEFAULT}; scripts/bench.sh makes it)")
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 _TX: Final = re.compile(rb'"x_rx":(\d+),"x_tx":(\d+)')
@@ -312,8 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1,
                    help="direct and gateway phases, alternating; the gateway stays up and the "
                         "verdict is the median of the rounds' added p99 (default 1)")
-    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT
-                   if os.path.exists(stack.GATEWAY_PYTHON_DEFAULT) else sys.executable)
+    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT)
     p.add_argument("--pg", default=stack.PG_DEFAULT)
     p.add_argument("--no-pg", action="store_true")
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)

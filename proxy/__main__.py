@@ -119,7 +119,8 @@ def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = _settings(args)
     except ConfigError as e:
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(_prepare(settings))
         except OSError as e:
-            print(f"startup error: the database is unreachable ({type(e).__name__}); check database_url", file=sys.stderr)
+            print(f"startup error: the database is unreachable ({type(e).__name__}); "
+                  "check database_url", file=sys.stderr)
             return 1
         if settings.workers > 1:
             return _serve_workers(args, settings)

@@ -190,7 +190,8 @@ def load_settings(
             if forbidden in raw:
                 raise ConfigError(
                     f"{path}: key `{forbidden}`: not allowed in the file"
-                    + ("; set PROXY_ADMIN_KEY in the environment" if forbidden == "admin_key" else "")
+                    + ("; set PROXY_ADMIN_KEY in the environment"
+                       if forbidden == "admin_key" else "")
                 )
     for var, key in _ENV_OVERRIDES.items():
         if env.get(var):
@@ -199,7 +200,8 @@ def load_settings(
                 try:
                     value = int(value)
                 except ValueError:
-                    raise ConfigError(f"environment: {var}: expected an integer, got {value!r}") from None
+                    raise ConfigError(
+                        f"environment: {var}: expected an integer, got {value!r}") from None
             raw[key] = value
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -218,7 +220,8 @@ def load_settings(
 
 
 def _describe(e: msgspec.ValidationError) -> str:
-    """Turn msgspec's `... - at `$.providers.x.timeout_s`` into `key `providers.x.timeout_s`: ...`."""
+    """Turn msgspec's `... - at `$.providers.x.timeout_s``
+    into `key `providers.x.timeout_s`: ...`."""
     text = str(e)
     m = _PATH_RE.search(text)
     if not m:

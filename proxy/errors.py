@@ -122,8 +122,9 @@ class UpstreamError(ApiError):
 
     `status` is what the client sees (`providers.faults` maps the provider's): 429 for a
     provider's rate limit, with Retry-After headers; the provider's other 4xx pass
-    through, 401/403 become 502; 5xx and transport failures are 502; timeouts 504. `upstream_status` keeps what the provider
-    said (0 for transport failures) so routing can decide whether to try elsewhere.
+    through, 401/403 become 502; 5xx and transport failures are 502; timeouts 504.
+    `upstream_status` keeps what the provider said (0 for transport failures) so routing
+    can decide whether to try elsewhere.
     """
 
     status = 502

@@ -49,7 +49,8 @@ class Gateway:
             aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
             if settings.redis_url else None
         )
-        self.cache = ResponseCache.for_settings(settings.cache, self.redis, settings.redis_namespace)
+        self.cache = ResponseCache.for_settings(settings.cache, self.redis,
+                                                settings.redis_namespace)
         self.idempotency = Idempotency.for_settings(settings, self.redis)
         self.auth = auth
         self.ledger: Ledger = create_ledger(settings)

@@ -104,7 +104,7 @@ class Router:
             raise ModelNotFoundError(e.message, param="model") from None
         if model.kind != kind:
             raise ModelNotFoundError(
-                f"The model `{model_id}` is an {model.kind} model and cannot serve this endpoint.",
+                f"The model `{model_id}` serves {model.kind} requests, not this endpoint.",
                 param="model",
             )
         return model

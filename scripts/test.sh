@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs the gateway with its test dependencies into .venv, starts PostgreSQL and Redis
-# if they are down, and runs the whole test suite. Extra arguments go to pytest.
+# Installs the gateway with its test dependencies into .venv (the exact versions of
+# requirements/test-lock.txt), starts PostgreSQL and Redis if they are down, and runs the
+# whole test suite. Extra arguments go to pytest: `scripts/test.sh -m "not slow"` is the
+# quick run (no multi-process tests); CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements/test-lock.txt
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
 # promtool checks the alert rules and scrape config (Debian's prometheus package).
 if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get install -y -q prometheus >/dev/null 2>&1 || \

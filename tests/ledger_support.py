@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
+import msgspec
+
+# The polling helper, re-exported for the tests that import it from here.
+from polling import wait_for as wait_for
 
 from proxy.ledger.record import UsageRecord
 
@@ -42,19 +46,29 @@ async def drop_database(url: str) -> None:
         await conn.close()
 
 
-def record(i: int, ts: datetime, **kw: object) -> UsageRecord:
-    model = str(kw.pop("model", "openai/gpt-4o-mini"))
-    prompt = int(str(kw.pop("prompt_tokens", 100)))
-    completion = int(str(kw.pop("completion_tokens", 20)))
+def usage_record(**fields: Any) -> UsageRecord:
+    """The tests' one UsageRecord factory: `fields` over a plain 200 record of
+    `simulated/chat` (the request id, model and provider follow what is given)."""
+    model = fields.get("model", "simulated/chat")
+    base = UsageRecord(
+        request_id="req-1", ts=datetime.now(UTC), key_id="key-a", model_requested=model,
+        model=model, provider=PROVIDER.get(model, model.split("/")[0]), region="global",
+        status=200)
+    return msgspec.structs.replace(base, **fields)
+
+
+def record(i: int, ts: datetime, **kw: Any) -> UsageRecord:
+    """Record `i` at `ts`, priced from PRICES for its model and tokens."""
+    model = kw.pop("model", "openai/gpt-4o-mini")
+    prompt = kw.pop("prompt_tokens", 100)
+    completion = kw.pop("completion_tokens", 20)
     inp, out = PRICES[model]
-    fields: dict[str, object] = {
-        "request_id": f"req-{i:06d}", "ts": ts, "key_id": "key-a", "model_requested": model,
-        "model": model, "provider": PROVIDER[model], "region": "global", "status": 200,
+    fields: dict[str, Any] = {
+        "request_id": f"req-{i:06d}", "ts": ts, "model": model,
         "prompt_tokens": prompt, "completion_tokens": completion,
         "cost_nusd": prompt * inp + completion * out, "latency_ms": 12.5,
     }
-    fields.update(kw)
-    return UsageRecord(**fields)
+    return usage_record(**(fields | kw))
 
 
 def known_records(base: datetime, n: int = 900, seed: int = 7) -> list[UsageRecord]:
@@ -62,7 +76,8 @@ def known_records(base: datetime, n: int = 900, seed: int = 7) -> list[UsageReco
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        ts = base + timedelta(seconds=rng.randrange(0, 3 * 86400), microseconds=rng.randrange(10**6))
+        ts = base + timedelta(seconds=rng.randrange(0, 3 * 86400),
+                              microseconds=rng.randrange(10**6))
         model = rng.choice(list(PRICES))
         status = rng.choice((200, 200, 200, 200, 429, 502))
         hit = status == 200 and rng.random() < 0.1
@@ -102,14 +117,15 @@ def _groups(r: UsageRecord, group_by: str) -> list[object]:
         return [getattr(r, group_by)]
     if group_by == "tag":
         tags = {t for t in r.tags if t}
-        return sorted(tags) if tags else [None]
+        return [*sorted(tags)] if tags else [None]
     name = group_by.removeprefix("extra.")
     if name in r.extra:
         return [r.extra[name]]
     return [r.headers.get(name)]
 
 
-Sums = tuple[int, int, int, int, int, int, int]  # requests, tokens, prompt, completion, cost, cached reqs, savings
+# requests, tokens, prompt, completion, cost, cached requests, savings
+Sums = tuple[int, int, int, int, int, int, int]
 
 
 def expected(records: Iterable[UsageRecord], start: datetime, end: datetime, group_by: str,
@@ -128,14 +144,6 @@ def expected(records: Iterable[UsageRecord], start: datetime, end: datetime, gro
             acc[:] = [a + b for a, b in zip(acc, v, strict=True)]
     as_sums = {k: (v[0], v[1], v[2], v[3], v[4], v[5], v[6]) for k, v in rows.items()}
     return as_sums, (total[0], total[1], total[2], total[3], total[4], total[5], total[6])
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def count_records(dsn: str) -> tuple[int, int, int]:

@@ -23,7 +23,8 @@ async def test_completion_is_translated_both_ways_with_cache_token_usage(
     fake_anthropic.script(Reply(text="Sunny.", prompt_tokens=50, completion_tokens=2,
                                 cached_tokens=1000, cache_write_tokens=200))
     resp = await http.post(gateway.url + "/v1/chat/completions", headers=gateway.headers,
-                           json={"model": "fake/claude", "messages": CONVERSATION, "max_tokens": 64})
+                           json={"model": "fake/claude", "messages": CONVERSATION,
+                                 "max_tokens": 64})
     assert resp.status == 200
     sent = fake_anthropic.last
     assert sent.path == "/v1/messages"
@@ -59,7 +60,8 @@ async def test_tool_use_and_tool_results_round_trip(
     ]
     resp = await http.post(gateway.url + "/v1/chat/completions", headers=gateway.headers, json={
         "model": "fake/claude", "messages": messages,
-        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tools": [{"type": "function",
+                   "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
     })
     assert resp.status == 200
     sent = fake_anthropic.last.json
@@ -82,8 +84,8 @@ async def test_stream_is_translated_into_openai_chunks(
     fake_anthropic.script(Reply(text="It is sunny in Paris today.", prompt_tokens=20,
                                 completion_tokens=7))
     text, finish, usage = "", None, None
-    async with await client.chat.completions.create(
-        model="fake/claude", messages=CONVERSATION, stream=True,  # type: ignore[arg-type]
+    async with await client.chat.completions.create(  # type: ignore[call-overload]
+        model="fake/claude", messages=CONVERSATION, stream=True,
         stream_options={"include_usage": True},
     ) as events:
         async for chunk in events:

@@ -85,3 +85,20 @@ def test_key_input_is_not_mutated() -> None:
     cache_key("org", "m", f)
     assert {k: bytes(v) for k, v in f.items()} == before
     assert msgspec.json.decode(f["temperature"]) == 0.2
+
+
+def test_the_fallback_list_scopes_the_key() -> None:
+    plain = cache_key("org", "m", fields(BASE))
+    with_fallback = cache_key("org", "m", fields(BASE), ["b"])
+    reordered = cache_key("org", "m", fields(BASE), ["c", "b"])
+    in_order = cache_key("org", "m", fields(BASE), ["b", "c"])
+    assert len({plain, with_fallback, reordered, in_order}) == 4
+
+
+def test_fallbacks_the_router_would_skip_do_not_split_the_key() -> None:
+    # The router drops repeats and the model itself: the same models tried in the same order.
+    plain = cache_key("org", "m", fields(BASE))
+    assert cache_key("org", "m", fields(BASE), []) == plain
+    assert cache_key("org", "m", fields(BASE), ["m"]) == plain
+    assert (cache_key("org", "m", fields(BASE), ["b", "m", "b"])
+            == cache_key("org", "m", fields(BASE), ["b"]))

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import UPSTREAM_SECRET
-from fakes import FakeOpenAI, Reply
+from fakes import Fail, FakeOpenAI, Reply
 from harness import Gateway, gateway_settings, running_gateway
 
 QUESTION = {"model": "up/gpt", "messages": [{"role": "user", "content": "What is a tenant?"}]}
@@ -32,6 +32,13 @@ api_key_env = "FAKE_OPENAI_KEY"
 id = "up/gpt"
 provider = "up"
 upstream = "gpt-up"
+input_price = 1.0
+output_price = 2.0
+
+[[models]]
+id = "up/backup"
+provider = "up"
+upstream = "gpt-backup"
 input_price = 1.0
 output_price = 2.0
 """
@@ -130,6 +137,27 @@ async def test_a_key_without_cache_is_not_cached_unless_the_request_opts_in(
     await ask(http, gw, made["key"], QUESTION)
     resp, _ = await ask(http, gw, made["key"], QUESTION)
     assert not hit(resp) and upstream.hits == 2
+
+
+async def test_an_answer_from_a_fallback_model_is_not_replayed_for_a_plain_request(
+    gw: Gateway, upstream: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    made = await new_key(http, gw, owner="acme")
+    # up/gpt fails once; up/backup answers.
+    upstream.script(Fail(status=503),
+                    Reply(text="The backup speaking.", prompt_tokens=10, completion_tokens=3))
+    with_fallback = {**OPT_IN, "models": ["up/backup"]}
+    first, first_body = await ask(http, gw, made["key"], with_fallback)
+    assert first.headers["x-model"] == "up/backup" and not hit(first)
+
+    plain, plain_body = await ask(http, gw, made["key"], OPT_IN)
+    assert not hit(plain), "a fallback model's answer was replayed for a plain request"
+    assert plain.headers["x-model"] == "up/gpt"
+    assert plain_body["choices"][0]["message"]["content"] == "An owner of keys."
+
+    again, again_body = await ask(http, gw, made["key"], with_fallback)
+    assert hit(again) and again.headers["x-model"] == "up/backup"
+    assert again_body["choices"] == first_body["choices"]
 
 
 async def usage_when(

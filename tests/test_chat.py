@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from polling import poll
 from conftest import UPSTREAM_SECRET
-from fakes import Fail, FakeOpenAI, Hang, Reply, Reset
+from fakes import Fail, FakeAnthropic, FakeOpenAI, Hang, Reply, Reset
 from harness import Gateway
 
 USER = [{"role": "user", "content": "Say hello"}]
@@ -78,7 +81,8 @@ async def test_response_carries_cost_from_catalog_prices(
 
 
 async def test_missing_model_uses_configured_default(
-    tmp_path, fake_openai: FakeOpenAI, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession,
 ) -> None:
     from conftest import fake_provider_toml
     from harness import gateway_settings, running_gateway
@@ -157,7 +161,9 @@ async def test_malformed_json_is_400(gateway: Gateway, http: aiohttp.ClientSessi
     assert "not valid JSON" in str(err["message"])
 
 
-async def test_body_that_is_not_an_object_is_400(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_body_that_is_not_an_object_is_400(
+    gateway: Gateway, http: aiohttp.ClientSession,
+) -> None:
     resp = await http.post(gateway.url + "/v1/chat/completions", data=b"[1, 2]",
                            headers=gateway.headers)
     assert resp.status == 400
@@ -177,7 +183,8 @@ async def test_missing_messages_is_400_naming_the_field(
     [
         ({"model": 5, "messages": USER}, "model"),
         ({"model": "fake/gpt", "messages": "hi"}, "messages"),
-        ({"model": "fake/gpt", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "fake/gpt", "messages": [{"role": "robot", "content": "x"}]},
+         "messages[0].role"),
         ({"model": "fake/gpt", "messages": [{"content": "x"}]}, "messages[0]"),
         ({"model": "fake/gpt", "messages": USER, "stream": "yes"}, "stream"),
         ({"model": "fake/gpt", "messages": USER, "max_tokens": "ten"}, "max_tokens"),
@@ -217,7 +224,8 @@ async def test_model_outside_the_region_is_404_saying_so(
 
 async def test_body_over_the_limit_is_413(gateway: Gateway, http: aiohttp.ClientSession) -> None:
     big = "x" * (gateway.settings.max_body_bytes + 10)
-    resp = await chat(http, gateway, {"model": "fake/gpt", "messages": [{"role": "user", "content": big}]})
+    resp = await chat(http, gateway,
+                      {"model": "fake/gpt", "messages": [{"role": "user", "content": big}]})
     assert resp.status == 413
     err = await error_of(resp)
     assert err["code"] == "request_too_large"
@@ -255,7 +263,8 @@ async def test_upstream_reset_is_502_without_internal_address(
 
 
 async def test_upstream_unreachable_is_502(
-    tmp_path, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+    http: aiohttp.ClientSession,
 ) -> None:
     from conftest import fake_provider_toml
     from harness import gateway_settings, running_gateway
@@ -270,7 +279,8 @@ async def test_upstream_unreachable_is_502(
 
 
 async def test_upstream_timeout_is_504(
-    tmp_path, fake_openai: FakeOpenAI, fake_anthropic, monkeypatch, http: aiohttp.ClientSession
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession,
 ) -> None:
     from conftest import fake_provider_toml
     from harness import gateway_settings, running_gateway
@@ -309,13 +319,17 @@ async def test_every_response_has_a_request_id_and_echoes_the_clients(
     assert len(resp.headers["x-request-id"]) >= 16
 
 
-async def test_unknown_route_is_openai_shaped_404(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_unknown_route_is_openai_shaped_404(
+    gateway: Gateway, http: aiohttp.ClientSession,
+) -> None:
     resp = await http.get(gateway.url + "/v1/nothing-here", headers=gateway.headers)
     assert resp.status == 404
     await error_of(resp)
 
 
-async def test_error_bodies_are_json_not_html(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_error_bodies_are_json_not_html(
+    gateway: Gateway, http: aiohttp.ClientSession,
+) -> None:
     resp = await http.get(gateway.url + "/v1/chat/completions", headers=gateway.headers)
     assert resp.status == 405
     assert json.loads(await resp.text())["error"]["type"] == "invalid_request_error"
@@ -324,8 +338,6 @@ async def test_error_bodies_are_json_not_html(gateway: Gateway, http: aiohttp.Cl
 async def test_a_reused_client_request_id_loses_no_record(
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    import asyncio
-    import time
 
     body = {"model": "simulated/chat", "messages": USER}
     for _ in range(2):
@@ -333,11 +345,10 @@ async def test_a_reused_client_request_id_loses_no_record(
                                headers={**gateway.headers, "x-request-id": "same-id-every-time"})
         assert resp.status == 200
         assert resp.headers["x-request-id"] == "same-id-every-time"
-    deadline = time.monotonic() + 5
-    while True:
-        report = await (await http.get(gateway.url + "/v1/organization/usage",
-                                       headers=gateway.headers)).json()
-        if report["total_requests"] == 2 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)  # polling for the ledger's write-behind, with a deadline
+
+    async def usage() -> Any:
+        return await (await http.get(gateway.url + "/v1/organization/usage",
+                                     headers=gateway.headers)).json()
+
+    report = await poll(usage, lambda r: r["total_requests"] == 2, 5)  # write-behind
     assert report["total_requests"] == 2

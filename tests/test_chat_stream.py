@@ -142,8 +142,8 @@ async def test_openai_sdk_streams_through_the_gateway(
     fake_openai.script(Reply(text="streaming works fine", prompt_tokens=5, completion_tokens=3))
     text = ""
     usage = None
-    async with await client.chat.completions.create(
-        model="fake/gpt", messages=USER, stream=True,  # type: ignore[arg-type]
+    async with await client.chat.completions.create(  # type: ignore[call-overload]
+        model="fake/gpt", messages=USER, stream=True,
         stream_options={"include_usage": True},
     ) as events:
         async for chunk in events:
@@ -228,7 +228,8 @@ async def test_client_disconnect_cancels_the_upstream_request(
     gate = Gate()
     fake_openai.script(Reply(text="one two three four five six", gate=gate))
     async with aiohttp.ClientSession() as own:
-        request = asyncio.ensure_future(stream(own, gateway, {"model": "fake/gpt", "messages": USER}))
+        request = asyncio.ensure_future(
+            stream(own, gateway, {"model": "fake/gpt", "messages": USER}))
         assert await gate.release()
         resp = await request
         buf = bytearray()
@@ -292,12 +293,16 @@ async def test_an_event_stream_sends_its_headers_with_its_first_bytes_in_one_wri
         assert transport is not None
         write, writelines = transport.write, transport.writelines  # asyncio's: patchable
 
-        def counted_writelines(parts: Any) -> None:
-            parts = list(parts)
+        def counted_write(data: Any) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        def counted_writelines(list_of_data: Any) -> None:
+            parts = list(list_of_data)
             writes.append(b"".join(parts))
             writelines(parts)
 
-        transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        transport.write = counted_write  # type: ignore[method-assign]
         transport.writelines = counted_writelines  # type: ignore[method-assign]
         response = relay.EventStreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)

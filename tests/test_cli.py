@@ -25,7 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args], cwd=cwd, env={**environ, **(env or {})},
@@ -39,8 +41,10 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
         ('port = "abc"\n', "key `port`: Expected int, got str"),
         ("prot = 8080\n", "unknown field `prot`"),
         ('region = "mars"\n', "key `region`: must be one of global, eu"),
-        ('[providers.x]\nprotocol = "openai"\nbase_url = "ftp://x"\n', "key `providers.x.base_url`"),
-        ('[[models]]\nid = "a/b"\nprovider = "ghost"\nupstream = "b"\n', "unknown provider 'ghost'"),
+        ('[providers.x]\nprotocol = "openai"\nbase_url = "ftp://x"\n',
+         "key `providers.x.base_url`"),
+        ('[[models]]\nid = "a/b"\nprovider = "ghost"\nupstream = "b"\n',
+         "unknown provider 'ghost'"),
         ('[policies.p]\nstrategy = "fallback"\nmodels = ["nope/x"]\n', "key `policies.p.models`"),
         ("workers = 3\n", "key `workers`: 3 workers need redis_url"),
         ("port = [\n", "not valid TOML"),
@@ -94,7 +98,7 @@ def start_server(cwd: Path, args: list[str], env: dict[str, str] | None = None) 
                 return server
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read() if proc.stdout else "exited")
+                raise AssertionError(proc.stdout.read() if proc.stdout else "exited") from None
             time.sleep(0.05)
     proc.kill()
     raise AssertionError("gateway did not start listening")
@@ -104,7 +108,8 @@ def start_server(cwd: Path, args: list[str], env: dict[str, str] | None = None) 
 def served(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     config = tmp_path / "slow.toml"
     config.write_text(
-        "shutdown_grace_s = 10\n[providers.simulated]\nprotocol = \"simulated\"\ntokens_per_second = 20\n"
+        "shutdown_grace_s = 10\n[providers.simulated]\nprotocol = \"simulated\"\n"
+        "tokens_per_second = 20\n"
     )
     server = start_server(tmp_path, ["--config", str(config)])
     yield server, tmp_path
@@ -124,6 +129,7 @@ def admin_key_from(server: Server) -> str:
     raise AssertionError("no admin key printed:\n" + "".join(server.output))
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 async def test_embedded_defaults_serve_a_completion_and_a_stream_with_the_printed_key(
     tmp_path: Path,
 ) -> None:
@@ -156,13 +162,15 @@ async def test_embedded_defaults_serve_a_completion_and_a_stream_with_the_printe
             again.proc.kill()
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 async def test_sigterm_lets_an_inflight_stream_finish_then_exits_cleanly(
     served: tuple[Server, Path],
 ) -> None:
     server, _ = served
     key = admin_key_from(server)
     headers = {"Authorization": f"Bearer {key}"}
-    body = {"model": "simulated/chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "simulated/chat", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as http:
         resp = await http.post(server.url + "/v1/chat/completions", json=body, headers=headers)
         first = await resp.content.readuntil(b"\n\n")

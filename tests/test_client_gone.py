@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from polling import poll
 from aiohttp import web
 from conftest import UPSTREAM_SECRET, fake_provider_toml
 from fakes import FakeAnthropic, FakeOpenAI, Gate, Hang, Reply
@@ -85,14 +86,13 @@ async def rows_when(dsn: str, done: Callable[[list[asyncpg.Record]], bool],
                     timeout: float = 10.0) -> list[asyncpg.Record]:
     """The ledger's records once `done` holds for them (polled: the ledger writes behind)."""
     conn = await asyncpg.connect(dsn)
+
+    async def rows() -> list[asyncpg.Record]:
+        return list(await conn.fetch(
+            "SELECT status, error_code, stream FROM usage_records ORDER BY ts"))
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = list(await conn.fetch(
-                "SELECT status, error_code, stream FROM usage_records ORDER BY ts"))
-            if done(rows) or time.monotonic() > deadline:
-                return rows
-            await asyncio.sleep(0.05)
+        return await poll(rows, done, timeout)
     finally:
         await conn.close()
 

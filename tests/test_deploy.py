@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import yaml
 from harness import ADMIN_KEY, gateway_settings, running_gateway
+from ledger_support import usage_record
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import WIRED
 
@@ -253,10 +254,9 @@ async def test_finops_dashboard_sql_runs_against_a_ledger_database(fresh_pg: str
     now = datetime.now(UTC)
 
     def rec(i: int, key: str, model: str, cost: int, **kw: Any) -> UsageRecord:
-        return UsageRecord(request_id=f"r{i}", ts=now - timedelta(days=i % 3), key_id=key,
-                           model_requested=model, model=model, provider=model.split("/")[0],
-                           region="global", status=kw.pop("status", 200), prompt_tokens=100,
-                           completion_tokens=50, cost_nusd=cost, latency_ms=10.0, **kw)
+        return usage_record(request_id=f"r{i}", ts=now - timedelta(days=i % 3), key_id=key,
+                            model=model, provider=model.split("/")[0], prompt_tokens=100,
+                            completion_tokens=50, cost_nusd=cost, latency_ms=10.0, **kw)
 
     records = [
         rec(1, "key-a", "openai/gpt-4o-mini", 3_000_000_000),
@@ -278,7 +278,8 @@ async def test_finops_dashboard_sql_runs_against_a_ledger_database(fresh_pg: str
         results = {}
         for panel in board["panels"]:
             for target in panel["targets"]:
-                sql = grafana_sql(target["rawSql"], now - timedelta(days=30), now + timedelta(hours=1))
+                sql = grafana_sql(target["rawSql"], now - timedelta(days=30),
+                                  now + timedelta(hours=1))
                 rows = await conn.fetch(sql)
                 assert rows, panel["title"]
                 results[panel["title"]] = rows

@@ -152,7 +152,7 @@ def test_request_items_with_images_files_and_roles() -> None:
     ]
 
 
-def test_request_function_calls_join_the_assistant_message_and_outputs_become_tool_messages() -> None:
+def test_request_function_calls_join_the_assistant_message_and_outputs_become_tool_messages() -> None:  # noqa: E501 - the name is the behaviour
     body = sdk_body(model=MODEL, tools=[WEATHER], input=[
         {"role": "user", "content": "Paris and Rome?"},
         {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "opaque"},

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from polling import wait_for
 from aiohttp import web
 from harness import ADMIN_KEY, gateway_settings
 
@@ -188,10 +189,7 @@ async def test_connections_past_the_cap_get_503_and_a_freed_slot_is_reused(
         assert gw.server.slots.refused == 1
 
         held.pop()[1].close()
-        deadline = time.monotonic() + BOUND_S
-        while gw.server.slots.open > 2:  # the server notices the close
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: gw.server.slots.open <= 2, BOUND_S)  # the server notices the close
         reader, writer = await gw.connect()
         writer.write(HEALTH)
         assert (await read_response(reader))[0] == 200

@@ -80,7 +80,7 @@ async def test_flood_of_unknown_keys_costs_no_database_lookup(
     tmp_path: Path, fresh_pg: str, redis_url: str, redis_namespace: str,
     http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with two_instances(tmp_path, fresh_pg, redis_url, redis_namespace) as (a, b):
+    async with two_instances(tmp_path, fresh_pg, redis_url, redis_namespace) as (a, _b):
         counter = LookupCounter(registry_of(a), monkeypatch)
         for key in made_up_keys(a.app[GATEWAY].auth.tags):
             assert await status(http, a, key) == 401

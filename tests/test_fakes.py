@@ -305,7 +305,7 @@ async def test_anthropic_stream_event_sequence(
         raw = await r.read()
     events = parse_sse(raw)
     datas = [json.loads(d) for _, d in events]
-    assert all(name == data["type"] for (name, _), data in zip(events, datas))
+    assert all(name == data["type"] for (name, _), data in zip(events, datas, strict=True))
     assert [name for name, _ in events] == [
         "message_start",
         "content_block_start",

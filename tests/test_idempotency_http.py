@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from polling import poll, wait_for
 from conftest import UPSTREAM_SECRET, fake_provider_toml
 from fakes import Cut, Fail, FakeAnthropic, FakeOpenAI, Gate, Reply
 from harness import Gateway, gateway_settings, running_gateway
-from ledger_support import wait_for
 from multidict import CIMultiDict
 
 from proxy.auth import Principal
@@ -71,22 +71,15 @@ async def spend(gw: Gateway, key_id: str) -> int | None:
 async def settled_spend(gw: Gateway, key_id: str, expected: int) -> int | None:
     """The key's spend once it reaches `expected` (or what it is after 10 s): a stream's
     client has [DONE] before the handler has settled it."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while (got := await spend(gw, key_id)) != expected:
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.02)
-    return got
+    return await poll(lambda: spend(gw, key_id), lambda got: got == expected)
 
 
 async def after_stream_end(http: aiohttp.ClientSession, gw: Gateway, headers: dict[str, str],
                            body: dict[str, Any], key: str) -> tuple[int, bytes, Any]:
     """A repeat of a stream's request: 409 from the moment its client has [DONE] until the
     handler has kept the answer (documented), then the replay."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while (got := await post(http, gw, headers, body, key))[0] == 409:
-        assert asyncio.get_running_loop().time() < deadline, "never kept"
-        await asyncio.sleep(0.02)
+    got = await poll(lambda: post(http, gw, headers, body, key), lambda got: got[0] != 409)
+    assert got[0] != 409, "never kept"
     return got
 
 
@@ -97,15 +90,12 @@ async def ledger_totals(http: aiohttp.ClientSession, gw: Gateway, key_id: str) -
     status, _, _ = await post(http, gw, marker, CHAT)
     assert status == 200
 
-    async def marker_in() -> None:
+    async def marker_in() -> bool:
         url = f"{gw.url}/v1/api-keys/{marker_id}/usage"
-        while True:
-            got = await (await http.get(url, headers=gw.headers)).json()
-            if got["total_requests"] == 1:
-                return
-            await asyncio.sleep(0.02)
+        got = await (await http.get(url, headers=gw.headers)).json()
+        return bool(got["total_requests"] == 1)
 
-    await asyncio.wait_for(marker_in(), 10)
+    await wait_for(marker_in, 10, "the marker key's record never came")
     got = await (await http.get(f"{gw.url}/v1/api-keys/{key_id}/usage", headers=gw.headers)).json()
     return got["total_requests"], got["total_cost_nusd"]
 

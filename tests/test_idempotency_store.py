@@ -166,7 +166,8 @@ def test_the_digest_is_of_the_json_not_its_bytes_and_of_every_field() -> None:
     a = body_digest("chat", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
     b = body_digest("chat", b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}')
     assert a == b
-    assert a != body_digest("embeddings", b'{"model":"m","messages":[{"content":"hi","role":"user"}]}')
+    assert a != body_digest("embeddings",
+                            b'{"model":"m","messages":[{"content":"hi","role":"user"}]}')
     assert a != body_digest("chat", b'{"model":"m","messages":[{"content":"hi","role":"user"}],'
                                     b'"stream":true}')
     assert a != body_digest("chat", b'{"model":"m","messages":[{"content":"hi","role":"user"}],'

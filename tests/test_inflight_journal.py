@@ -13,6 +13,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from proxy.auth import Principal
 from proxy.config import LimitsConfig
 from proxy.ledger import MemoryLedger
@@ -69,6 +71,7 @@ async def run_and_kill(directory: Path, body: str) -> None:
     await child.wait()
 
 
+@pytest.mark.slow  # a subprocess, SIGKILLed
 async def test_a_worker_killed_mid_rotation_has_each_open_admission_recovered_once(
     tmp_path: Path,
 ) -> None:
@@ -97,6 +100,7 @@ async def test_a_worker_killed_mid_rotation_has_each_open_admission_recovered_on
     assert await recover(tmp_path, ledger, limits, price) == 0
 
 
+@pytest.mark.slow  # a subprocess, SIGKILLed
 async def test_a_file_a_dead_worker_was_creating_is_removed_and_nothing_recovered_from_it(
     tmp_path: Path,
 ) -> None:
@@ -157,6 +161,7 @@ class StopsAfter(MemoryLimits):
         await super().settle_orphan(admission, cost_nusd, tokens)
 
 
+@pytest.mark.slow  # a subprocess, SIGKILLed
 async def test_a_recovery_cut_short_does_not_charge_again_what_it_charged(tmp_path: Path
                                                                           ) -> None:
     await run_and_kill(tmp_path, """

@@ -23,10 +23,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from polling import poll
 import redis.asyncio as aioredis
 from conftest import REDIS_URL
 from fakes import FakeOpenAI, Hang, Reply
 from ledger_support import wait_for
+
+# Gateway worker processes or subprocesses: skipped by the quick run (-m "not slow").
+pytestmark = pytest.mark.slow
 
 ADMIN = "sk-admin-inflight-test"
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,17 +151,11 @@ async def ledger_rows(dsn: str) -> list[asyncpg.Record]:
 
 
 async def wait_rows(dsn: str, n: int) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = []
-
-    async def poll() -> bool:
-        rows[:] = await ledger_rows(dsn)
-        return len(rows) >= n
-
-    for _ in range(200):  # the ledger writes behind: up to 10 s
-        if await poll():
-            return rows
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{len(rows)} records, expected {n}")
+    # the ledger writes behind: up to 10 s
+    rows = await poll(lambda: ledger_rows(dsn), lambda rows: len(rows) >= n)
+    if len(rows) < n:
+        raise AssertionError(f"{len(rows)} records, expected {n}")
+    return rows
 
 
 async def redis_state(ns: str, key_id: str) -> tuple[int, int, dict[Any, Any], int]:

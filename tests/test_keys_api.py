@@ -54,7 +54,9 @@ async def create(http: aiohttp.ClientSession, gw: Gateway, **body: Any) -> dict[
     return data
 
 
-async def chat(http: aiohttp.ClientSession, gw: Gateway, key: str, **extra: Any) -> aiohttp.ClientResponse:
+async def chat(
+    http: aiohttp.ClientSession, gw: Gateway, key: str, **extra: Any,
+) -> aiohttp.ClientResponse:
     body = {"model": "fake/gpt", "messages": USER, "max_tokens": 20, **extra}
     return await http.post(gw.url + "/v1/chat/completions", json=body, headers=bearer(key))
 
@@ -120,7 +122,8 @@ async def test_user_key_may_call_models_but_every_management_call_is_403(
 async def test_missing_and_unknown_keys_get_401_everywhere(
     gw: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    for headers in ({}, bearer("sk-px-not-a-real-key"), bearer("nonsense"), {"Authorization": "Basic x"}):
+    for headers in ({}, bearer("sk-px-not-a-real-key"), bearer("nonsense"),
+                    {"Authorization": "Basic x"}):
         for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/api-keys")):
             resp = await http.request(method, gw.url + path, json={}, headers=headers)
             assert resp.status == 401, (headers, path)
@@ -128,13 +131,16 @@ async def test_missing_and_unknown_keys_get_401_everywhere(
 
 async def test_admin_role_key_manages_keys(gw: Gateway, http: aiohttp.ClientSession) -> None:
     admin = await create(http, gw, name="ops", role="admin")
-    resp = await http.post(gw.url + "/v1/api-keys", json={"name": "by-ops"}, headers=bearer(admin["key"]))
+    resp = await http.post(gw.url + "/v1/api-keys", json={"name": "by-ops"},
+                           headers=bearer(admin["key"]))
     assert resp.status == 200
     resp = await http.get(gw.url + "/v1/api-keys", headers=bearer(admin["key"]))
     assert resp.status == 200
 
 
-async def test_deleted_key_is_refused_at_once_and_gone(gw: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_deleted_key_is_refused_at_once_and_gone(
+    gw: Gateway, http: aiohttp.ClientSession,
+) -> None:
     made = await create(http, gw)
     assert (await chat(http, gw, made["key"])).status == 200
     resp = await http.delete(f"{gw.url}/v1/api-keys/{made['id']}", headers=gw.headers)
@@ -191,7 +197,9 @@ async def test_invalid_key_fields_get_400_naming_the_field(
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
-async def test_limit_patch_validation_and_unknown_ids(gw: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_limit_patch_validation_and_unknown_ids(
+    gw: Gateway, http: aiohttp.ClientSession,
+) -> None:
     made = await create(http, gw)
     url = f"{gw.url}/v1/api-keys/{made['id']}/limit"
     for body, param in (({}, "limit"), ({"limit": -0.01}, "limit"), ({"limit": 1, "x": 1}, "x")):
@@ -222,7 +230,8 @@ async def test_key_at_its_limit_gets_429_before_upstream_until_the_limit_is_rais
     cost = (await resp.json())["usage"]["cost"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # settling happens after the response
-        got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}", headers=gw.headers)).json()
+        got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}",
+                                    headers=gw.headers)).json()
         if got["spend"] == cost:
             break
         await asyncio.sleep(0.05)

@@ -12,6 +12,7 @@ import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -50,7 +51,7 @@ def spool_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("ledger-*.jsonl")) if directory.exists() else []
 
 
-def make(engine: str, pg: str, tmp: Path, spool: Path, **config: int) -> LedgerWriter:
+def make(engine: str, pg: str, tmp: Path, spool: Path, **config: Any) -> LedgerWriter:
     cfg = LedgerConfig(**config)
     if engine == "postgres":
         return PostgresLedger(pg, cfg, spool, **FAST)
@@ -151,7 +152,7 @@ async def test_a_refused_record_lands_with_a_marker_and_only_an_unwritable_one_i
     records = known_records(BASE, n=300)
     salvaged = [150]
     records[150].prompt_tokens = 2**70  # out of any integer column's range
-    records[17].key_id = None  # NOT NULL: no marker makes it writable
+    records[17].key_id = None  # type: ignore[assignment]  # NOT NULL: no marker makes it writable
     if engine == "postgres":
         records[250].user_id = "nul\x00byte"  # PostgreSQL text cannot hold NUL
         salvaged.append(250)
@@ -226,6 +227,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
 async def test_the_spool_of_a_killed_writer_is_replayed_exactly_once(
         engine: str, fresh_pg: str, tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from proxy.limits.memory import MemoryLimits
 CHAT = {"model": "simulated/chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
-async def test_a_restart_does_not_reset_a_keys_budget(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+async def test_a_restart_does_not_reset_a_keys_budget(
+    tmp_path: Path, http: aiohttp.ClientSession,
+) -> None:
     settings = gateway_settings(tmp_path)
     async with running_gateway(settings) as gw:
         limits = gw.app[GATEWAY].limits
@@ -29,11 +31,13 @@ async def test_a_restart_does_not_reset_a_keys_budget(tmp_path: Path, http: aioh
                 break
             await limits.drain()
         assert statuses[0] == 200 and statuses[-1] == 429
-        got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}", headers=gw.headers)).json()
+        got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}",
+                                    headers=gw.headers)).json()
         spent = got["spend"]
         assert spent >= 0.00005
     async with running_gateway(settings) as gw:  # a new process: counters start from disk
         r = await http.post(gw.url + "/v1/chat/completions", json=CHAT, headers=headers)
         assert r.status == 429 and r.headers["x-should-retry"] == "false"
-        got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}", headers=gw.headers)).json()
+        got = await (await http.get(f"{gw.url}/v1/api-keys/{made['id']}",
+                                    headers=gw.headers)).json()
         assert got["spend"] == spent

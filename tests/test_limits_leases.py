@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -52,16 +52,21 @@ class Workers:
 
     def counter(self) -> tuple[int, int]:
         """The key's (settled, reserved) as Redis holds them."""
-        c = self.redis.hgetall(keys_of(self.ns, "k1", period_id("monthly", self.clock()))[0])
+        c = self.hash(0)
         return int(c.get(b"s", 0)), int(c.get(b"r", 0))
 
     def reservations(self) -> dict[str, int]:
-        res = self.redis.hgetall(keys_of(self.ns, "k1", period_id("monthly", self.clock()))[1])
+        res = self.hash(1)
         return {k.decode()[2:]: int(v) for k, v in res.items() if k.startswith(b"a:")}
 
     def entries(self) -> dict[bytes, bytes]:
         """Every field of the key's reservations hash: what Redis keeps for it."""
-        return self.redis.hgetall(keys_of(self.ns, "k1", period_id("monthly", self.clock()))[1])
+        return self.hash(1)
+
+    def hash(self, index: int) -> dict[bytes, bytes]:
+        """One of the key's hashes (0: counters, 1: reservations), as bytes (no decoding)."""
+        key = keys_of(self.ns, "k1", period_id("monthly", self.clock()))[index]
+        return cast(dict[bytes, bytes], self.redis.hgetall(key))
 
     async def drain(self) -> None:
         for limits in self.all:
@@ -97,7 +102,7 @@ def count_admits(limits: RedisLimits) -> list[str]:
         ran.append(name)
         return await run_(name, *args)
 
-    limits._run = counted  # type: ignore[method-assign]
+    limits._run = counted  # type: ignore[method-assign,assignment]
     return ran
 
 

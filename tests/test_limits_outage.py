@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from polling import wait_for
 import redis
 from harness import Gateway, gateway_settings, running_gateway
 
@@ -82,14 +83,13 @@ def own_redis(tmp_path: Path) -> Any:
 
 
 async def until(check: Callable[[], bool], limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+    await wait_for(check, limit, "condition not reached")
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, own_redis: OwnRedis, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+async def gw(
+    tmp_path: Path, own_redis: OwnRedis, request: pytest.FixtureRequest,
+) -> AsyncIterator[Gateway]:
     extra = "[limits]\nfail_closed = true\n" if "fail_closed" in request.node.name else ""
     settings = gateway_settings(tmp_path, SLOW_SIM + extra, PROXY_REDIS_URL=own_redis.url)
     async with running_gateway(settings) as g:

@@ -195,7 +195,8 @@ BAD_BODIES: list[tuple[str, str, bytes, str | None]] = [
     ("a lone surrogate in messages", "chat",
      b'{"model": "fake/gpt", "messages": [{"role": "user", "content": "\\ud800"}]}', None),
     ("nested 1,000 deep", "chat",
-     b'{"model": "fake/gpt", "messages": ' + msgspec.json.encode(USER) + b', "tools": ' + b"[" * 1000 + b"]" * 1000 + b"}", None),
+     b'{"model": "fake/gpt", "messages": ' + msgspec.json.encode(USER)
+     + b', "tools": ' + b"[" * 1000 + b"]" * 1000 + b"}", None),
     ("nested 200 deep in a message", "chat",
      b'{"model": "fake/gpt", "messages": [{"role": "user", "content": [{"type": "text", '
      b'"text": "x", "deep": ' + b"[" * 200 + b"]" * 200 + b"}]}]}", None),

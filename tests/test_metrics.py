@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import ADMIN_KEY, gateway_settings, running_gateway
+from ledger_support import usage_record
 from prometheus_client.parser import text_string_to_metric_families
 
 import proxy.api.pipeline
@@ -53,16 +54,13 @@ def total(text: str, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples(text).items() if n == name and want <= ls)
 
 
-def record(**kw: object) -> UsageRecord:
-    base: dict[str, object] = {
-        "request_id": "req-1", "ts": datetime.now(UTC), "key_id": "key-7f3a",
-        "model_requested": "simulated/chat", "model": "simulated/chat", "provider": "simulated",
-        "region": "global", "status": 200, "prompt_tokens": 12, "completion_tokens": 24,
+def record(**kw: Any) -> UsageRecord:
+    base: dict[str, Any] = {
+        "key_id": "key-7f3a", "prompt_tokens": 12, "completion_tokens": 24,
         "cached_tokens": 4, "cost_nusd": 2_500_000_000, "latency_ms": 120.0,
         "user_id": "alice@example.com",
     }
-    base.update(kw)
-    return UsageRecord(**base)  # type: ignore[arg-type]
+    return usage_record(**(base | kw))
 
 
 @pytest.fixture
@@ -278,7 +276,9 @@ async def test_traffic_through_the_app_is_counted_and_logged(
     assert ADMIN_KEY not in "".join(access_lines) and "Say hello" not in "".join(access_lines)
 
 
-def test_multiprocess_dir_is_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multiprocess_dir_is_emptied_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     given = tmp_path / "mp"
     given.mkdir()
     (given / "counter_123.db").write_bytes(b"stale")
@@ -312,6 +312,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 def test_values_of_several_processes_add_up_in_one_scrape(tmp_path: Path) -> None:
     mp_dir = tmp_path / "mp"
     mp_dir.mkdir()
@@ -335,6 +336,7 @@ def test_values_of_several_processes_add_up_in_one_scrape(tmp_path: Path) -> Non
     assert total(text, "proxy_ledger_queue_depth") == 6
 
 
+@pytest.mark.slow  # a subprocess gateway or writer
 @needs_wiring
 async def test_workers_2_one_scrape_adds_up_every_workers_requests(
     tmp_path: Path, redis_url: str, redis_namespace: str

@@ -161,7 +161,8 @@ async def test_random_cuts_give_the_same_events_and_accounting(mode: str) -> Non
 async def test_comments_and_crlf_take_the_general_path_with_the_same_result(
     reads: str, mode: str
 ) -> None:
-    body = b": keep-alive\r\n\r\n" + BODY.replace(b"\n\n", b"\n\n: ping\n\n").replace(b"\n", b"\r\n")
+    body = (b": keep-alive\r\n\r\n"
+            + BODY.replace(b"\n\n", b"\n\n: ping\n\n").replace(b"\n", b"\r\n"))
     reads_ = [body] if reads == "one" else cut(body, list(range(1, len(body))))
     stream, out, _ = await relay(reads_, mode)
     assert out == frame(ANSWER)

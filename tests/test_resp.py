@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,8 @@ async def test_first_call_of_an_iteration_goes_at_once_and_the_rest_are_gathered
     assert list(connection.waiting()) == [first]  # written before anything else ran
     await asyncio.sleep(0)  # one loop iteration: the gathered calls go out together
     assert list(connection.waiting()) == [first, second, third]
-    assert await asyncio.gather(first, second, third) == [expected(i, f"v{i}") for i in (1, 2, 3)]
+    assert list(await asyncio.gather(first, second, third)) == [
+        expected(i, f"v{i}") for i in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -215,8 +216,10 @@ async def test_callers_gone_before_or_after_sending_leave_the_others_their_repli
     loop = asyncio.get_running_loop()
     try:
         for round_ in range(3):
-            calls = [(loop.create_future(), script, [f"{redis_namespace}:{i}"], [f"v{i}", i])
-                     for i in range(30)]
+            calls: list[tuple[asyncio.Future[Any], AsyncScript | None, Sequence[Any],
+                              Sequence[Any]]] = [
+                (loop.create_future(), script, [f"{redis_namespace}:{i}"], [f"v{i}", i])
+                for i in range(30)]
             for future, *_ in calls[::4]:
                 future.cancel()  # gone before the batch is written
             connection.send(calls)
@@ -325,8 +328,8 @@ async def test_each_connection_authenticates_and_selects_its_database_first(
         fake_redis(ok, unix, login="user:secret@", db=3) as (fake, url),
         lean_pipeline(url) as (pipeline, script),
     ):
-        assert await asyncio.gather(pipeline.call(script, ["k"], [1]),
-                                    pipeline.call(script, [], ["x"])) == [1, 1]
+        assert list(await asyncio.gather(pipeline.call(script, ["k"], [1]),
+                                         pipeline.call(script, [], ["x"]))) == [1, 1]
         pipeline.disconnect()  # as after a Redis restart: the next call opens a new one
         await asyncio.wait_for(fake.client_left.wait(), 5)
         assert await pipeline.call(script, ["k"], [2]) == 1

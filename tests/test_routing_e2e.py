@@ -15,6 +15,8 @@ from harness import Gateway, gateway_settings, running_gateway
 
 USER = [{"role": "user", "content": "Route me"}]
 
+Pair = tuple[Gateway, FakeOpenAI, FakeOpenAI]  # the `pair` fixture: a gateway, upstreams a and b
+
 
 def two_provider_toml(a: str, b: str) -> str:
     return f"""
@@ -60,7 +62,9 @@ weights = [1, 1]
 
 
 @pytest.fixture
-async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Gateway, FakeOpenAI, FakeOpenAI]]:
+async def pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[Gateway, FakeOpenAI, FakeOpenAI]]:
     monkeypatch.setenv("FAKE_OPENAI_KEY", UPSTREAM_SECRET)
     async with FakeOpenAI() as a, FakeOpenAI() as b:
         settings = gateway_settings(tmp_path, two_provider_toml(a.base_url, b.base_url))
@@ -68,12 +72,16 @@ async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
             yield gw, a, b
 
 
-async def chat(http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any], **headers: str) -> aiohttp.ClientResponse:
+async def chat(
+    http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any], **headers: str,
+) -> aiohttp.ClientResponse:
     return await http.post(gw.url + "/v1/chat/completions", json={"messages": USER, **body},
                            headers={**gw.headers, **headers})
 
 
-async def test_fallback_retries_then_moves_to_the_next_model(pair, http) -> None:
+async def test_fallback_retries_then_moves_to_the_next_model(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, b = pair
     a.script(Fail(status=503), Fail(status=503))
     b.script(Reply(text="from b"))
@@ -84,7 +92,9 @@ async def test_fallback_retries_then_moves_to_the_next_model(pair, http) -> None
     assert (await resp.json())["choices"][0]["message"]["content"] == "from b"
 
 
-async def test_request_errors_are_returned_at_once_without_fallback(pair, http) -> None:
+async def test_request_errors_are_returned_at_once_without_fallback(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, b = pair
     a.script(Fail(status=400, message="bad tool schema"))
     resp = await chat(http, gw, {"model": "policy/fb"})
@@ -94,7 +104,9 @@ async def test_request_errors_are_returned_at_once_without_fallback(pair, http) 
 
 
 @pytest.mark.parametrize("status", [429, 500, 529])
-async def test_each_upstream_fault_falls_through(pair, http, status: int) -> None:
+async def test_each_upstream_fault_falls_through(
+    pair: Pair, http: aiohttp.ClientSession, status: int,
+) -> None:
     gw, a, b = pair
     a.script(Fail(status=status))
     resp = await chat(http, gw, {"model": "policy/once"})
@@ -102,7 +114,7 @@ async def test_each_upstream_fault_falls_through(pair, http, status: int) -> Non
     assert (a.hits, b.hits) == (1, 1)
 
 
-async def test_everything_failing_is_502(pair, http) -> None:
+async def test_everything_failing_is_502(pair: Pair, http: aiohttp.ClientSession) -> None:
     gw, a, b = pair
     a.script(Fail(status=500))
     b.script(Fail(status=503))
@@ -111,7 +123,7 @@ async def test_everything_failing_is_502(pair, http) -> None:
     assert (a.hits, b.hits) == (1, 1)
 
 
-async def test_request_can_name_its_own_fallbacks(pair, http) -> None:
+async def test_request_can_name_its_own_fallbacks(pair: Pair, http: aiohttp.ClientSession) -> None:
     gw, a, b = pair
     a.script(Fail(status=500))
     resp = await chat(http, gw, {"model": "a/gpt", "models": ["b/gpt"]})
@@ -119,7 +131,9 @@ async def test_request_can_name_its_own_fallbacks(pair, http) -> None:
     assert "models" not in b.last.json
 
 
-async def test_stalled_first_token_falls_back_for_a_stream(pair, http) -> None:
+async def test_stalled_first_token_falls_back_for_a_stream(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, b = pair
     a.script(Hang(headers=True))
     b.script(Reply(text="fast answer"))
@@ -133,7 +147,7 @@ async def test_stalled_first_token_falls_back_for_a_stream(pair, http) -> None:
     assert text == "fast answer"
 
 
-async def test_no_fallback_after_the_first_byte(pair, http) -> None:
+async def test_no_fallback_after_the_first_byte(pair: Pair, http: aiohttp.ClientSession) -> None:
     gw, a, b = pair
     a.script(Cut(after_events=2))
     resp = await chat(http, gw, {"model": "policy/fb", "stream": True})
@@ -142,7 +156,7 @@ async def test_no_fallback_after_the_first_byte(pair, http) -> None:
     assert (a.hits, b.hits) == (1, 0)
 
 
-async def test_loadbalance_is_sticky_on_trace_id(pair, http) -> None:
+async def test_loadbalance_is_sticky_on_trace_id(pair: Pair, http: aiohttp.ClientSession) -> None:
     gw, a, b = pair
     served = set()
     for _ in range(8):
@@ -155,7 +169,9 @@ async def test_loadbalance_is_sticky_on_trace_id(pair, http) -> None:
 # --- response cache ------------------------------------------------------------------
 
 
-async def test_cache_hit_never_reaches_upstream_and_costs_nothing(pair, http) -> None:
+async def test_cache_hit_never_reaches_upstream_and_costs_nothing(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, _ = pair
     a.script(Reply(text="cached words", prompt_tokens=10, completion_tokens=2))
     body = {"model": "a/gpt", "requesty": {"cache": True}}
@@ -171,15 +187,18 @@ async def test_cache_hit_never_reaches_upstream_and_costs_nothing(pair, http) ->
     assert a.hits == 1
 
 
-async def test_cache_header_opt_in_and_streamed_replay_has_same_content(pair, http) -> None:
+async def test_cache_header_opt_in_and_streamed_replay_has_same_content(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, _ = pair
     a.script(Reply(text="the same words again"))
     body = {"model": "a/gpt", "stream": True, "stream_options": {"include_usage": True}}
 
     def content(raw: str) -> tuple[str, list[str]]:
         chunks = [json.loads(e[6:]) for e in raw.split("\n\n") if e.startswith("data: {")]
-        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        text = "".join(c["delta"].get("content") or "" for c in choices)
+        finishes = [c["finish_reason"] for c in choices if c["finish_reason"]]
         return text, finishes
 
     first = (await (await chat(http, gw, body, **{"x-cache": "true"})).read()).decode()
@@ -193,7 +212,9 @@ async def test_cache_header_opt_in_and_streamed_replay_has_same_content(pair, ht
     assert a.hits == 1
 
 
-async def test_errors_and_cut_streams_are_never_cached(pair, http) -> None:
+async def test_errors_and_cut_streams_are_never_cached(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, _ = pair
     a.script(Fail(status=500), Cut(after_events=2), Reply(text="finally"))
     body = {"model": "a/gpt", "requesty": {"cache": True}}
@@ -205,7 +226,9 @@ async def test_errors_and_cut_streams_are_never_cached(pair, http) -> None:
     assert a.hits == 3
 
 
-async def test_uncached_requests_are_not_served_from_cache(pair, http) -> None:
+async def test_uncached_requests_are_not_served_from_cache(
+    pair: Pair, http: aiohttp.ClientSession,
+) -> None:
     gw, a, _ = pair
     await chat(http, gw, {"model": "a/gpt", "requesty": {"cache": True}})
     resp = await chat(http, gw, {"model": "a/gpt"})

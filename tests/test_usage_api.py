@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from ledger_support import known_records
+from ledger_support import known_records, usage_record
 
 from proxy.app import build_app
 from proxy.auth import Authenticator, Principal
@@ -34,7 +34,7 @@ NOW = datetime.now(UTC)
 BASE = (NOW - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
 
 
-class FixedKeys(Authenticator):  # type: ignore[misc]
+class FixedKeys(Authenticator):
     """A few fixed keys: an admin and two users."""
 
     def __init__(self) -> None:
@@ -175,9 +175,8 @@ async def test_breakdown_rows_carry_group_period_and_measures(client: TestClient
 
 
 async def test_csv_is_one_row_per_group_with_exact_usd(client: TestClient[Any, Any]) -> None:
-    formula = UsageRecord(request_id="formula", ts=BASE, key_id="key-a",
-                          model_requested="=cmd()", model="=cmd()", provider="x",
-                          region="global", status=200, cost_nusd=1)
+    formula = usage_record(request_id="formula", ts=BASE, model="=cmd()", provider="x",
+                           cost_nusd=1)
     await seed(client, [*RECORDS, formula])
     resp = await client.get("/v1/organization/usage", params={"format": "csv"},
                             headers=auth(ADMIN))

@@ -171,24 +171,29 @@ async def _views(request: web.Request, rows: list[KeyRow]) -> list[dict[str, Any
         period = period_id(row.limit_period, now)
         if spend is None:  # not counted here yet: the durable snapshot for this period
             spend = row.spend_nusd if row.spend_period == period else 0
-        out.append({
+        view: dict[str, Any] = {
             "id": row.id,
             "object": "api_key",
             "name": row.name,
             "key_prefix": row.key_prefix,
             "role": row.role,
-            "limit": nano_to_usd(row.limit_nusd) if row.limit_nusd is not None else None,
             "limit_period": row.limit_period,
             "rpm": row.rpm,
             "tpm": row.tpm,
             "labels": list(row.labels),
             "owner": row.owner,
             "cache": row.cache,
-            "expiry": _iso(row.expiry),
             "created_at": _iso(row.created_at),
             "spend": nano_to_usd(spend),
             "spend_period": period,
-        })
+        }
+        # No limit, no expiry: the fields are absent, not null (the seed spec types them
+        # number and date-time, not nullable).
+        if row.limit_nusd is not None:
+            view["limit"] = nano_to_usd(row.limit_nusd)
+        if row.expiry is not None:
+            view["expiry"] = _iso(row.expiry)
+        out.append(view)
     return out
 
 

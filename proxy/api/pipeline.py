@@ -88,7 +88,8 @@ async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse
             cache_key = None
             if gw.cache.wanted(req.model_id, request_flag=req.meta.cache,
                                header=request.headers.get("x-cache"), key_flag=principal.cache):
-                cache_key = gw.cache.key(principal.owner, dialect.cache_scope(req), req.fields)
+                cache_key = gw.cache.key(principal.owner, dialect.cache_scope(req), req.fields,
+                                         req.fallbacks)
                 hit = await gw.cache.get(cache_key)
                 gw.metrics.cache_lookup(label, hit is not None)
                 if hit is not None:

@@ -108,7 +108,9 @@ def usage_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
     return Raw(_encode(body))
 
 
-def completion_response(request: web.Request, completion: Completion, outcome: Outcome) -> web.Response:
+def completion_response(
+    request: web.Request, completion: Completion, outcome: Outcome
+) -> web.Response:
     outcome.usage = completion.usage
     outcome.finish_reason = completion.finish_reason
     outcome.text_chars = completion.text_chars
@@ -247,7 +249,8 @@ async def replay(
     """Serve a response-cache hit: the same body, or the same chunks with the same framing."""
     headers = {**served_by(request, outcome), "x-cache": "HIT"}
     if not stream:
-        return web.Response(body=response_body(hit), content_type="application/json", headers=headers)
+        return web.Response(body=response_body(hit), content_type="application/json",
+                            headers=headers)
     response = EventStreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     body = frame(replay_chunks(hit, include_usage=include_usage))

@@ -1,7 +1,7 @@
 """The response cache: exact-match answers per owner, in Redis or in-process.
 
-- `key.cache_requested(...)` / `key.cache_key(owner, model_id, fields)`: who opts in, and
-  the sha256 naming a request's answer.
+- `key.cache_requested(...)` / `key.cache_key(owner, model_id, fields, fallbacks)`: who
+  opts in, and the sha256 naming a request's answer.
 - `completion.CachedCompletion` and its makers `completion_from_body` (non-streamed) and
   `completion_from_stream_chunks` (streamed; refuses an unfinished stream), and the ways
   to serve a hit: `response_body` (JSON) and `replay_chunks` (SSE chunk payloads).
@@ -14,7 +14,7 @@ In the chat handler, after decoding and admission, before routing:
     use_cache = cache.wanted(req.model_id, request_flag=req.meta.cache,
                              header=request.headers.get("x-cache"), key_flag=<key's flag>)
     if use_cache:
-        key = cache.key(principal.owner, req.model_id, req.fields)
+        key = cache.key(principal.owner, req.model_id, req.fields, req.fallbacks)
         hit = await cache.get(key)
         if hit is not None:
             # x-cache: HIT; cost 0; the record keeps hit.usage() priced on hit.model as savings

@@ -6,9 +6,11 @@ A request is cached when it opts in (`requesty.cache = true`, or the header
 
 The key is exact-match on the normalized request, scoped to the key's owner (tenants never
 share answers): sha256 over the owner, the requested model id (a policy name stays a
-policy name: any of its models may have answered) and every body field that changes the
-output. Fields that do not (`stream`, `stream_options`, `user`, and the gateway's own
-`requesty` and `models`) are left out, so a streamed and a plain request share an entry.
+policy name: any of its models may have answered), the request's own fallback list
+(`models`: any of them may have answered, so a plain request to the first model must not
+be served another model's answer) and every body field that changes the output. Fields
+that do not (`stream`, `stream_options`, `user`, and the gateway's own `requesty`) are
+left out, so a streamed and a plain request share an entry.
 Each field is decoded and re-encoded with sorted keys, so neither key order nor
 whitespace changes the key; a whole-number float (`"temperature": 1.0`) keys as the
 integer, and an explicit `null` keys as an absent field.
@@ -17,7 +19,7 @@ integer, and an explicit `null` keys as an absent field.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -25,7 +27,7 @@ from msgspec import Raw
 
 from ..config import CacheConfig
 
-# Body fields that never change the answer. `model` is keyed separately.
+# Body fields that never change the answer. `model` and `models` are keyed separately.
 IGNORED_FIELDS: Final = frozenset(
     {"model", "stream", "stream_options", "user", "requesty", "models"}
 )
@@ -65,8 +67,25 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def cache_key(owner: str, model_id: str, fields: Mapping[str, Raw]) -> str:
-    """The hex sha256 that names this request's answer for this owner."""
+def _effective_fallbacks(model_id: str, fallbacks: Sequence[str]) -> list[str]:
+    """The fallbacks as the router tries them: in order, without repeats or `model_id`."""
+    seen = {model_id}
+    kept: list[str] = []
+    for name in fallbacks:
+        if name not in seen:
+            seen.add(name)
+            kept.append(name)
+    return kept
+
+
+def cache_key(
+    owner: str, model_id: str, fields: Mapping[str, Raw], fallbacks: Sequence[str] | None = None
+) -> str:
+    """The hex sha256 that names this request's answer for this owner.
+
+    `fallbacks` is the request's `models` list. Without any (the common case) the key
+    material is what it was before fallbacks were keyed, so existing entries stay valid.
+    """
     normalized: dict[str, Any] = {}
     for name, raw in fields.items():
         if name in IGNORED_FIELDS:
@@ -74,5 +93,10 @@ def cache_key(owner: str, model_id: str, fields: Mapping[str, Raw]) -> str:
         value = msgspec.json.decode(raw)
         if value is not None:  # an explicit null is the default, as if absent
             normalized[name] = _normal(value)
-    material = msgspec.json.encode([KEY_VERSION, owner, model_id, normalized], order="sorted")
+    parts: list[Any] = [KEY_VERSION, owner, model_id, normalized]
+    if fallbacks:
+        tried = _effective_fallbacks(model_id, fallbacks)
+        if tried:
+            parts.append(tried)  # order matters: the first healthy one answers
+    material = msgspec.json.encode(parts, order="sorted")
     return hashlib.sha256(material).hexdigest()

@@ -6,7 +6,7 @@ It ties the opt-in rules and the key (`key.py`) to a store (`store.py`) and the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 from msgspec import Raw
@@ -29,11 +29,9 @@ class ResponseCache:
         cls, config: CacheConfig, redis: aioredis.Redis | None, namespace: str
     ) -> ResponseCache:
         """Redis when the gateway has one (shared by all instances), else an in-process LRU."""
-        store: CacheStore
-        if redis is not None:
-            store = RedisCache(redis, namespace)
-        else:
-            store = MemoryLRU(config.max_bytes)
+        store: CacheStore = (
+            RedisCache(redis, namespace) if redis is not None else MemoryLRU(config.max_bytes)
+        )
         return cls(store, config)
 
     @property
@@ -53,8 +51,14 @@ class ResponseCache:
             model_id, self.config, request_flag=request_flag, header=header, key_flag=key_flag
         )
 
-    def key(self, owner: str, model_id: str, fields: Mapping[str, Raw]) -> str:
-        return cache_key(owner, model_id, fields)
+    def key(
+        self,
+        owner: str,
+        model_id: str,
+        fields: Mapping[str, Raw],
+        fallbacks: Sequence[str] | None = None,
+    ) -> str:
+        return cache_key(owner, model_id, fields, fallbacks)
 
     async def get(self, key: str) -> CachedCompletion | None:
         return await self._store.get(key)

@@ -51,7 +51,9 @@ class Idempotency:
         return cls(store, retention_s=settings.idempotency.retention_s,
                    in_flight_s=settings.limits.reservation_ttl_s)
 
-    async def begin(self, request: web.Request, key_id: str, route: str, body: bytes) -> Once | None:
+    async def begin(
+        self, request: web.Request, key_id: str, route: str, body: bytes
+    ) -> Once | None:
         """None without the header. Otherwise the request's claim on its key, or the answer
         to replay; 409 while the key's first request is in flight, 422 for another body."""
         key = header_key(request.headers)

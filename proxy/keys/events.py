@@ -77,7 +77,7 @@ class KeyEvents:
             finally:
                 self.connected = False
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 except (RedisError, OSError):
                     pass
             if not self._closing:

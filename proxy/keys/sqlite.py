@@ -157,7 +157,8 @@ class SqliteKeyStore(SharedStore):
     async def spend_snapshot(self, key_id: str, period: str) -> int:
         def go(conn: sqlite3.Connection) -> int:
             r = conn.execute(
-                "SELECT spend_nusd FROM api_keys WHERE id = ? AND spend_period = ?", (key_id, period)
+                "SELECT spend_nusd FROM api_keys WHERE id = ? AND spend_period = ?",
+                (key_id, period),
             ).fetchone()
             return int(r[0]) if r else 0
 

@@ -34,7 +34,8 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     trace_id: str | None = None
     tags: list[str] = []
     extra: dict[str, str] = {}
-    headers: dict[str, str] = {}  # X-Requesty-* request headers, name lower-cased without the prefix
+    # X-Requesty-* request headers, name lower-cased without the prefix
+    headers: dict[str, str] = {}
     # The client's own X-Request-Id, echoed on the response. Kept apart from request_id:
     # a client that reuses an id must not have its later records dropped as duplicates.
     client_request_id: str | None = None

@@ -42,7 +42,9 @@ class AutoPipeline:
         self._unsent: list[Call] = []  # calls waiting for the connection to open
         self._sending: set[asyncio.Task[None]] = set()  # redis-py batches, until each finishes
 
-    def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+    def call(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((future, script, keys, args))

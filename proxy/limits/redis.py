@@ -75,8 +75,8 @@ class RedisLimits(RedisOrphans):
         now_ms = int(now * 1000)
         limit = principal.limit_nusd if principal.limit_nusd is not None else -1
         lid = reservation_id() if lease else ""
-        args: list[str | int] = [rid, worst_case_nusd, limit, now_ms, now_ms + ttl_ms, principal.rpm or 0,
-                principal.tpm or 0, estimated_tokens, 2 * ttl_ms, lease, lid]
+        args: list[str | int] = [rid, worst_case_nusd, limit, now_ms, now_ms + ttl_ms,
+                principal.rpm or 0, principal.tpm or 0, estimated_tokens, 2 * ttl_ms, lease, lid]
         keys = scripts.keys_of(self.namespace, principal.key_id, period)
         why = "the database is unreachable"
         answered = False

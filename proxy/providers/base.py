@@ -93,13 +93,13 @@ class ChatStream(abc.ABC):
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
-    async def push(self, sink: Callable[[bytes], bool]) -> None:
+    async def push(self, sink: Callable[[bytes], bool]) -> None:  # noqa: B027 - pushing nothing is valid: iterating then does it all
         """Hand what comes next to `sink` as it arrives, without a task switch per read,
         until the stream is finished or `sink` returns False (the client fell behind);
         iterating carries on from where this stopped. Streams that cannot return at once.
         """
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: nothing to release by default
         """Stop reading and release the upstream connection (the client went away)."""
 
 

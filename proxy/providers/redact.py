@@ -34,7 +34,8 @@ _KEYS: Final = re.compile(
 # Any long opaque run with letters and digits: most keys, whatever their prefix.
 _OPAQUE: Final = re.compile(r"(?<![\w\-])(?=[\w\-]*\d)(?=[\w\-]*[A-Za-z])[\w\-]{32,}(?![\w\-])")
 _IPV4: Final = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?(?![\w.])")
-_IPV6: Final = re.compile(r"(?<![\w:.])\[?(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}\]?(?::\d{1,5})?")
+_IPV6: Final = re.compile(
+    r"(?<![\w:.])\[?(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}\]?(?::\d{1,5})?")
 _INTERNAL_HOST: Final = re.compile(
     r"(?i)(?<![\w\-.])(?:[a-z0-9\-]+\.)*(?:localhost|[a-z0-9\-]+\.(?:internal|local|localdomain|"
     r"lan|corp|intranet|home\.arpa|svc|cluster\.local))(?::\d{1,5})?(?![\w\-])"

@@ -7,11 +7,14 @@ estimate (`tokens.py`).
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import hashlib
+import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Raw
@@ -28,7 +31,12 @@ _WORDS: Final = (  # noqa: SIM905 - a sentence reads better than a 41-item list
     "exactly while no network or model is needed at all"
 ).split()
 DEFAULT_COMPLETION_TOKENS: Final = 24
-EMBEDDING_DIM: Final = 16
+EMBEDDING_DIM: Final = 16  # without `dimensions`
+# `dimensions` bound: text-embedding-3-large's size, so a hostile value cannot make the
+# gateway build a huge vector.
+MAX_EMBEDDING_DIM: Final = 3072
+Dimensions = Annotated[int, msgspec.Meta(ge=1, le=MAX_EMBEDDING_DIM)]
+EncodingFormat = Literal["float", "base64"]
 _encode = msgspec.json.encode
 
 
@@ -98,7 +106,8 @@ class SimulatedProvider(Provider):
         finish = "length" if call.max_tokens == len(words) else "stop"
         usage = Usage(prompt_tokens=prompt_tokens(call.messages), completion_tokens=len(words))
         payload = {
-            "id": encode_raw("chatcmpl-sim-" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest()),
+            "id": encode_raw(
+                "chatcmpl-sim-" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest()),
             "object": Raw(b'"chat.completion"'),
             "created": encode_raw(int(time.time())),
             "model": encode_raw(call.model.upstream),
@@ -119,12 +128,14 @@ class SimulatedProvider(Provider):
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         await self._latency()
         texts = embedding_texts(field(fields, "input", EmbeddingInput))
+        dim: int = field(fields, "dimensions", Dimensions | None) or EMBEDDING_DIM
+        as_base64 = field(fields, "encoding_format", EncodingFormat | None) == "base64"
         data = []
         tokens = 0
         for i, text in enumerate(texts):
-            digest = hashlib.blake2b(text.encode(), digest_size=EMBEDDING_DIM).digest()
-            vec = [round((b - 127.5) / 127.5, 6) for b in digest]
-            data.append({"object": "embedding", "index": i, "embedding": vec})
+            vec = embedding_vector(text, dim)
+            data.append({"object": "embedding", "index": i,
+                         "embedding": float32_base64(vec) if as_base64 else vec})
             tokens += max(1, text_tokens(len(text)))
         payload = {
             "object": Raw(b'"list"'),
@@ -132,3 +143,17 @@ class SimulatedProvider(Provider):
             "model": encode_raw(model.upstream),
         }
         return Embedding(payload, Usage(prompt_tokens=tokens))
+
+
+def embedding_vector(text: str, dim: int) -> list[float]:
+    """The same text always gets the same vector, of any length, values in [-1, 1]."""
+    digest = hashlib.shake_256(text.encode()).digest(dim)
+    return [round((b - 127.5) / 127.5, 6) for b in digest]
+
+
+def float32_base64(vec: list[float]) -> str:
+    """OpenAI's `encoding_format: "base64"`: the vector as little-endian float32 bytes."""
+    packed = array.array("f", vec)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")

@@ -23,6 +23,14 @@ Handler = Callable[["Conn"], Awaitable[None]]
 JSON = b'{"ok":true}'
 
 
+def keeping(got: list[bytes]) -> Callable[[bytes], bool]:
+    """A push sink that keeps every piece and always asks for more."""
+    def sink(piece: bytes) -> bool:
+        got.append(piece)
+        return True
+    return sink
+
+
 class Conn:
     """One accepted connection, as the test's handler sees it."""
 
@@ -274,7 +282,7 @@ async def test_the_chunks_one_read_brings_are_handed_on_as_one_piece(
     got: list[bytes] = []
     async with asyncio.timeout(5):
         if pushed:
-            await resp.push(lambda piece: got.append(piece) is None)
+            await resp.push(keeping(got))
         got += [chunk async for chunk in resp]
     assert got == [b"".join(pieces)]
     resp.release()
@@ -329,7 +337,7 @@ async def test_push_returns_when_the_body_is_cut_and_iteration_raises(
     resp = await pool.post(server.endpoint(), b"{}")
     got: list[bytes] = []
     async with asyncio.timeout(5):
-        await resp.push(lambda piece: got.append(piece) is None)
+        await resp.push(keeping(got))
     assert b"".join(got) == b"only some"
     with pytest.raises(ConnectionLost):
         await anext(resp)
@@ -452,7 +460,8 @@ async def test_second_caller_waits_for_the_only_connection(serve: Any) -> None:
         await pool.close()
 
 
-STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
 LAST_EVENT = b"data: [DONE]\n\n"
 
 
@@ -526,7 +535,8 @@ async def test_refused_connection_maps_to_could_not_connect_saying_why(
     mapped = transport_error("up", info.value)
     assert mapped.reason == "connect"
     # The client is told why, without the address; the operator's log has both.
-    assert mapped.message == "Could not connect to upstream provider `up`: the connection was refused."
+    assert mapped.message == ("Could not connect to upstream provider `up`: "
+                              "the connection was refused.")
     assert [r.getMessage() for r in caplog.records if r.name == "proxy.upstream"] == [
         f"upstream http://127.0.0.1:{port}: connection failed: the connection was refused"]
 

@@ -266,7 +266,8 @@ class AnthropicStream(ChatStream):
                         batch += tr.feed(event, payload)
                     except UpstreamError:
                         if batch:
-                            yield frame(batch)  # what came before the error still reaches the client
+                            # what came before the error still reaches the client
+                            yield frame(batch)
                         raise
                     finally:
                         self._sync()

@@ -1,41 +1,43 @@
-"""The gateway's throughput as a share of the bare forwarder's, measured in alternation.
+"""bench.py's ratio mode: the gateway's throughput as a share of the bare forwarder's,
+measured in alternation.
 
-    python3 loadtest/ratio.py                          # 15 rounds of 3 s a mode (~4 min)
-    python3 loadtest/ratio.py --rounds 30 --seconds 2 --modes stream
+    python3 loadtest/bench.py --ratio                        # 15 rounds of 3 s a mode (~4 min)
+    python3 loadtest/bench.py --ratio --rounds 30 --seconds 2 --modes stream
     git worktree add /tmp/gw-base HEAD~1
-    python3 loadtest/ratio.py --against /tmp/gw-base   # this tree's gateway over that one's
+    python3 loadtest/bench.py --against /tmp/gw-base         # this tree's gateway over that one's
+    printf '[limits]\nlease_requests = 0\n' > /tmp/nolease.toml
+    python3 loadtest/bench.py --against . --against-toml /tmp/nolease.toml   # a switch, A/B
 
-bench.py measures its targets one after another, minutes apart. On a contended host (see
-instructions.py: the same spin loop ran 5–8.7 M iterations a second from one second to the
-next) the machine a target gets drifts within those minutes, and the throughput ratio, the
-issue's target, moves with it (53 % and 85 % for chat and stream in one bench.py run on
-2026-11-26, against 77 % and 69 % on a quiet day). Here both run at once on the server core,
-only one under load at a time, and short wrk runs at c=64 alternate: bare, gateway, bare,
-gateway, ..., bare. Each gateway run's ratio is its RPS over the mean of the two bare runs
-around it, so a drift slower than a round cancels; the report gives the median of the
-rounds and their spread, and the CPU µs a request of each side (from /proc, as bench.py).
-Same setup as bench.py: nginx answering fixed bodies on the load core with wrk, Redis and
-PostgreSQL kept there too, the gateway with everything on.
+bench.py's table measures its targets one after another, minutes apart. On a contended host
+(the same spin loop ran 5–8.7 M iterations a second from one second to the next) the machine
+a target gets drifts within those minutes, and the throughput ratio, the design's target,
+moves with it (53 % and 85 % for chat and stream in one table run on 2026-11-26, against 77 %
+and 69 % on a quiet day). Here both run at once on the server core, only one under load at a
+time, and short wrk runs at c=64 alternate: bare, gateway, bare, gateway, ..., bare. Each
+gateway run's ratio is its RPS over the mean of the two bare runs around it, so a drift
+slower than a round cancels; the report gives the median of the rounds and their spread,
+and the CPU µs a request of each side (from /proc, as bench.py). Same setup as the table:
+nginx answering fixed bodies on the load core with wrk, Redis and PostgreSQL kept there too,
+the gateway with everything on.
 
 `--against TREE` puts the gateway of another checkout (its own database, Redis namespace
 and key, the same config) where the bare forwarder was: the ratio is then this tree's
 throughput over that one's, a wall-clock A/B of a change that the host's drift would
-otherwise hide (instructions.py counts user space only; this sees the kernel's share).
+otherwise hide (count.py --tool callgrind counts user space only; this sees the kernel's
+share). `--against-toml FILE` adds config to the reference gateway only.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack
-from bench import RESULTS, Bench, Run
+from bench import Bench, Run
 
 
 def alternate(bench: Bench, mode: str, targets: dict[str, tuple[str, str | None, stack.Proc]],
@@ -80,31 +82,8 @@ def summarize(mode: str, bare: list[Run], gateway: list[Run]) -> str:
             f"| {med(gateway, 'cpu_us_per_req'):.0f} | {errors or 'none'} |")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--modes", default="chat,stream", type=lambda s: s.split(","))
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
-    p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT)
-    p.add_argument("--pg", default=stack.PG_DEFAULT)
-    p.add_argument("--redis", default=stack.REDIS_DEFAULT)
-    p.add_argument("--load-core", type=int, default=0)
-    p.add_argument("--server-core", type=int, default=1)
-    p.add_argument("--wrk-timeout", type=int, default=10)
-    p.add_argument("--against", metavar="TREE", type=Path,
-                   help="the reference is the gateway of this checkout, not the bare forwarder")
-    p.add_argument("--against-toml", metavar="FILE", type=Path,
-                   help="extra gateway config for the --against gateway only: with "
-                        "--against . it A/Bs a switch in this tree")
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    args.no_pin = False  # what Bench reads
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_ratio(args: argparse.Namespace) -> int:
+    """`bench.py --ratio` (and `--against TREE`): the alternating runs, their report."""
     stamp = time.strftime("%Y-%m-%dT%H%M%S")
     with tempfile.TemporaryDirectory(prefix="gateway-ratio-") as tmp:
         workdir = Path(tmp)
@@ -156,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# Gateway throughput as a share of the bare forwarder's, {stamp}", "", setup, "",
         header, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
     print("\n" + report)
-    RESULTS.mkdir(exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"ratio-{stamp}.md"
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else results / f"ratio-{stamp}.md"
     out.write_text(report)
     print(f"written: {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

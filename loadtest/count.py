@@ -1,4 +1,19 @@
-"""Instructions per request, by callgrind: the gateway (everything on) and the bare forwarder.
+"""Counts per request that a noisy host cannot move: one tool, two counters.
+
+    .venv/bin/python loadtest/count.py --tool callgrind        # instructions (user space)
+    .venv/bin/python loadtest/count.py --tool strace           # system calls (the kernel's share)
+    git worktree add /tmp/gw-base HEAD~1                      # a revision to compare
+    .venv/bin/python loadtest/count.py --tool callgrind --compare /tmp/gw-base .   # B/A per mode
+    .venv/bin/python loadtest/count.py --tool strace --concurrency 64 --requests 3000 \
+        --modes chat,stream
+    .venv/bin/python loadtest/count.py --tool callgrind --workdir /tmp/cg   # keep the dumps
+    callgrind_annotate /tmp/cg/gateway/cg.<pid>.<n> | head -40    # where they went (C functions)
+
+Both start the same targets (harness.py: the bare forwarder and one gateway per checkout,
+everything on, background timers as quiet_timers_toml says) and send the same modes (chat,
+the one-piece stream, paced streams); they differ in what they count.
+
+## --tool callgrind: instructions per request
 
 Why: this 2-core VM shares a contended host (a pure-Python spin loop runs 5M-8M iterations/s
 from one second to the next), so wall-clock figures (bench.py) swing +-30 % between runs and a
@@ -40,16 +55,7 @@ requests, while this counts at --concurrency (default 1). Seen together: chat 0.
 against 77 % there, stream 0.51 against 69 %. So the ratio shows the direction and the
 relative size of a change in user-space work; it does not predict the throughput ratio.
 
-Commands (the gateway's venv Python, for aiohttp; ~3 min for one tree, both targets, all
-modes, 3 repeats; ~5 min with --compare):
-
-    /tmp/venvtest/bin/python loadtest/instructions.py                 # bare and this tree
-    /tmp/venvtest/bin/python loadtest/instructions.py --targets gateway --modes chat \
-        --requests 800 --repeat 5
-    git worktree add /tmp/gw-base HEAD                                 # a revision to compare
-    /tmp/venvtest/bin/python loadtest/instructions.py --compare /tmp/gw-base .   # B/A per mode
-    /tmp/venvtest/bin/python loadtest/instructions.py --gateway-tree /tmp/gw-base --workdir /tmp/cg
-    callgrind_annotate /tmp/cg/gateway/cg.<pid>.<n> | head -40    # where they went (C functions)
+Time: ~3 min for one tree, both targets, all modes, 3 repeats; ~5 min with --compare.
 
 `--compare A B` starts one gateway per tree (both stay up) and measures them alternately,
 A then B, in every repeat. Each tree runs its own code (stack.Gateway's `tree`) with this
@@ -68,6 +74,20 @@ runs) the figure is ~3.5 % higher and spreads ~1.3 %: under valgrind every reque
 ~50x longer, so per-second work weighs ~50x more per request, and how much of it a window
 holds depends on how long the host let the window take. The "idle" figure is what is left
 on a timer, per second with no traffic.
+
+## --tool strace: system calls per request
+
+Why: on this VM a relayed stream chunk spends about half its time in the kernel (perf:
+the client write, which on loopback also runs the client's receive path, the upstream read,
+epoll), and the host's drift hides a change of a few per cent in wall-clock runs. The number
+of calls does not drift: `strace -c -f` attached to the server for N requests of one mode
+(the same clients, modes and gateway config as callgrind's: chat, the one-piece stream,
+paced streams) counts every call of every thread, Redis and PostgreSQL round trips and the
+ledger's writes included. strace slows each call, so this counts; it does not time.
+
+Reads and writes at concurrency 1 repeat exactly from run to run; epoll wake-ups depend on
+timing (whether the next bytes are already there when the loop looks), so they move by a
+few tenths a request between runs, more in the paced mode's 4 streams at once.
 """
 
 from __future__ import annotations
@@ -76,143 +96,55 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shapes
 import stack
+from harness import (
+    CLIENT_TIMEOUT,
+    MODES,
+    SETTLE_S,
+    TARGETS,
+    Client,
+    HarnessError,
+    Launch,
+    Reads,
+    Target,
+    aiohttp,
+    describe_tree,
+    gateway_trees,
+    run_n,
+    start_targets,
+    upstreams,
+)
 
-try:
-    import aiohttp
-except ImportError:  # pragma: no cover
-    sys.exit("instructions.py needs aiohttp: run it with the gateway's venv python "
-             f"({stack.GATEWAY_PYTHON_DEFAULT})")
-
-MODES: Final = ("chat", "stream", "paced")
-TARGETS: Final = ("bare", "gateway")
-PACED_MODEL: Final = "bench-paced/gpt-4o-mini"
-BARE_MODEL: Final = "gpt-4o-mini"  # bench.py's: the bare forwarder passes the body on as is
-CHAT_PATH: Final = "/v1/chat/completions"
+TOOLS: Final = ("callgrind", "strace")
 # String hashes (dict and set layouts, hence some instruction counts) the same in every run.
 FIXED_HASHES: Final = {"PYTHONHASHSEED": "0"}
 STARTUP_TIMEOUT_S: Final = 900.0  # imports, migrations and first requests, all under valgrind
 STOP_TIMEOUT_S: Final = 120.0  # draining and the ledger's last flush, under valgrind
-CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout(total=600)
-# Before zeroing and before each dump: what the last requests set off (a ledger flush, the
-# access log's write 100 ms later) lands inside the window that caused it.
-SETTLE_S: Final = 0.3
+ATTACH_TIMEOUT_S: Final = 10.0  # strace attaching to a running server
 # Counters that must not move while counting: a Redis timeout, a database error or an
 # upstream failure sends the request down another (cheaper or dearer) path.
 HEALTH_METRICS: Final = ("proxy_redis_errors_total", "proxy_database_errors_total",
                          "proxy_upstream_errors_total", "proxy_ledger_records_spooled_total")
 
 
-class HarnessError(Exception):
-    """Something other than the gateway's cost went wrong: the figure would mean nothing."""
-
-
-# --- the targets under callgrind ---------------------------------------------------------------
+# === callgrind: instructions ====================================================================
 
 
 def valgrind(workdir: Path) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={workdir}/cg.%p"]
-
-
-@dataclass
-class Target:
-    """One process under callgrind, and how the client calls it."""
-
-    label: str  # "bare", or the gateway's tree: "gateway" (one tree), "A", "B" (--compare)
-    proc: stack.Proc
-    workdir: Path  # its callgrind dumps and log
-    base: str
-    key: str | None
-    models: dict[str, str]  # the modes it serves, and the model to ask for
-    stop: Callable[[], None]
-    gateway: stack.Gateway | None = None  # None: the bare forwarder (no /metrics, no ledger)
-    callgrind: Callgrind = field(init=False)
-
-    def __post_init__(self) -> None:
-        # taskset and valgrind exec in place: the pid is the counted process
-        self.callgrind = Callgrind(self.proc.pid, self.workdir)
-
-
-def start_gateway(label: str, tree: Path, workdir: Path, args: argparse.Namespace, nginx: str,
-                  paced: str) -> Target:
-    gw = stack.Gateway(workdir, args.gateway_python, args.core, nginx + "/v1", nginx + "/sse/v1",
-                       pg=None if args.no_pg else args.pg,
-                       redis_url=None if args.no_redis else args.redis,
-                       extra_toml=paced_toml(paced + "/v1")
-                       + quiet_timers_toml(args.ledger_flush_rows),
-                       tree=tree, wrapper=valgrind(workdir), env=FIXED_HASHES,
-                       start_timeout=STARTUP_TIMEOUT_S, stop_timeout=STOP_TIMEOUT_S)
-    models = {"chat": stack.CHAT_MODEL, "stream": stack.STREAM_MODEL, "paced": PACED_MODEL}
-    return Target(label, gw.proc, workdir, gw.base, gw.key, models, gw.stop, gw)
-
-
-def start_bare(workdir: Path, args: argparse.Namespace, upstream: str,
-               modes: list[str]) -> Target:
-    """A bare forwarder to `upstream` for `modes`: it has one upstream, so nginx (chat,
-    stream: /sse/ is nginx's stream) and the paced fake upstream need one each."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc, base = stack.start_bare(workdir, args.gateway_python, args.core, upstream,
-                                  wrapper=valgrind(workdir), env=FIXED_HASHES,
-                                  timeout=STARTUP_TIMEOUT_S)
-    return Target("bare", proc, workdir, base, None, dict.fromkeys(modes, BARE_MODEL),
-                  lambda: proc.stop(timeout=STOP_TIMEOUT_S))
-
-
-def paced_toml(base: str) -> str:
-    """A provider and model for the paced fake upstream, appended to stack.gateway_toml's."""
-    return "\n".join([
-        "[providers.bench-paced]",
-        'protocol = "openai"',
-        f'base_url = "{base}"',
-        'api_key_env = "BENCH_UPSTREAM_KEY"',
-        "",
-        "[[models]]",
-        f'id = "{PACED_MODEL}"',
-        'provider = "bench-paced"',
-        'upstream = "gpt-4o-mini"',
-        "input_price = 0.15",
-        "output_price = 0.60",
-        "context_window = 128000",
-        "",
-    ])
-
-
-def quiet_timers_toml(flush_rows: int) -> str:
-    """Background work counted in requests, not in wall-clock seconds ("" with flush_rows 0).
-
-    Under valgrind a request takes ~50x longer, so work the gateway does every so many
-    seconds weighs ~50x more per request than in production, and how much of it a window
-    holds depends on how long the window took. Measured: a ledger flush (a journal segment, a
-    transaction with COPY) costs about as much as a request, and the limits' 5 s spend
-    snapshot (an executemany into PostgreSQL) about 1.5 requests; on their timers they moved
-    the per-request figure by 1-2 %. So the ledger flushes every `flush_rows` records (a
-    window of a multiple of it always holds the same flushes; 50 records is what a 200 ms
-    flush carries at 250 requests/s), and the limits' sweep and snapshot wait an hour.
-    What stays on a timer (not configurable): the key registry's 5 s refresh, which re-reads
-    and re-applies the unchanged key (~1 M instructions with what follows), the access log's
-    100 ms write and the pools' 30 s sweeps; the "idle" figure shows their rate at rest.
-    """
-    if not flush_rows:
-        return ""
-    return "\n".join(["", "[ledger]", f"flush_rows = {flush_rows}", "flush_interval_ms = 3600000",
-                      "", "[limits]", "sweep_interval_s = 3600.0", "snapshot_interval_s = 3600.0",
-                      ""])
 
 
 class Callgrind:
@@ -272,79 +204,6 @@ def scrape_health(t: Target) -> dict[str, float]:
     return totals
 
 
-# --- the client -----------------------------------------------------------------------------
-
-
-@dataclass
-class Reads:
-    """What the client saw of the streams of one window."""
-
-    token_reads: int = 0  # reads that carried token chunks
-    tokens: int = 0  # token chunks (events with "content")
-    gaps_ms: list[float] = field(default_factory=list)  # between token reads of a stream
-
-    def merge(self, other: Reads) -> None:
-        self.token_reads += other.token_reads
-        self.tokens += other.tokens
-        self.gaps_ms += other.gaps_ms
-
-
-class Client:
-    """Requests of one mode on one keep-alive session: `one()` sends one and checks it."""
-
-    def __init__(self, session: aiohttp.ClientSession, t: Target, mode: str) -> None:
-        self.session = session
-        # nginx serves the stream under /sse/; the gateway routes by model
-        sse = mode == "stream" and not t.gateway
-        self.url = t.base + ("/sse" if sse else "") + CHAT_PATH
-        self.body = shapes.chat_request(t.models[mode], stream=mode != "chat")
-        self.headers = {"Content-Type": "application/json"}
-        if t.key:
-            self.headers["Authorization"] = f"Bearer {t.key}"
-        self.stream = mode != "chat"
-        self.reads = Reads()
-
-    async def one(self) -> None:
-        async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
-            if not self.stream:
-                data = await resp.read()
-                if resp.status != 200 or b'"chat.completion"' not in data:
-                    raise HarnessError(f"chat: status {resp.status}: {data[:200]!r}")
-                return
-            if resp.status != 200:
-                raise HarnessError(f"stream: status {resp.status}: {(await resp.read())[:200]!r}")
-            seen, last, tail = Reads(), 0.0, b""
-            async for data in resp.content.iter_any():
-                now = time.monotonic()
-                n = data.count(b'"content"')
-                if n:
-                    seen.token_reads += 1
-                    seen.tokens += n
-                    if last:
-                        seen.gaps_ms.append((now - last) * 1000)
-                    last = now
-                tail = (tail + data)[-64:]
-            if not tail.rstrip().endswith(b"data: [DONE]"):
-                raise HarnessError(f"stream ended without [DONE]: ...{tail!r}")
-            self.reads.merge(seen)
-
-
-async def run_n(one: Callable[[], Awaitable[None]], n: int, concurrency: int,
-                stagger_s: float = 0.0) -> None:
-    """`n` calls of `one`, `concurrency` at a time; worker k starts k * stagger_s late so
-    paced streams do not all tick at the same instant (one loop wake-up for all of them)."""
-    left = n
-
-    async def worker(k: int) -> None:
-        nonlocal left
-        await asyncio.sleep(k * stagger_s)
-        while left > 0:
-            left -= 1
-            await one()
-
-    await asyncio.gather(*(worker(k) for k in range(min(concurrency, n))))
-
-
 # --- one measurement ------------------------------------------------------------------------
 
 
@@ -375,7 +234,7 @@ async def measure(t: Target, mode: str, args: argparse.Namespace) -> Sample:
     n = args.paced_streams if mode == "paced" else args.requests
     concurrency = args.paced_concurrency if mode == "paced" else args.concurrency
     stagger = 1 / args.paced_tps / concurrency if mode == "paced" else 0.0
-    cg = t.callgrind
+    cg = Callgrind(t.proc.pid, t.workdir)  # taskset and valgrind exec in place: the pid
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=CLIENT_TIMEOUT) as session:
         client = Client(session, t, mode)
@@ -425,7 +284,7 @@ async def prime(t: Target, n: int) -> None:
 def idle_rate(t: Target, seconds: float = 10.0) -> float:
     """Instructions a second with no traffic: what is left on timers. 10 s: two of the key
     registry's 5 s refreshes, the biggest of them, whatever the phase."""
-    cg = t.callgrind
+    cg = Callgrind(t.proc.pid, t.workdir)  # taskset and valgrind exec in place: the pid
     cg.instrument(True)
     time.sleep(0.5)
     cg.zero()
@@ -440,87 +299,18 @@ def idle_rate(t: Target, seconds: float = 10.0) -> float:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def describe_tree(tree: Path) -> str:
-    """`<path> @ <commit>[+dirty]` (read-only git)."""
-    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "proxy"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    return f"{tree} @ {commit}" + (" (proxy/ has uncommitted changes)" if dirty else "")
-
-
-def start_targets(args: argparse.Namespace, workdir: Path, trees: dict[str, Path], nginx: str,
-                  paced: str) -> list[Target]:
-    """Every process to count, started side by side (startup under valgrind takes a while):
-    the bare forwarder(s), then one gateway per tree, the order they are measured in."""
-    starts: list[Callable[[], Target]] = []
-    if "bare" in args.targets:
-        unpaced = [m for m in args.modes if m != "paced"]
-        if unpaced:
-            starts.append(partial(start_bare, workdir / "bare", args, nginx, unpaced))
-        if "paced" in args.modes:
-            starts.append(partial(start_bare, workdir / "bare-paced", args, paced, ["paced"]))
-    starts += [partial(start_gateway, label, tree, workdir / label, args, nginx, paced)
-               for label, tree in trees.items()]
-    with ThreadPoolExecutor(len(starts)) as pool:
-        futures = [pool.submit(start) for start in starts]
-        started, failed = [], None
-        for f in futures:
-            try:
-                started.append(f.result())
-            except Exception as e:  # noqa: BLE001 - stop the others, then report this one
-                failed = failed or e
-    if failed:
-        for t in started:
-            t.stop()
-        raise failed
-    return started
-
-
-def gateway_trees(args: argparse.Namespace) -> dict[str, Path]:
-    """The checkouts whose gateways run, by label: "gateway", or "A" and "B" (--compare)."""
-    trees = ({} if "gateway" not in args.targets
-             else dict(zip("AB", map(Path, args.compare), strict=True)) if args.compare
-             else {"gateway": Path(args.gateway_tree)})
-    return {label: tree.resolve() for label, tree in trees.items()}
-
-
-@contextmanager
-def upstreams(workdir: Path, python: str, tps: float, tokens: int) -> Iterator[tuple[str, str]]:
-    """nginx (chat, the one-piece stream) and the paced fake upstream, unpinned: their bases."""
-    nginx_proc, nginx = stack.start_nginx(workdir, None)
-    try:
-        upstream_proc, paced = stack.start_fake_upstream(
-            workdir, python, None, "--tokens-per-second", str(tps), "--stream-tokens", str(tokens))
-        try:
-            yield nginx, paced
-        finally:
-            upstream_proc.stop()
-    finally:
-        nginx_proc.stop()
-
-
-def run(args: argparse.Namespace, workdir: Path) -> int:
-    trees = gateway_trees(args)
-    for tree in trees.values():
-        if not (tree / "proxy" / "__main__.py").exists():
-            raise HarnessError(f"{tree} has no proxy/__main__.py: not a checkout of the gateway")
+def run_callgrind(args: argparse.Namespace, workdir: Path, trees: dict[str, Path],
+                  sources: dict[str, str]) -> str:
     started = time.monotonic()
-    print(f"instructions: targets {', '.join(args.targets)}; modes {', '.join(args.modes)}; "
-          f"{args.requests} requests (paced: {args.paced_streams} streams); "
-          f"{args.repeat} repeat(s); core {args.core}; workdir {workdir}", flush=True)
-    # described before the run: the tree may change (commits, edits) while it runs
-    sources = {"bare": f"loadtest/bare_forwarder.py of {stack.REPO}",
-               **{label: describe_tree(tree) for label, tree in trees.items()}}
-    for label in trees:
-        print(f"  {label}: {sources[label]}", flush=True)
     samples: list[Sample] = []
     idle: dict[str, float] = {}
     features: dict[str, str] = {}
+    launch = launch_for(args, wrapper=valgrind, env=FIXED_HASHES,
+                        start_timeout_s=STARTUP_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S)
     with upstreams(workdir, args.gateway_python, args.paced_tps, args.paced_tokens) as (
             nginx, paced):
         t0 = time.monotonic()
-        targets = start_targets(args, workdir, trees, nginx, paced)
+        targets = start_targets(launch, args.targets, args.modes, workdir, trees, nginx, paced)
         print(f"  {len(targets)} process(es) up under valgrind in {time.monotonic() - t0:.0f} s",
               flush=True)
         gateways = [t.gateway for t in targets if t.gateway]
@@ -547,19 +337,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         finally:
             for t in targets:
                 t.stop()
-    print("\n" + render(args, list(trees), sources, samples, idle, features,
-                         time.monotonic() - started))
-    return 0
-
-
-# --- the report -------------------------------------------------------------------------------
+    return render_callgrind(args, list(trees), sources, samples, idle, features,
+                            time.monotonic() - started)
 
 
 def spread_pct(values: list[float]) -> float:
     return 100 * (max(values) - min(values)) / statistics.median(values) if values else 0.0
 
 
-def render(args: argparse.Namespace, trees: list[str], sources: dict[str, str],
+
+def render_callgrind(args: argparse.Namespace, trees: list[str], sources: dict[str, str],
            samples: list[Sample], idle: dict[str, float], features: dict[str, str],
            elapsed: float) -> str:
     """`trees`: the gateways' labels; `sources`: what each label ran."""
@@ -628,19 +415,154 @@ def render(args: argparse.Namespace, trees: list[str], sources: dict[str, str],
     return "\n".join(lines) + "\n"
 
 
+# === strace: system calls ======================================================================
+
+
+class Strace:
+    """`strace -c -f` attached to one process until `stop()`; `stop()` returns the counts."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
+        for line in self.proc.stderr:  # "strace: Process N attached [with K threads]"
+            if "attached" in line:
+                return
+            if time.monotonic() > deadline:
+                break
+        self.proc.kill()
+        raise HarnessError(f"strace did not attach to {pid}")
+
+    def stop(self) -> Counter[str]:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        return parse_summary(self.out.read_text())
+
+
+def parse_summary(text: str) -> Counter[str]:
+    """Calls by name from strace -c's table (`% time seconds usecs/call calls [errors] name`)."""
+    calls: Counter[str] = Counter()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) in (5, 6) and parts[0][0].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] += int(parts[3])
+    return calls
+
+
+async def count_calls(t: Target, mode: str, args: argparse.Namespace, out: Path) -> Counter[str]:
+    """Calls per request of `mode`, by name: N requests after a warm-up."""
+    n = args.paced_streams if mode == "paced" else args.requests
+    concurrency = 4 if mode == "paced" else args.concurrency
+    stagger = 1 / 50 / concurrency if mode == "paced" else 0.0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                     timeout=CLIENT_TIMEOUT) as session:
+        client = Client(session, t, mode)
+        await run_n(client.one, args.warmup, concurrency, stagger)
+        await asyncio.sleep(SETTLE_S)
+        strace = Strace(t.proc.pid, out)
+        try:
+            await run_n(client.one, n, concurrency, stagger)
+            await asyncio.sleep(SETTLE_S)
+        finally:
+            calls = strace.stop()
+    if not calls:
+        raise HarnessError(f"{t.label}/{mode}: strace counted nothing ({out})")
+    return Counter({name: c / n for name, c in calls.items()})
+
+
+def render_strace(results: list[tuple[str, str, Counter[str]]], sources: dict[str, str],
+           args: argparse.Namespace) -> str:
+    # every call made at least 0.5 times a request by some target, most frequent first
+    totals: Counter[str] = Counter()
+    for _, _, calls in results:
+        totals.update({name: c for name, c in calls.items() if c >= 0.5})
+    names = [name for name, _ in totals.most_common()]
+    lines = [f"# System calls per request (strace -c -f), {time.strftime('%Y-%m-%d %H:%M')}", "",
+             *(f"- {label}: {src}" for label, src in sources.items()), "",
+             (f"chat and stream: {args.requests} requests, {args.concurrency} at a time; paced: "
+              f"{args.paced_streams} streams of 20 tokens at 50 tokens/s, 4 at once"), "",
+             "| target | mode | all | " + " | ".join(names) + " | other |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]
+    for label, mode, calls in results:
+        total = sum(calls.values())
+        other = total - sum(calls.get(n, 0.0) for n in names)
+        lines.append(f"| {label} | {mode} | **{total:.1f}** | "
+                     + " | ".join(f"{calls.get(n, 0.0):.1f}" for n in names)
+                     + f" | {other:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_strace(args: argparse.Namespace, workdir: Path, trees: dict[str, Path],
+               sources: dict[str, str]) -> str:
+    results: list[tuple[str, str, Counter[str]]] = []
+    with upstreams(workdir, args.gateway_python, args.paced_tps, args.paced_tokens) as (
+            nginx, paced):
+        targets = start_targets(launch_for(args), args.targets, args.modes, workdir, trees,
+                                nginx, paced)
+        try:
+            for t in targets:
+                for mode in (m for m in args.modes if m in t.models):
+                    calls = asyncio.run(count_calls(t, mode, args, t.workdir / f"strace-{mode}"))
+                    results.append((t.label, mode, calls))
+                    print(f"  {t.label:7} {mode:6} {sum(calls.values()):6.1f} calls/request",
+                          flush=True)
+        finally:
+            for t in targets:
+                t.stop()
+    return render_strace(results, sources, args)
+
+
+# === the command ===============================================================================
+
+
+def launch_for(args: argparse.Namespace, **how: Any) -> Launch:
+    return Launch(gateway_python=args.gateway_python, core=args.core,
+                  pg=None if args.no_pg else args.pg,
+                  redis_url=None if args.no_redis else args.redis,
+                  ledger_flush_rows=args.ledger_flush_rows, **how)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    trees = gateway_trees(args.targets, args.compare, args.gateway_tree)
+    for tree in trees.values():
+        if not (tree / "proxy" / "__main__.py").exists():
+            raise HarnessError(f"{tree} has no proxy/__main__.py: not a checkout of the gateway")
+    print(f"count --tool {args.tool}: targets {', '.join(args.targets)}; modes "
+          f"{', '.join(args.modes)}; {args.requests} requests (paced: {args.paced_streams} "
+          f"streams); {args.repeat} repeat(s); core {args.core}; workdir {workdir}", flush=True)
+    # described before the run: the tree may change (commits, edits) while it runs
+    sources = {"bare": f"loadtest/bare_forwarder.py of {stack.REPO}",
+               **{label: describe_tree(tree) for label, tree in trees.items()}}
+    for label in trees:
+        print(f"  {label}: {sources[label]}", flush=True)
+    runner = run_callgrind if args.tool == "callgrind" else run_strace
+    print("\n" + runner(args, workdir, trees, sources))
+    return 0
+
+
+# Per tool: (requests, paced streams, repeats). Under valgrind a request is ~50x slower.
+DEFAULTS: Final = {"callgrind": (400, 100, 3), "strace": (200, 40, 1)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tool", choices=TOOLS, required=True,
+                   help="callgrind: instructions (user space); strace: system calls")
     p.add_argument("--targets", default=",".join(TARGETS),
                    help=f"subset of {','.join(TARGETS)} (default both)")
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    p.add_argument("--requests", type=int, default=400,
-                   help="counted requests per mode and repeat, chat and stream (default 400)")
-    p.add_argument("--repeat", type=int, default=3, help="measurements per target and mode")
+    p.add_argument("--requests", type=int,
+                   help="counted requests per mode and repeat, chat and stream "
+                        "(default: callgrind 400, strace 200)")
+    p.add_argument("--repeat", type=int,
+                   help="measurements per target and mode (default: callgrind 3, strace 1)")
     p.add_argument("--concurrency", type=int, default=1, help="chat and stream (default 1)")
     p.add_argument("--warmup", type=int, default=20,
                    help="uncounted requests per mode before counting (default 20)")
-    p.add_argument("--paced-streams", type=int, default=100,
-                   help="counted streams (default 100)")
+    p.add_argument("--paced-streams", type=int,
+                   help="counted streams (default: callgrind 100, strace 40)")
     p.add_argument("--paced-concurrency", type=int, default=4)
     p.add_argument("--paced-tokens", type=int, default=20)
     p.add_argument("--paced-tps", type=float, default=50.0, help="tokens per second")
@@ -648,8 +570,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the checkout whose gateway runs (default: this repo)")
     p.add_argument("--compare", nargs=2, metavar=("PATH_A", "PATH_B"),
                    help="two checkouts, measured alternately; prints B/A per mode")
-    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT
-                   if os.path.exists(stack.GATEWAY_PYTHON_DEFAULT) else sys.executable)
+    p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT)
     p.add_argument("--pg", default=stack.PG_DEFAULT)
     p.add_argument("--no-pg", action="store_true", help="ledger in SQLite instead")
     p.add_argument("--redis", default=stack.REDIS_DEFAULT)
@@ -660,9 +581,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "background work (default 50; 0: the gateway's timers, as bench.py)")
     p.add_argument("--core", type=int, default=1 if (os.cpu_count() or 1) > 1 else -1,
                    help="the core the counted processes run on (default 1; -1: not pinned)")
-    p.add_argument("--workdir", help="keep configs, logs and callgrind dumps here "
+    p.add_argument("--workdir", help="keep configs, logs, dumps and summaries here "
                    "(default: a temp dir, removed)")
     a = p.parse_args(argv)
+    requests, streams, repeat = DEFAULTS[a.tool]
+    a.requests = a.requests or requests
+    a.paced_streams = a.paced_streams or streams
+    a.repeat = a.repeat or repeat
     a.modes = [m for m in a.modes.split(",") if m]
     a.targets = [t for t in a.targets.split(",") if t]
     for given, known in ((a.modes, MODES), (a.targets, TARGETS)):
@@ -675,10 +600,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--compare measures gateways: --targets must include gateway")
     a.core = None if a.core < 0 else a.core
     rows = a.ledger_flush_rows
-    for n in (a.requests, a.paced_streams):
-        if n < 2 or rows and n % (2 * rows):
-            p.error(f"--requests and --paced-streams: multiples of 2 x --ledger-flush-rows "
-                    f"({2 * rows}), so each half holds the same ledger flushes")
+    if a.tool == "callgrind":
+        for n in (a.requests, a.paced_streams):
+            if n < 2 or (rows and n % (2 * rows)):
+                p.error(f"--requests and --paced-streams: multiples of 2 x --ledger-flush-rows "
+                        f"({2 * rows}), so each half holds the same ledger flushes")
     return a
 
 
@@ -688,10 +614,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir:
             Path(args.workdir).mkdir(parents=True, exist_ok=True)
             return run(args, Path(args.workdir).resolve())
-        with tempfile.TemporaryDirectory(prefix="gateway-instructions-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"gateway-count-{args.tool}-") as tmp:
             return run(args, Path(tmp))
     except (HarnessError, stack.BenchError) as e:
-        print(f"instructions: FAILED: {e}", file=sys.stderr)
+        print(f"count: FAILED: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
