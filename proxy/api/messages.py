@@ -68,7 +68,7 @@ class MessagesCall:
 
     def __init__(self, request: web.Request, body: bytes, default_model: str) -> None:
         fields = decode_body(body)
-        self.model_id: str = required(fields, "model", str)
+        self.model_id: str = field(fields, "model", str | None) or default_model
         self.fallbacks: list[str] | None = None
         self.max_tokens: int = required(fields, "max_tokens", int)
         if not 1 <= self.max_tokens <= MAX_TOKENS:
@@ -216,7 +216,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     body = await read_body(request, gw.settings.max_body_bytes)
     fields = decode_body(body)
-    model_id: str = required(fields, "model", str)
+    model_id: str = field(fields, "model", str | None) or gw.settings.default_model
     messages_ = required(fields, "messages", list[dict[str, Any]])
     route = gw.router.resolve(model_id)
     model = route.models[0]
