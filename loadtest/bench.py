@@ -386,8 +386,9 @@ class Bench:
             if mode in DIALECT_MODES:  # against the forwarder's chat, and the gateway's chat
                 bare, gw_chat = self.row("bare", "chat"), self.row("gateway", "chat")
                 if gw and gw_chat and gw.c64 and gw_chat.c64:
-                    out.append(f"- {mode}: gateway throughput {100 * gw.c64.rps / gw_chat.c64.rps:.0f}"
-                               "% of its own chat throughput")
+                    share = 100 * gw.c64.rps / gw_chat.c64.rps
+                    out.append(f"- {mode}: gateway throughput {share:.0f}% of its own chat "
+                               "throughput")
             direct, lite = self.row("direct", mode), self.row("litellm", mode)
             if gw and bare and gw.c64 and bare.c64 and gw.c1 and bare.c1:
                 ratio = 100 * gw.c64.rps / bare.c64.rps

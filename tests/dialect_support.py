@@ -11,15 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from conftest import UPSTREAM_SECRET
-from fakes import FakeAnthropic, FakeOpenAI
-from harness import Gateway, gateway_settings, running_gateway
+from harness import Gateway
 from ledger_support import wait_for
 
 # nano-USD per token: (input, cached input, cache write, output)
@@ -94,19 +89,6 @@ max_output_tokens = 8192
 strategy = "fallback"
 models = ["d/claude", "d/gpt"]
 """
-
-
-@pytest.fixture
-async def dgw(
-    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Gateway]:
-    monkeypatch.setenv("FAKE_OPENAI_KEY", UPSTREAM_SECRET)
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", UPSTREAM_SECRET)
-    settings = gateway_settings(tmp_path, dialect_toml(fake_openai.base_url,
-                                                       fake_anthropic.base_url))
-    async with running_gateway(settings) as gw:
-        yield gw
 
 
 def _rows(gw: Gateway) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from dialect_support import cost, dgw, records  # noqa: F401
+from dialect_support import cost, records
 from fakes import FakeAnthropic, Reply
 from harness import ADMIN_KEY, Gateway
 from pydantic import BaseModel
@@ -52,7 +52,7 @@ async def test_chat_stream_with_json_object_streams_the_answer_as_content(
 ) -> None:
     fake_anthropic.script(Reply(tool_calls=[("json_output", '{"city": "Paris, France"}')]))
     c = client(dgw)
-    stream = await c.chat.completions.create(model="d/claude", messages=USER,  # type: ignore[arg-type]
+    stream = await c.chat.completions.create(model="d/claude", messages=USER,  # type: ignore[call-overload]
                                              response_format={"type": "json_object"},
                                              stream=True)
     text, finish, calls = "", None, 0
@@ -76,8 +76,8 @@ async def test_fields_anthropic_cannot_honour_are_a_400_naming_them(
 ) -> None:
     c = client(dgw)
     with pytest.raises(openai.BadRequestError) as bad:
-        await c.chat.completions.create(model="d/claude", messages=USER,  # type: ignore[arg-type]
-                                        **extra)  # type: ignore[call-overload]
+        await c.chat.completions.create(model="d/claude", messages=USER,  # type: ignore[call-overload]
+                                        **extra)
     assert bad.value.param == name and fake_anthropic.hits == 0
     await c.close()
 

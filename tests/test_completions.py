@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from dialect_support import cost, dgw, records  # noqa: F401
+from dialect_support import cost, records
 from fakes import Fail, FakeAnthropic, FakeOpenAI, Reply
 from harness import ADMIN_KEY, Gateway
 
@@ -72,6 +72,6 @@ async def test_completions_upstream_errors_and_missing_prompt(
     with pytest.raises(openai.RateLimitError):
         await c.completions.create(model="d/gpt", prompt="Hi")
     with pytest.raises(openai.BadRequestError) as bad:
-        await c.completions.create(model="d/gpt", prompt=None)  # type: ignore[arg-type]
+        await c.completions.create(model="d/gpt", prompt=None)
     assert "prompt" in str(bad.value)
     await c.close()

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
-from dialect_support import CLAUDE_ALIAS, cost, dgw, read_sse, records  # noqa: F401
+from dialect_support import CLAUDE_ALIAS, cost, read_sse, records
 from fakes import ErrorEvent, Fail, FakeAnthropic, Gate, Reply
 from harness import ADMIN_KEY, Gateway
 
@@ -39,12 +39,12 @@ async def test_messages_passthrough_keeps_unowned_fields_byte_for_byte(
                                          "data": "iVBORw0KGgo="}}
     doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain",
                                           "data": "a doc"}}
-    msg = await c.messages.create(
+    msg = await c.messages.create(  # type: ignore[call-overload]
         model="d/claude", max_tokens=2048,
         messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}, image, doc]}],
         extra_headers={"anthropic-beta": "prompt-caching-2024-07-31",
                        "anthropic-version": "2023-01-01"},
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     sent = fake_anthropic.last
     assert sent.path == "/v1/messages"
@@ -55,7 +55,7 @@ async def test_messages_passthrough_keeps_unowned_fields_byte_for_byte(
     assert sent.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
     assert sent.headers["anthropic-version"] == "2023-01-01"  # the client's, forwarded
     assert sent.headers["x-api-key"] != ADMIN_KEY  # the provider's key, not the client's
-    assert msg.content[0].type == "text" and msg.content[0].text == "Sunny."  # type: ignore[union-attr]
+    assert msg.content[0].type == "text" and msg.content[0].text == "Sunny."
     assert msg.usage.input_tokens == 50 and msg.usage.cache_read_input_tokens == 1000
     [rec] = await records(dgw, 1)
     assert rec["route"] == "messages" and rec["user_id"] == "user-42"
@@ -155,7 +155,7 @@ async def test_upstream_refusal_reaches_the_sdk_as_its_exception_class(
 ) -> None:
     c = client(dgw)
     with pytest.raises(anthropic.BadRequestError) as bad:
-        await c.messages.create(model="d/claude", max_tokens=64,  # type: ignore[arg-type]
+        await c.messages.create(model="d/claude", max_tokens=64,
                                 messages=[{"role": "system", "content": "x"}])
     assert "role" in str(bad.value)
     assert fake_anthropic.refused  # the strict fake refused it, as Anthropic would

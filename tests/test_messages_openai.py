@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
-from dialect_support import cost, dgw, read_sse, records  # noqa: F401
+from dialect_support import cost, read_sse, records
 from fakes import ErrorEvent, Fail, FakeAnthropic, FakeOpenAI, Gate, Reply
 from harness import ADMIN_KEY, Gateway
 
@@ -29,8 +29,8 @@ async def test_messages_to_openai_provider_are_translated_both_ways(
     fake_openai.script(Reply(text="Sunny.", prompt_tokens=40, completion_tokens=2,
                              cached_tokens=10))
     c = client(dgw)
-    msg = await c.messages.create(
-        model="d/gpt", max_tokens=100, system="Be terse.", messages=USER,  # type: ignore[arg-type]
+    msg = await c.messages.create(  # type: ignore[call-overload]
+        model="d/gpt", max_tokens=100, system="Be terse.", messages=USER,
         stop_sequences=["END"], metadata={"user_id": "claude-code-user"})
     sent = fake_openai.last.json
     assert fake_openai.last.path == "/v1/chat/completions"
@@ -39,7 +39,7 @@ async def test_messages_to_openai_provider_are_translated_both_ways(
     assert sent["model"] == "gpt-4o-mini-2024-07-18" and sent["stop"] == ["END"]
     assert "metadata" not in sent and "requesty" not in sent
     assert msg.type == "message" and msg.model == "d/gpt"
-    assert msg.content[0].text == "Sunny." and msg.stop_reason == "end_turn"  # type: ignore[union-attr]
+    assert msg.content[0].text == "Sunny." and msg.stop_reason == "end_turn"
     assert msg.usage.input_tokens == 30 and msg.usage.cache_read_input_tokens == 10
     [rec] = await records(dgw, 1)
     assert rec["route"] == "messages" and rec["user_id"] == "claude-code-user"
@@ -52,8 +52,8 @@ async def test_messages_tool_round_trip_translated(
     fake_openai.script(Reply(tool_calls=[("get_weather", '{"city": "Paris"}')]),
                        Reply(text="Rain."))
     c = client(dgw)
-    first = await c.messages.create(model="d/gpt", max_tokens=64, messages=USER,  # type: ignore[arg-type]
-                                    tools=TOOLS, tool_choice={"type": "any"})  # type: ignore[arg-type]
+    first = await c.messages.create(model="d/gpt", max_tokens=64, messages=USER,  # type: ignore[call-overload]
+                                    tools=TOOLS, tool_choice={"type": "any"})
     assert fake_openai.last.json["tool_choice"] == "required"
     assert fake_openai.last.json["tools"][0]["function"]["name"] == "get_weather"
     call = next(b for b in first.content if b.type == "tool_use")
@@ -150,10 +150,10 @@ async def test_what_chat_cannot_carry_is_a_400_naming_it_in_anthropics_shape(
     with pytest.raises(anthropic.BadRequestError) as bad:
         await c.messages.create(
             model="d/gpt", max_tokens=64, messages=USER,  # type: ignore[arg-type]
-            tools=[{"type": "web_search_20250305", "name": "web_search"}])  # type: ignore[list-item]
+            tools=[{"type": "web_search_20250305", "name": "web_search"}])
     assert "tools[0]" in str(bad.value)
     with pytest.raises(anthropic.BadRequestError) as orphan:
-        await c.messages.create(model="d/gpt", max_tokens=64, messages=[  # type: ignore[arg-type]
+        await c.messages.create(model="d/gpt", max_tokens=64, messages=[
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x",
                                           "content": "rain"}]}])
     assert "toolu_x" in str(orphan.value)

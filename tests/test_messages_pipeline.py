@@ -8,7 +8,7 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from dialect_support import dgw, records  # noqa: F401
+from dialect_support import records
 from fakes import Cut, FakeAnthropic, FakeOpenAI, Reply
 from harness import ADMIN_KEY, Gateway
 

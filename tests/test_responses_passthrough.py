@@ -9,7 +9,7 @@ import json
 import aiohttp
 import openai
 import pytest
-from dialect_support import cost, dgw, read_sse, records  # noqa: F401
+from dialect_support import cost, read_sse, records
 from fakes import ErrorEvent, Fail, FakeOpenAI, Gate, Reply
 from harness import ADMIN_KEY, Gateway
 from pydantic import BaseModel
@@ -113,5 +113,5 @@ async def test_responses_passthrough_errors(dgw: Gateway, fake_openai: FakeOpenA
     fake_openai.script(ErrorEvent(after_events=3, message="boom"))
     async with c.responses.stream(model="d/resp", input="Hi") as stream:
         events = [e async for e in stream]
-    assert events[-1].type == "error" and "boom" in events[-1].message  # type: ignore[union-attr]
+    assert events[-1].type == "error" and "boom" in events[-1].message
     await c.close()

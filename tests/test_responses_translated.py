@@ -10,7 +10,7 @@ import json
 import aiohttp
 import openai
 import pytest
-from dialect_support import cost, dgw, read_sse, records  # noqa: F401
+from dialect_support import cost, read_sse, records
 from fakes import ErrorEvent, Fail, FakeAnthropic, FakeOpenAI, Gate, Reply
 from harness import ADMIN_KEY, Gateway
 from pydantic import BaseModel

@@ -70,10 +70,11 @@ class MessagesCall:
         fields = decode_body(body)
         self.model_id: str = field(fields, "model", str | None) or default_model
         self.fallbacks: list[str] | None = None
-        self.max_tokens: int = required(fields, "max_tokens", int)
-        if not 1 <= self.max_tokens <= MAX_TOKENS:
+        max_tokens: int = required(fields, "max_tokens", int)
+        if not 1 <= max_tokens <= MAX_TOKENS:
             raise InvalidRequest(f"`max_tokens` must be between 1 and {MAX_TOKENS}.",
                                  param="max_tokens")
+        self.max_tokens: int | None = max_tokens  # required by Anthropic, never None here
         messages = required(fields, "messages", list[dict[str, Any]])
         if not messages:
             raise InvalidRequest("`messages` must contain at least one message.",

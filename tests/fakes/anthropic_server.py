@@ -217,6 +217,6 @@ def refusal(req: Any, *, count_only: bool) -> str | None:
         if calls - answered:
             return (f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
                     "immediately after")
-        calls = ({b.get("id") for b in blocks if isinstance(b, dict) and b.get("type") ==
+        calls = ({b.get("id") for b in blocks if isinstance(b, dict) and b.get("type") ==  # type: ignore[misc]
                   "tool_use"} if role == "assistant" else set())
     return None

@@ -23,8 +23,8 @@ from .stream import AnthropicStream, StreamTranslator
 
 __all__ = [
     "API_VERSION",
-    "OUTPUT_TOOL",
     "MAX_CACHE_BREAKPOINTS",
+    "OUTPUT_TOOL",
     "AnthropicProvider",
     "AnthropicStream",
     "StreamTranslator",
@@ -35,8 +35,8 @@ __all__ = [
     "convert_tool_choice",
     "convert_tools",
     "finish_reason",
+    "structured_tool",
     "to_completion",
     "to_usage",
-    "structured_tool",
     "usage_payload",
 ]
