@@ -46,8 +46,10 @@ MODES: Final = ("chat", "stream", "messages", "responses")
 # bare forwarder's chat row (the forwarder speaks chat only). Plain requests to the chat
 # model: translated to chat and back, so they show what the translation costs.
 DIALECT_MODES: Final = {"messages": "/v1/messages", "responses": "/v1/responses"}
+EXTRA_TARGETS: Final = ("gemini",)  # only when named in --targets
 LABELS: Final = {"direct": "upstream direct (nginx)", "bare": "bare aiohttp forwarder",
-                 "gateway": "this gateway, everything on", "litellm": "LiteLLM proxy, 1 worker"}
+                 "gateway": "this gateway, everything on", "litellm": "LiteLLM proxy, 1 worker",
+                 "gemini": "this gateway, gemini protocol (translated)"}
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Bench:
         if (target, mode) not in self.bodies:
             model = {"direct": "gpt-4o-mini", "bare": "gpt-4o-mini",
                      "gateway": stack.STREAM_MODEL if mode == "stream" else stack.CHAT_MODEL,
+                     "gemini": stack.GEMINI_MODEL,
                      "litellm": "bench-sse-gpt-4o-mini" if mode == "stream"
                      else "bench-gpt-4o-mini"}[target]
             path = self.workdir / f"body-{target}-{mode}.json"
@@ -282,8 +285,10 @@ class Bench:
             finally:
                 proc.stop()
             return
-        if target == "gateway":
+        if target in ("gateway", "gemini"):
             extra = Path(a.gateway_extra_toml).read_text() if a.gateway_extra_toml else ""
+            if target == "gemini":
+                extra += "\n" + stack.gemini_toml(upstream)
             gw = stack.Gateway(self.workdir, a.gateway_python, core, upstream + "/v1",
                                upstream + "/sse/v1", pg=None if a.no_pg else a.pg,
                                redis_url=None if a.no_redis else a.redis, extra_toml=extra,
@@ -397,6 +402,10 @@ class Bench:
                 added = gw.c1.p50_ms - bare.c1.p50_ms
                 out.append(f"- {mode}: gateway c=1 p50 {added:+.3f} ms over the bare forwarder's "
                            f"(target ≤ 0.3 ms): {'met' if added <= 0.3 else 'NOT met'}")
+            gem = self.row("gemini", mode)
+            if gem and bare and gem.c64 and bare.c64:
+                out.append(f"- {mode}: gemini protocol (translated) throughput "
+                           f"{100 * gem.c64.rps / bare.c64.rps:.0f}% of the bare forwarder")
             if gw and direct and gw.c1 and direct.c1:
                 added = gw.c1.p50_ms - direct.c1.p50_ms
                 out.append(f"- {mode}: gateway c=1 p50 {added:+.3f} ms over calling nginx directly "
@@ -496,7 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.targets = [t for t in a.targets.split(",") if t]
     a.modes = [m for m in a.modes.split(",") if m]
     for t in a.targets:
-        if t not in TARGETS:
+        if t not in TARGETS + EXTRA_TARGETS:
             p.error(f"unknown target {t!r}")
     for m in a.modes:
         if m not in MODES:

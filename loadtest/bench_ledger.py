@@ -4,9 +4,9 @@
     python loadtest/bench_ledger.py --ingest 500000       # records for the ingest part
     python loadtest/bench_ledger.py --skip-ingest --reuse proxy_bench_reports   # rerun reports
 
-Ingest: records (1,000 keys, 20 models, user ids, tags, extra) are enqueued into a
-PostgresLedger with the default settings (flush at 1,000 records or 200 ms) as fast as the
-producer can, 1,000 per event-loop turn, first waiting while 20,000 are queued (records
+Ingest: records (1,000 keys, 20 models, user ids, tags, extra) are enqueued into the
+PostgreSQL ledger (`postgres_ledger`) with the default settings (flush at 1,000 records or
+200 ms) as fast as the producer can, 1,000 per event-loop turn, first waiting while 20,000 are queued (records
 flushed from memory), then never waiting (the queue overflows into the spool files and is
 read back); the rate is records landed in PostgreSQL (COPY, insert, five rollup tables, in
 one transaction per batch, two transactions at a time) divided by the time from the first
@@ -15,7 +15,7 @@ enqueue until the last is committed. Reports: 10 million records over the last 3
 rollups by the writer's own upserts (in a database of its own, kept with --keep); then the
 organization report over the default window (the last 30 days, so both edge hours are
 partial and read from raw records) grouped by model, by key, and by model per day, each
-timed end to end through PostgresLedger.report (SQL, fetch, assembly): the median and the
+timed end to end through the ledger's report (SQL, fetch, assembly): the median and the
 worst of 20 runs after 3 warm-ups. Databases live on the PostgreSQL at --pg.
 """
 
@@ -37,7 +37,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxy.config import LedgerConfig
-from proxy.ledger.postgres import PostgresLedger
+from proxy.ledger.postgres import postgres_ledger
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
 from proxy.ledger.schema import POSTGRES, upserts
@@ -99,22 +99,22 @@ async def bench_ingest(admin: str, n: int, paced: bool) -> dict[str, float]:
         await migrate(dsn)
         records = _records(n)
         with tempfile.TemporaryDirectory() as spool:
-            ledger = PostgresLedger(dsn, LedgerConfig(), Path(spool))
+            ledger = postgres_ledger(dsn, LedgerConfig(), Path(spool))
             await ledger.start()
             started = time.perf_counter()
             for i in range(0, n, 1000):
                 for r in records[i : i + 1000]:
                     ledger.enqueue(r)
                 await asyncio.sleep(0)
-                while paced and ledger.queue_depth > 20_000:
+                while paced and ledger.stats().queue_depth > 20_000:
                     await asyncio.sleep(0.001)
             produced = time.perf_counter() - started
-            while ledger.records_written < n:
+            while ledger.stats().records_written < n:
                 await asyncio.sleep(0.005)
             landed = time.perf_counter() - started
             stats = {"records": n, "seconds": landed, "records_per_s": n / landed,
-                     "enqueue_per_s": n / produced, "spooled": ledger.records_spooled,
-                     "flushes": ledger.flushes}
+                     "enqueue_per_s": n / produced, "spooled": ledger.stats().records_spooled,
+                     "flushes": ledger.stats().flushes}
             await ledger.close()
         conn = await asyncpg.connect(dsn)
         try:
@@ -188,7 +188,7 @@ REPORTS: Final = (
 
 
 async def bench_reports(dsn: str) -> dict[str, dict[str, float]]:
-    ledger = PostgresLedger(dsn, LedgerConfig(), Path(tempfile.mkdtemp()))
+    ledger = postgres_ledger(dsn, LedgerConfig(), Path(tempfile.mkdtemp()))
     out = {}
     try:
         for label, group_by, resolution, key in REPORTS:

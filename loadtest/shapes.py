@@ -151,3 +151,37 @@ def embedding_response(model: str, n: int, dim: int) -> bytes:
 if __name__ == "__main__":  # a look at the reference bodies
     print(len(chat_completion()), "bytes:", chat_completion().decode())
     print(len(sse_body()), "bytes of SSE;", len(stream_events()), "events")
+
+
+# --- Gemini (`generateContent`, `streamGenerateContent?alt=sse`): the same answer in Google's
+# format, for the `gemini` bench target (the gateway's gemini protocol against nginx).
+
+def _gemini_usage(completion: int) -> dict[str, Any]:
+    return {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": completion,
+            "totalTokenCount": PROMPT_TOKENS + completion,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}]}
+
+
+def gemini_response(n: int = STREAM_TOKENS) -> bytes:
+    text = " ".join(words(n))
+    return _dumps({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                                   "finishReason": "STOP", "index": 0}],
+                   "usageMetadata": _gemini_usage(n), "modelVersion": "gemini-2.5-flash",
+                   "responseId": "benchGeminiResp"}).encode()
+
+
+def gemini_sse_body(n: int = STREAM_TOKENS) -> bytes:
+    """One event per word, the last with `finishReason` and the final usage; no end marker."""
+    out = []
+    for i, word in enumerate(words(n)):
+        text = word if i == 0 else " " + word
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"},
+                                     "index": 0}
+        usage = {"promptTokenCount": PROMPT_TOKENS, "totalTokenCount": PROMPT_TOKENS}
+        if i == n - 1:
+            candidate["finishReason"] = "STOP"
+            usage = _gemini_usage(n)
+        event = {"candidates": [candidate], "usageMetadata": usage,
+                 "modelVersion": "gemini-2.5-flash", "responseId": "benchGeminiResp"}
+        out.append(b"data: " + _dumps(event).encode() + b"\n\n")
+    return b"".join(out)

@@ -312,6 +312,9 @@ def nginx_config(workdir: Path, port: int) -> Path:
         "SSE_SET": _nginx_pieces("sse", sse)[0],
         "SSE_BODY": _nginx_pieces("sse", sse)[1],
         "EMBEDDING_BODY": _nginx_quote(shapes.embedding_response("text-embedding-3-small", 1, 256)),
+        "GEMINI_BODY": _nginx_quote(shapes.gemini_response()),
+        "GEMINI_SSE_SET": _nginx_pieces("gsse", shapes.gemini_sse_body())[0],
+        "GEMINI_SSE_BODY": _nginx_pieces("gsse", shapes.gemini_sse_body())[1],
     }
     template = string.Template((HERE / "nginx.conf.template").read_text())
     conf = workdir / "nginx.conf"
@@ -368,6 +371,17 @@ def start_bare(workdir: Path, python: str, core: int | None, upstream: str,
 
 CHAT_MODEL: Final = "bench/gpt-4o-mini"
 STREAM_MODEL: Final = "bench-sse/gpt-4o-mini"
+GEMINI_MODEL: Final = "bench-gemini/gemini-2.5-flash"  # bench target `gemini`
+
+
+def gemini_toml(upstream: str) -> str:
+    """The `gemini` bench target's provider and model (appended to the gateway's config)."""
+    return "\n".join([
+        "[providers.bench-gemini]", 'protocol = "gemini"',
+        f"base_url = {json.dumps(upstream + '/v1beta')}",
+        'api_key_env = "BENCH_UPSTREAM_KEY"', "", "[[models]]", f"id = {json.dumps(GEMINI_MODEL)}",
+        'provider = "bench-gemini"', 'upstream = "gemini-2.5-flash"', "input_price = 0.30",
+        "output_price = 2.50", "context_window = 1048576", "max_output_tokens = 65536", ""])
 FALLBACK_POLICY: Final = "bench-fallback"
 
 

@@ -38,11 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {
-        "host": getattr(args, "host", None),
-        "port": getattr(args, "port", None),
-        "workers": getattr(args, "workers", None),
-    }
+    given = vars(args)  # `migrate` has no host, port or workers
+    overrides: dict[str, Any] = {name: given.get(name) for name in ("host", "port", "workers")}
     return load_settings(args.config, overrides=overrides)
 
 

@@ -16,6 +16,7 @@ from .bootstrap import admin_digest, key_secret
 from .config import Settings
 from .dialects.messages import render as anthropic_error
 from .edge import read_body_in_time
+from .edge_aiohttp import EDGE_SLOTS
 from .errors import ApiError, InvalidRequest, NotFound
 from .gateway import GATEWAY, Gateway
 
@@ -95,8 +96,9 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
                              keys=create_registry(settings))
     gw = Gateway(settings, auth)
     app[GATEWAY] = gw
+    app[EDGE_SLOTS] = gw.edge_slots  # the listener counts into the gateway's metrics
     app.cleanup_ctx.append(_gateway_lifecycle)
-    app[INFLIGHT] = InFlight.for_settings(settings)  # admissions journaled, clients watched
+    app[INFLIGHT] = InFlight(gw.admissions, settings.region)  # journaled, clients watched
     app.cleanup_ctx.append(inflight_lifecycle)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/messages", messages.messages)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from .errors import Unauthorized
+from .stats import DependencyErrors
 
 if TYPE_CHECKING:
     from .keys.registry import KeyRegistry
@@ -144,6 +145,9 @@ class Authenticator:
     @property
     def database_errors(self) -> int:
         return self.keys.database_errors if self.keys is not None else 0
+
+    def stats(self) -> DependencyErrors:
+        return DependencyErrors(self.redis_errors, self.database_errors)
 
     @property
     def admin(self) -> Principal:

@@ -64,6 +64,7 @@ class Model:
     cache_write_nano: int
     input_price: float
     output_price: float
+    publisher: str | None = None  # vertex only: `google` or `anthropic`; None: by upstream id
 
     def cost(self, usage: Usage) -> int:
         """Cost in nano-USD, rounded half up once per request."""
@@ -125,6 +126,7 @@ def _model(cfg: ModelConfig) -> Model:
         cache_write_nano=nano(cfg.cache_write_price, cfg.input_price),
         input_price=cfg.input_price,
         output_price=cfg.output_price,
+        publisher=cfg.publisher,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -17,7 +18,7 @@ import msgspec
 REGIONS: Final = ("global", "eu")
 DEFAULT_CATALOG: Final = Path(__file__).resolve().parent.parent / "schemas" / "models.toml"
 
-Protocol = Literal["openai", "anthropic", "simulated"]
+Protocol = Literal["openai", "anthropic", "simulated", "azure", "bedrock", "gemini", "vertex"]
 Strategy = Literal["fallback", "loadbalance", "latency"]
 
 
@@ -49,6 +50,14 @@ class ProviderConfig(_Strict, frozen=True):
     # openai protocol only: the provider serves OpenAI's Responses API (`/responses`), so
     # `/v1/responses` requests pass through to it instead of being translated to chat.
     responses_api: bool = False
+    # azure: the `api-version` query parameter (e.g. "2024-10-21"); bedrock: the AWS region
+    # (e.g. "eu-central-1") requests are signed for, and whose endpoint is the default base_url.
+    api_version: str | None = None
+    aws_region: str | None = None
+    # vertex protocol only: the Google Cloud project (default: the credentials' project)
+    # and location (a region, or "global"); base_url defaults to the location's endpoint.
+    gcp_project: str | None = None
+    gcp_location: str | None = None
 
 
 class ModelConfig(_Strict, frozen=True):
@@ -65,6 +74,8 @@ class ModelConfig(_Strict, frozen=True):
     # Other names clients send for this model (Claude Code sends Anthropic's own ids, such
     # as `claude-sonnet-4-5-20250929`); unique across the catalog's ids and aliases.
     aliases: tuple[str, ...] = ()
+    # vertex protocol only: whose model it is; by default `claude-...` is Anthropic's.
+    publisher: Literal["google", "anthropic"] | None = None
 
 
 class PolicyConfig(_Strict, frozen=True):
@@ -165,6 +176,9 @@ _ENV_OVERRIDES: Final = {
 }
 _INT_KEYS: Final = {"port", "workers"}
 _PATH_RE: Final = re.compile(r"at `\$(.*)`")
+_API_VERSION_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
+_AZURE_STREAM_USAGE_SINCE: Final = "2024-09-01"
+_AWS_REGION_RE: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
 
 
 def load_settings(
@@ -281,8 +295,14 @@ def _validate(s: Settings) -> None:
         for r in p.regions:
             if r not in REGIONS:
                 fail(f"providers.{name}.regions", f"unknown region {r!r}")
-        if p.protocol != "simulated" and not p.base_url.startswith(("http://", "https://")):
+        _validate_cloud(f"providers.{name}", p, fail)
+        # bedrock and vertex: the region's or location's endpoint by default
+        has_default_url = p.protocol in ("bedrock", "vertex") and not p.base_url
+        if p.protocol != "simulated" and not has_default_url and not p.base_url.startswith(
+            ("http://", "https://")
+        ):
             fail(f"providers.{name}.base_url", "must be an http:// or https:// URL")
+        _validate_gcp(f"providers.{name}", p, fail)
         if p.timeout_s <= 0 or p.connect_timeout_s <= 0 or p.first_byte_timeout_s <= 0:
             fail(f"providers.{name}", "timeouts must be positive")
         if p.ca_file is not None and not os.access(p.ca_file, os.R_OK):
@@ -304,6 +324,8 @@ def _validate(s: Settings) -> None:
                 fail(f"models[{i}].aliases", f"alias {alias!r} of model {m.id!r} is empty or "
                      "already names a model or another alias")
             aliases.add(alias)
+        if m.publisher is not None and s.providers[m.provider].protocol != "vertex":
+            fail(f"models[{i}].publisher", "only a vertex provider's models take a publisher")
     for name, pol in s.policies.items():
         key = f"policies.{name}"
         if not pol.models:
@@ -326,3 +348,47 @@ def _validate(s: Settings) -> None:
         s.default_model.startswith("policy/") and s.default_model[7:] in s.policies
     ):
         fail("default_model", f"unknown model {s.default_model!r}")
+
+
+def _validate_cloud(key: str, p: ProviderConfig, fail: Callable[[str, str], None]) -> None:
+    """`api_version` (azure) and `aws_region` (bedrock): required by their protocol,
+    refused by the others, so a misplaced key is not silently ignored."""
+    if p.protocol == "azure":
+        if not p.api_version:
+            fail(f"{key}.api_version", 'is required for protocol "azure" (e.g. "2024-10-21")')
+        elif not _API_VERSION_RE.fullmatch(p.api_version):
+            fail(f"{key}.api_version", f"must look like 2024-10-21, got {p.api_version!r}")
+        elif p.api_version < _AZURE_STREAM_USAGE_SINCE:
+            # Every stream asks for its usage (stream_options.include_usage), to be metered.
+            fail(f"{key}.api_version", f"must be {_AZURE_STREAM_USAGE_SINCE} or later: older "
+                 "versions refuse stream_options, which metering streams needs")
+    elif p.api_version is not None:
+        fail(f"{key}.api_version", 'applies only to protocol "azure"')
+    if p.protocol == "bedrock":
+        if not p.aws_region:
+            fail(f"{key}.aws_region", 'is required for protocol "bedrock" (e.g. "eu-central-1")')
+        elif not _AWS_REGION_RE.fullmatch(p.aws_region):
+            fail(f"{key}.aws_region", f"must be an AWS region such as eu-central-1, got {p.aws_region!r}")
+    elif p.aws_region is not None:
+        fail(f"{key}.aws_region", 'applies only to protocol "bedrock"')
+
+
+# A project id or number, a location: each goes into a URL path (and the location into the
+# default host name), so nothing that could change the URL's shape.
+_GCP_PROJECT: Final = re.compile(r"[a-z0-9][a-z0-9.:\-]{0,62}")
+_GCP_LOCATION: Final = re.compile(r"[a-z][a-z0-9\-]{0,62}")
+
+
+def _validate_gcp(key: str, p: ProviderConfig, fail: Callable[[str, str], None]) -> None:
+    if p.protocol != "vertex":
+        if p.gcp_project is not None:
+            fail(f"{key}.gcp_project", "only a vertex provider takes it")
+        if p.gcp_location is not None:
+            fail(f"{key}.gcp_location", "only a vertex provider takes it")
+        return
+    if p.gcp_project is not None and not _GCP_PROJECT.fullmatch(p.gcp_project):
+        fail(f"{key}.gcp_project", "must be a Google Cloud project id (lower-case letters, "
+             "digits, hyphens), or be left out for the credentials' own project")
+    if p.gcp_location is None or not _GCP_LOCATION.fullmatch(p.gcp_location):
+        fail(f"{key}.gcp_location", "a vertex provider needs its location, such as "
+             "europe-west4 or global")

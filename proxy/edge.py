@@ -28,7 +28,7 @@ from typing import Final
 from aiohttp import web
 
 from .config import Settings
-from .edge_aiohttp import ConnectionSlots, EdgeProtocolFactory, EdgeSite, check_aiohttp
+from .edge_aiohttp import EDGE_SLOTS, ConnectionSlots, EdgeProtocolFactory, EdgeSite, check_aiohttp
 from .errors import ApiError, BodyTooLarge, InvalidRequest
 
 log = logging.getLogger("proxy.edge")
@@ -104,7 +104,9 @@ class EdgeServer:
             shutdown_timeout=settings.shutdown_grace_s,
             keepalive_timeout=settings.edge.keepalive_timeout_s,
         )
-        self.slots = ConnectionSlots(connection_cap(settings.edge.max_connections, fd_limit()))
+        # The app's slots when it has them (the gateway's: its metrics export them).
+        self.slots = app.get(EDGE_SLOTS) or ConnectionSlots(
+            connection_cap(settings.edge.max_connections, fd_limit()))
         self._site: EdgeSite | None = None
 
     @property

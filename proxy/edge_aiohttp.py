@@ -28,6 +28,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from .stats import EdgeStats
+
 log = logging.getLogger("proxy.edge")
 
 CHECKED: Final = ((3, 12), (3, 15))  # [low, high): the aiohttp versions read for this fence
@@ -84,12 +86,18 @@ class ConnectionSlots:
         self.refused = 0  # for metrics
         self._last_log = -_REFUSE_LOG_EVERY_S
 
+    def stats(self) -> EdgeStats:
+        return EdgeStats(self.open, self.refused, self.limit)
+
     def note_refused(self, now: float) -> None:
         self.refused += 1
         if now - self._last_log >= _REFUSE_LOG_EVERY_S:  # one line per burst, not per client
             self._last_log = now
             log.warning("edge: %d connections open (the cap); refusing new ones with 503 "
                         "(%d so far)", self.open, self.refused)
+
+
+EDGE_SLOTS: Final = web.AppKey("edge_slots", ConnectionSlots)
 
 
 class EdgeHandler(RequestHandler):

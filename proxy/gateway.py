@@ -1,9 +1,14 @@
-"""The app-wide services, built once per process and held on the app (`GATEWAY`)."""
+"""The app-wide services, built once per process and held on the app (`GATEWAY`).
+
+The gateway also wires what reads its components: `metrics` and `readiness` are handed
+typed getters of each component's `stats()` (`proxy/stats.py`), never the gateway itself.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -12,26 +17,45 @@ from aiohttp import web
 from .auth import Authenticator
 from .cache import ResponseCache
 from .catalog import Catalog
-from .config import Settings
+from .config import ProviderConfig, Settings
+from .edge import connection_cap, fd_limit
+from .edge_aiohttp import ConnectionSlots
 from .errors import ServiceUnavailable, UpstreamError
+from .health import Readiness
 from .idempotency import Idempotency
-from .ledger import Ledger, create_ledger
+from .ledger import Ledger, create_ledger, spool_dir
+from .ledger.inflight import AdmissionJournal
 from .limits import Limits, create_limits
-from .metrics import Metrics
+from .metrics import MetricSources, Metrics
 from .providers.base import Provider
 from .providers.openai import OpenAIProvider
 from .providers.simulated import SimulatedProvider
-from .router import Router
-from .routing import Routing
+from .routing import Router, Routing
 
 
-def _provider_class(protocol: str) -> type[Provider]:
+def _provider_class(protocol: str) -> Callable[[str, ProviderConfig, str | None], Provider]:
     if protocol == "openai":
         return OpenAIProvider
     if protocol == "anthropic":
         from .providers.anthropic import AnthropicProvider
 
         return AnthropicProvider
+    if protocol == "azure":
+        from .providers.azure import azure_provider
+
+        return azure_provider
+    if protocol == "bedrock":
+        from .providers.bedrock import BedrockProvider
+
+        return BedrockProvider
+    if protocol == "gemini":
+        from .providers.gemini import GeminiProvider
+
+        return GeminiProvider
+    if protocol == "vertex":
+        from .providers.vertex import VertexProvider
+
+        return VertexProvider
     return SimulatedProvider
 
 
@@ -62,7 +86,27 @@ class Gateway:
                 continue  # never even open a connection pool to a provider outside the region
             key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
             self.providers[name] = _provider_class(cfg.protocol)(name, cfg, key)
-        self.metrics = Metrics(settings, self)
+        # The listener's connection cap (`edge.EdgeServer` takes these slots) and the
+        # admission journal (`api/inflight.InFlight` writes it): here, so metrics see them.
+        self.edge_slots = ConnectionSlots(
+            connection_cap(settings.edge.max_connections, fd_limit()))
+        self.admissions: AdmissionJournal | None = None  # "memory": the ledger keeps nothing
+        if settings.ledger.store != "memory":
+            self.admissions = AdmissionJournal(spool_dir(settings),
+                                               settings.limits.reservation_ttl_s)
+        # Getters, not objects: a component replaced after this line is the one read.
+        self.metrics = Metrics(settings, MetricSources(
+            ledger=lambda: self.ledger,
+            limits=lambda: self.limits,
+            auth=lambda: self.auth,
+            cache=lambda: self.cache,
+            circuits=lambda: self.routing.breakers.states(),
+            pools=lambda: self.providers,
+            edge=self.edge_slots,
+            admissions=self.admissions,
+        ))
+        self.readiness = Readiness(settings, lambda: self.ledger.stats(), self.redis,
+                                   self.metrics.dependency_error)
         # Request ids: a random per-process prefix and a counter (os.urandom per request
         # was a measurable syscall); unique across workers and restarts.
         self._rid_prefix = os.urandom(6).hex()

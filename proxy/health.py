@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import asyncpg
@@ -30,9 +30,7 @@ import redis.asyncio as aioredis
 
 from .config import Settings
 from .migrate import is_sqlite, sqlite_path
-
-if TYPE_CHECKING:
-    from .gateway import Gateway
+from .stats import LedgerStats
 
 TIMEOUT_S: Final = 0.5
 CACHE_S: Final = 1.0
@@ -40,13 +38,22 @@ Check = dict[str, Any]
 
 
 class Readiness:
+    """Built by the gateway from what it reads: the ledger's stats (a getter, so that a
+    replaced ledger is the one asked), the gateway's own Redis client, and where a failed
+    probe is counted (`Metrics.dependency_error`)."""
+
     def __init__(
-        self, settings: Settings, gateway: Gateway, on_failure: Callable[[str, str], None]
+        self,
+        settings: Settings,
+        ledger: Callable[[], LedgerStats],
+        redis: aioredis.Redis | None,
+        on_failure: Callable[[str, str], None],
     ) -> None:
         self._database_url = settings.database_url
         self._redis_url = settings.redis_url
         self._redis_fail_closed = settings.limits.fail_closed
-        self._gw = gateway
+        self._ledger = ledger
+        self._shared_redis = redis
         self._on_failure = on_failure
         self._answer: tuple[bool, dict[str, Any]] | None = None
         self._answered = 0.0
@@ -64,8 +71,8 @@ class Readiness:
     async def _run(self) -> tuple[bool, dict[str, Any]]:
         try:
             database, redis = await asyncio.gather(self._database(), self._redis())
-            ledger = self._gw.ledger
-            spools = hasattr(ledger, "records_spooled")
+            ledger = self._ledger()
+            spools = ledger.spools
             ready, degraded = True, False
             if database["status"] == "down":
                 if spools:
@@ -84,7 +91,7 @@ class Readiness:
                 "redis": redis,
                 "ledger": {
                     "status": "spooling" if spools and database["status"] == "down" else "ok",
-                    "queue_depth": int(getattr(ledger, "queue_depth", 0) or 0),
+                    "queue_depth": ledger.queue_depth,
                 },
             }
             status = "not_ready" if not ready else "degraded" if degraded else "ready"
@@ -124,7 +131,7 @@ class Readiness:
             await conn.close(timeout=TIMEOUT_S)
 
     async def _redis_ping(self) -> None:
-        shared: aioredis.Redis | None = getattr(self._gw, "redis", None)
+        shared = self._shared_redis
         if shared is not None:
             await shared.ping()
             return

@@ -20,12 +20,12 @@ from ledger_support import count_records, record, wait_for
 
 from proxy.config import LedgerConfig
 from proxy.gateway import GATEWAY
-from proxy.ledger.postgres import PostgresLedger
+from proxy.ledger.postgres import postgres_ledger
 from proxy.ledger.salvage import MARKER_TAG
-from proxy.ledger.writer import LedgerWriter
+from proxy.ledger.writer import LedgerWriter, WriterOptions
 
 USER = [{"role": "user", "content": "Hello"}]
-FAST = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
+FAST: WriterOptions = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
 
 
 @pytest.fixture
@@ -90,16 +90,16 @@ async def test_a_record_the_journal_cannot_encode_is_written_with_a_marker(
     """A lone surrogate (a header byte that was not UTF-8, had it got past the edge) cannot
     be encoded into the journal or sent to PostgreSQL: the marker copy carries its cost."""
     spool = tmp_path / "spool"
-    ledger = PostgresLedger(fresh_pg, LedgerConfig(flush_interval_ms=20), spool, **FAST)
+    ledger = postgres_ledger(fresh_pg, LedgerConfig(flush_interval_ms=20), spool, **FAST)
     await ledger.start()
     ts = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
     good = record(1, ts, user_id="alice")
     bad = record(2, ts, user_id="caf\udce9", headers={"team": "\udcff"})
     ledger.enqueue(good)
     ledger.enqueue(bad)
-    await wait_for(lambda: ledger.records_written == 2)
+    await wait_for(lambda: ledger.stats().records_written == 2)
     await ledger.close()
-    assert (ledger.records_salvaged, ledger.records_quarantined) == (1, 0)
+    assert (ledger.stats().records_salvaged, ledger.stats().records_quarantined) == (1, 0)
     assert await count_records(fresh_pg) == (2, 2, 2)
     conn = await asyncpg.connect(fresh_pg)
     try:

@@ -20,10 +20,10 @@ from ledger_support import (
 )
 
 from proxy.config import LedgerConfig
-from proxy.ledger.postgres import PostgresLedger
+from proxy.ledger.postgres import postgres_ledger
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery, UsageReport
-from proxy.ledger.sqlite import SqliteLedger
+from proxy.ledger.sqlite import sqlite_ledger
 from proxy.ledger.writer import LedgerWriter
 
 BASE = datetime(2024, 3, 30, 22, 17, 3, tzinfo=UTC)  # crosses a month end
@@ -62,7 +62,7 @@ async def _load(ledger: LedgerWriter, records: list[UsageRecord]) -> None:
     for r in records:
         ledger.enqueue(r)
     await ledger.close()
-    assert ledger.records_written == len(records)
+    assert ledger.stats().records_written == len(records)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def pg_ledger_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     dsn = asyncio.run(create_database())
     spool = tmp_path_factory.mktemp("spool")
     try:
-        asyncio.run(_load(PostgresLedger(dsn, LedgerConfig(flush_rows=200), spool), RECORDS))
+        asyncio.run(_load(postgres_ledger(dsn, LedgerConfig(flush_rows=200), spool), RECORDS))
         yield dsn
     finally:
         asyncio.run(drop_database(dsn))
@@ -81,20 +81,20 @@ def pg_ledger_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def sqlite_ledger_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     d = tmp_path_factory.mktemp("sqlite")
     url = f"sqlite:///{d / 'ledger.db'}"
-    asyncio.run(_load(SqliteLedger(url, LedgerConfig(flush_rows=200), d / "spool"), RECORDS))
+    asyncio.run(_load(sqlite_ledger(url, LedgerConfig(flush_rows=200), d / "spool"), RECORDS))
     return url
 
 
 @pytest.fixture
-async def pg(pg_ledger_db: str, tmp_path: Path) -> AsyncIterator[PostgresLedger]:
-    ledger = PostgresLedger(pg_ledger_db, LedgerConfig(), tmp_path / "spool")
+async def pg(pg_ledger_db: str, tmp_path: Path) -> AsyncIterator[LedgerWriter]:
+    ledger = postgres_ledger(pg_ledger_db, LedgerConfig(), tmp_path / "spool")
     yield ledger
     await ledger.close()
 
 
 @pytest.fixture
-async def lite(sqlite_ledger_db: str, tmp_path: Path) -> AsyncIterator[SqliteLedger]:
-    ledger = SqliteLedger(sqlite_ledger_db, LedgerConfig(), tmp_path / "spool")
+async def lite(sqlite_ledger_db: str, tmp_path: Path) -> AsyncIterator[LedgerWriter]:
+    ledger = sqlite_ledger(sqlite_ledger_db, LedgerConfig(), tmp_path / "spool")
     yield ledger
     await ledger.close()
 
@@ -121,7 +121,7 @@ def _queries(group_by: str) -> Iterator[UsageQuery]:
 
 
 @pytest.mark.parametrize("group_by", GROUPS)
-async def test_every_report_equals_the_sum_of_its_records(pg: PostgresLedger, group_by: str
+async def test_every_report_equals_the_sum_of_its_records(pg: LedgerWriter, group_by: str
                                                            ) -> None:
     for q in _queries(group_by):
         report = await pg.report(q)
@@ -133,7 +133,7 @@ async def test_every_report_equals_the_sum_of_its_records(pg: PostgresLedger, gr
 
 
 @pytest.mark.parametrize("group_by", GROUPS)
-async def test_sqlite_reports_equal_postgres_reports(pg: PostgresLedger, lite: SqliteLedger,
+async def test_sqlite_reports_equal_postgres_reports(pg: LedgerWriter, lite: LedgerWriter,
                                                      group_by: str) -> None:
     for q in _queries(group_by):
         a, b = await pg.report(q), await lite.report(q)
@@ -142,7 +142,7 @@ async def test_sqlite_reports_equal_postgres_reports(pg: PostgresLedger, lite: S
         assert a.totals == b.totals
 
 
-async def test_window_edges_are_start_inclusive_end_exclusive(pg: PostgresLedger) -> None:
+async def test_window_edges_are_start_inclusive_end_exclusive(pg: LedgerWriter) -> None:
     start, end = W_EDGES
     report = await pg.report(UsageQuery(start, end, "user_id"))
     edge = next(r for r in report.rows if r.group == "edge")
@@ -150,7 +150,7 @@ async def test_window_edges_are_start_inclusive_end_exclusive(pg: PostgresLedger
     assert edge.measures.requests == 4
 
 
-async def test_spend_sums_a_keys_cost_since_a_time(pg: PostgresLedger, lite: SqliteLedger
+async def test_spend_sums_a_keys_cost_since_a_time(pg: LedgerWriter, lite: LedgerWriter
                                                    ) -> None:
     for since in (None, BASE, W_EDGES[0], datetime(2024, 4, 1, tzinfo=UTC),
                   datetime(2030, 1, 1, tzinfo=UTC)):
@@ -163,14 +163,14 @@ async def test_spend_sums_a_keys_cost_since_a_time(pg: PostgresLedger, lite: Sql
 
 async def test_a_replayed_batch_adds_nothing(fresh_pg: str, tmp_path: Path) -> None:
     records = known_records(BASE, n=300, seed=3)
-    first = PostgresLedger(fresh_pg, LedgerConfig(), tmp_path / "a")
+    first = postgres_ledger(fresh_pg, LedgerConfig(), tmp_path / "a")
     await _load(first, records)
-    again = PostgresLedger(fresh_pg, LedgerConfig(flush_rows=50), tmp_path / "b")
+    again = postgres_ledger(fresh_pg, LedgerConfig(flush_rows=50), tmp_path / "b")
     await again.start()
     for r in records:
         again.enqueue(r)
     await again.close()
-    assert (again.records_written, again.records_duplicate) == (0, 300)
+    assert (again.stats().records_written, again.stats().records_duplicate) == (0, 300)
     q = UsageQuery(BASE - timedelta(days=1), BASE + timedelta(days=4), "key", "hour")
     rows, totals = expected(records, q.start, q.end, q.group_by, q.resolution, None)
     report = await again.report(q)

@@ -28,15 +28,15 @@ from ledger_support import (
 )
 
 from proxy.config import LedgerConfig
-from proxy.ledger.postgres import COPY_SLICE, PostgresLedger, PostgresSink, in_slices
+from proxy.ledger.postgres import COPY_SLICE, PostgresSink, in_slices, postgres_ledger
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
-from proxy.ledger.sqlite import SqliteLedger
-from proxy.ledger.writer import LedgerWriter
+from proxy.ledger.sqlite import sqlite_ledger
+from proxy.ledger.writer import LedgerWriter, WriterOptions
 from proxy.migrate import migrate
 
 BASE = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
-FAST = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
+FAST: WriterOptions = {"backoff_s": (0.02, 0.1), "write_timeout_s": 5.0}
 TESTS = Path(__file__).resolve().parent
 
 
@@ -54,8 +54,8 @@ def spool_files(directory: Path) -> list[Path]:
 def make(engine: str, pg: str, tmp: Path, spool: Path, **config: Any) -> LedgerWriter:
     cfg = LedgerConfig(**config)
     if engine == "postgres":
-        return PostgresLedger(pg, cfg, spool, **FAST)
-    return SqliteLedger(f"sqlite:///{tmp / 'ledger.db'}", cfg, spool, **FAST)
+        return postgres_ledger(pg, cfg, spool, **FAST)
+    return sqlite_ledger(f"sqlite:///{tmp / 'ledger.db'}", cfg, spool, **FAST)
 
 
 async def stored(engine: str, pg: str, tmp: Path) -> tuple[int, int, int]:
@@ -82,34 +82,36 @@ async def test_database_outage_loses_and_duplicates_nothing(fresh_pg: str, tmp_p
     await proxy.restore()
     dsn = fresh_pg.replace("127.0.0.1:5432", proxy.dsn_host)
     spool = tmp_path / "spool"
-    ledger = PostgresLedger(dsn, LedgerConfig(flush_rows=100, flush_interval_ms=20), spool,
+    ledger = postgres_ledger(dsn, LedgerConfig(flush_rows=100, flush_interval_ms=20), spool,
                             **FAST)
     await ledger.start()
     records = known_records(BASE, n=3000)
     for r in records[:1000]:
         ledger.enqueue(r)
-    await wait_for(lambda: ledger.records_written == 1000)
+    await wait_for(lambda: ledger.stats().records_written == 1000)
 
     await proxy.cut()  # the database goes away, mid-stream
     for i in range(1000, 2000, 100):
         for r in records[i : i + 100]:
             ledger.enqueue(r)
         await asyncio.sleep(0.03)  # several flush and retry cycles while it is away
-    await wait_for(lambda: not ledger.database_up and ledger.records_spooled >= 1000)
+    await wait_for(lambda: not ledger.stats().database_up
+                   and ledger.stats().records_spooled >= 1000)
     assert spool_files(spool)
-    assert ledger.queue_depth == 0  # while it is away, records live on disk only
+    assert ledger.stats().queue_depth == 0  # while it is away, records live on disk only
 
     await proxy.restore()
     for r in records[2000:]:
         ledger.enqueue(r)
-    await wait_for(lambda: ledger.records_written + ledger.records_duplicate >= 3000)
-    assert ledger.records_replayed >= 1000
+    await wait_for(lambda: ledger.stats().records_written
+                   + ledger.stats().records_duplicate >= 3000)
+    assert ledger.stats().records_replayed >= 1000
     await ledger.close()
     await proxy.cut()
 
     assert await count_records(fresh_pg) == (3000, 3000, 3000)
     assert spool_files(spool) == []
-    reader = PostgresLedger(fresh_pg, LedgerConfig(), spool)
+    reader = postgres_ledger(fresh_pg, LedgerConfig(), spool)
     q = UsageQuery(BASE, BASE + timedelta(days=4), "model", "day")
     report = await reader.report(q)
     await reader.close()
@@ -121,21 +123,21 @@ async def test_a_dropped_and_recreated_database_is_migrated_and_written_again(
         tmp_path: Path) -> None:
     dsn = await create_database()
     try:
-        ledger = PostgresLedger(dsn, LedgerConfig(flush_rows=50, flush_interval_ms=20),
+        ledger = postgres_ledger(dsn, LedgerConfig(flush_rows=50, flush_interval_ms=20),
                                 tmp_path / "spool", **FAST)
         await ledger.start()
         records = known_records(BASE, n=400)
         for r in records[:200]:
             ledger.enqueue(r)
-        await wait_for(lambda: ledger.records_written == 200)
+        await wait_for(lambda: ledger.stats().records_written == 200)
         await drop_database(dsn)
         for r in records[200:]:
             ledger.enqueue(r)
-        await wait_for(lambda: not ledger.database_up)
+        await wait_for(lambda: not ledger.stats().database_up)
         conn = await asyncpg.connect(dsn.rsplit("/", 1)[0] + "/postgres")
         await conn.execute(f'CREATE DATABASE "{dsn.rsplit("/", 1)[1]}"')
         await conn.close()
-        await wait_for(lambda: ledger.records_written == 400)
+        await wait_for(lambda: ledger.stats().records_written == 400)
         await ledger.close()
         # What was written before the drop went with the database; the rest all landed.
         assert await count_records(dsn) == (200, 200, 200)
@@ -158,9 +160,11 @@ async def test_a_refused_record_lands_with_a_marker_and_only_an_unwritable_one_i
         salvaged.append(250)
     for r in records:
         ledger.enqueue(r)
-    await wait_for(lambda: ledger.records_written + ledger.records_quarantined == 300)
+    await wait_for(lambda: ledger.stats().records_written
+                   + ledger.stats().records_quarantined == 300)
     await ledger.close()
-    assert (ledger.records_quarantined, ledger.records_salvaged) == (1, len(salvaged))
+    counts = ledger.stats()
+    assert (counts.records_quarantined, counts.records_salvaged) == (1, len(salvaged))
     assert await stored(engine, fresh_pg, tmp_path) == (299,) * 3
     lines = [json.loads(line) for f in spool.glob("quarantine-*.jsonl")
              for line in f.read_text().splitlines()]
@@ -177,8 +181,8 @@ async def test_past_the_queue_limit_records_go_to_the_spool_not_memory(
     await ledger.start()
     for r in known_records(BASE, n=1000):
         ledger.enqueue(r)
-        assert ledger.queue_depth <= 100
-    assert ledger.records_spooled == 1000  # the segment went to disk whole at the limit
+        assert ledger.stats().queue_depth <= 100
+    assert ledger.stats().records_spooled == 1000  # the segment went to disk whole at the limit
     await asyncio.sleep(0)  # the journal is written at the end of the loop iteration
     await asyncio.sleep(0)
     assert sum(len(f.read_bytes().splitlines()) for f in spool_files(spool)) == 1000
@@ -195,9 +199,9 @@ async def test_close_flushes_everything(engine: str, fresh_pg: str, tmp_path: Pa
     await ledger.start()
     for r in known_records(BASE, n=700):
         ledger.enqueue(r)
-    assert ledger.records_written == 0
+    assert ledger.stats().records_written == 0
     await ledger.close()
-    assert ledger.records_written == 700
+    assert ledger.stats().records_written == 700
     assert await stored(engine, fresh_pg, tmp_path) == (700, 700, 700)
     assert spool_files(spool) == []
 
@@ -209,11 +213,11 @@ from ledger_support import known_records
 from datetime import datetime, UTC
 from pathlib import Path
 from proxy.config import LedgerConfig
-from proxy.ledger.postgres import PostgresLedger
-from proxy.ledger.sqlite import SqliteLedger
+from proxy.ledger.postgres import postgres_ledger
+from proxy.ledger.sqlite import sqlite_ledger
 
 async def main() -> None:
-    cls = PostgresLedger if {engine!r} == "postgres" else SqliteLedger
+    cls = postgres_ledger if {engine!r} == "postgres" else sqlite_ledger
     ledger = cls({url!r}, LedgerConfig(flush_rows=10**6, flush_interval_ms=600_000),
                  Path({spool!r}))
     await ledger.start()
@@ -254,39 +258,40 @@ async def test_the_spool_of_a_killed_writer_is_replayed_exactly_once(
     heir = make(engine, fresh_pg, tmp_path, spool)
     await heir.start()
     await heir.close()
-    assert (heir.records_replayed, heir.records_written, heir.records_duplicate) == (500, 400,
-                                                                                     100)
+    counts = heir.stats()
+    assert (counts.records_replayed, counts.records_written, counts.records_duplicate) == (
+        500, 400, 100)
     assert await stored(engine, fresh_pg, tmp_path) == (500, 500, 500)
     assert spool_files(spool) == []
 
     again = make(engine, fresh_pg, tmp_path, spool)
     await again.start()
     await again.close()
-    assert again.records_replayed == 0
+    assert again.stats().records_replayed == 0
 
 
 async def test_a_live_writers_spool_is_not_replayed_by_another(fresh_pg: str, tmp_path: Path
                                                                ) -> None:
     spool = tmp_path / "spool"
     away = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"
-    live = PostgresLedger(away, LedgerConfig(flush_interval_ms=10), spool, **FAST)
+    live = postgres_ledger(away, LedgerConfig(flush_interval_ms=10), spool, **FAST)
     await live.start()
     records: list[UsageRecord] = known_records(BASE, n=200)
     for r in records:
         live.enqueue(r)
-    await wait_for(lambda: live.records_spooled == 200)
+    await wait_for(lambda: live.stats().records_spooled == 200)
     assert spool_files(spool)
 
     sibling = make("postgres", fresh_pg, tmp_path, spool)
     await sibling.start()
     await sibling.close()
-    assert sibling.records_replayed == 0  # the files are locked by a live writer
+    assert sibling.stats().records_replayed == 0  # the files are locked by a live writer
 
     await live.close()  # the database is still away: its spool stays for the next start
     heir = make("postgres", fresh_pg, tmp_path, spool)
     await heir.start()
     await heir.close()
-    assert heir.records_replayed == 200
+    assert heir.stats().records_replayed == 200
     assert await count_records(fresh_pg) == (200, 200, 200)
 
 
@@ -302,7 +307,7 @@ async def test_a_torn_spool_line_is_quarantined_and_the_rest_replayed(
     heir = make("postgres", fresh_pg, tmp_path, spool)
     await heir.start()
     await heir.close()
-    assert (heir.records_replayed, heir.records_quarantined) == (50, 1)
+    assert (heir.stats().records_replayed, heir.stats().records_quarantined) == (50, 1)
     assert await count_records(fresh_pg) == (50, 50, 50)
 
 
@@ -318,7 +323,7 @@ async def test_a_record_enqueued_after_close_waits_on_disk_for_the_next_start(
     heir = make("postgres", fresh_pg, tmp_path, spool)
     await heir.start()
     await heir.close()
-    assert heir.records_written == 1
+    assert heir.stats().records_written == 1
 
 
 async def test_copy_rows_come_in_slices_with_a_loop_turn_between_them() -> None:

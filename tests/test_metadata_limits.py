@@ -171,7 +171,7 @@ async def test_metadata_at_every_bound_reaches_the_ledger_and_every_rollup(
     assert charged == recorded > 0
     ledger = gw.app[GATEWAY].ledger
     assert isinstance(ledger, LedgerWriter)
-    assert (ledger.records_quarantined, ledger.records_salvaged) == (0, 0)
+    assert (ledger.stats().records_quarantined, ledger.stats().records_salvaged) == (0, 0)
     conn = await asyncpg.connect(fresh_pg)
     try:
         dims = await conn.fetchrow(

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,7 @@ from proxy.gateway import GATEWAY
 from proxy.ledger.record import UsageRecord
 from proxy.metrics import Metrics
 from proxy.metrics.multiprocess import MULTIPROC_ENV, prepare_multiprocess_dir
+from proxy.stats import LedgerStats
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = [{"role": "user", "content": "Say hello"}]
@@ -61,6 +63,16 @@ def record(**kw: Any) -> UsageRecord:
         "user_id": "alice@example.com",
     }
     return usage_record(**(base | kw))
+
+
+class StandInLedger:
+    """A ledger that only reports stats (the metrics read nothing else)."""
+
+    def __init__(self, **counts: Any) -> None:
+        self.counts = LedgerStats(spools=True, **counts)
+
+    def stats(self) -> LedgerStats:
+        return self.counts
 
 
 @pytest.fixture
@@ -172,14 +184,15 @@ async def test_attempt_log_counts_upstream_errors_retries_and_fallbacks(metrics:
     assert total(text, "proxy_retries_total", reason="connect") == 0
 
 
-async def test_ledger_and_circuit_state_are_read_at_scrape_time(metrics: Metrics) -> None:
-    gw = metrics._gw
+async def test_ledger_and_circuit_state_are_read_at_scrape_time(tmp_path: Path) -> None:
+    gw: Any = build_app(gateway_settings(tmp_path))[GATEWAY]
+    metrics = gw.metrics
     routing: Any = SimpleNamespace(breakers=SimpleNamespace(states=lambda: [
         ("openai", "openai/gpt-4o", "open"), ("openai", "openai/gpt-4o-mini", "closed"),
         ("anthropic", "anthropic/claude-3-5-haiku", "half_open")]))
     gw.routing = routing
-    gw.ledger = SimpleNamespace(queue_depth=7, records_written=100, records_spooled=5,
-                                records_replayed=0, last_flush_seconds=0.25, database_errors=2)
+    gw.ledger = StandInLedger(queue_depth=7, records_written=100, records_spooled=5,
+                              records_replayed=0, last_flush_seconds=0.25, database_errors=2)
     text = (await metrics.scrape()).decode()
     assert total(text, "proxy_ledger_queue_depth") == 7
     assert total(text, "proxy_ledger_records_written_total") == 100
@@ -189,13 +202,12 @@ async def test_ledger_and_circuit_state_are_read_at_scrape_time(metrics: Metrics
     assert total(text, "proxy_circuit_state", provider="openai") == 2
     assert total(text, "proxy_circuit_state", provider="anthropic") == 1
     assert total(text, "proxy_circuit_state", provider="simulated") == 0
-    gw.ledger.records_written = 130
-    gw.ledger.records_replayed = 5
+    gw.ledger.counts = replace(gw.ledger.counts, records_written=130, records_replayed=5)
     text = (await metrics.scrape()).decode()
     assert total(text, "proxy_ledger_records_written_total") == 130
     assert total(text, "proxy_ledger_records_replayed_total") == 5
     # a new ledger object counts from zero again: its counts add, nothing is subtracted
-    gw.ledger = SimpleNamespace(records_written=3)
+    gw.ledger = StandInLedger(records_written=3)
     text = (await metrics.scrape()).decode()
     assert total(text, "proxy_ledger_records_written_total") == 133
 
@@ -298,16 +310,22 @@ _WORKER = textwrap.dedent("""
     from proxy.config import load_settings
     from proxy.gateway import GATEWAY
     from proxy.ledger.record import UsageRecord
+    from proxy.stats import LedgerStats
 
     settings = load_settings(None, env={"PROXY_DATA_DIR": sys.argv[1], "PROXY_ADMIN_KEY": "sk-x",
                                         "PROXY_DATABASE_URL": "sqlite:///" + sys.argv[1] + "/p.db"})
-    metrics = build_app(settings)[GATEWAY].metrics
+    gateway = build_app(settings)[GATEWAY]
+    metrics = gateway.metrics
     for i in range(int(sys.argv[2])):
         metrics.request_done("chat", UsageRecord(
             request_id=str(i), ts=datetime.now(UTC), key_id="k", model_requested="simulated/chat",
             model="simulated/chat", provider="simulated", region="global", status=200,
             completion_tokens=10, cost_nusd=1000, latency_ms=5.0), upstream_s=0.004)
-    metrics._gw.ledger.queue_depth = 3
+    class StandInLedger:
+        def stats(self):
+            return LedgerStats(spools=True, queue_depth=3)
+
+    gateway.ledger = StandInLedger()
     asyncio.run(metrics.scrape())  # a scrape samples the ledger into this worker's files
 """)
 

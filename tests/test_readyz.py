@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,6 +12,17 @@ from harness import gateway_settings, running_gateway
 
 from proxy.gateway import GATEWAY
 from proxy.health import CACHE_S
+from proxy.stats import LedgerStats
+
+
+class StandInLedger:
+    """A ledger that only reports stats (readiness reads nothing else)."""
+
+    def __init__(self, stats: LedgerStats) -> None:
+        self._stats = stats
+
+    def stats(self) -> LedgerStats:
+        return self._stats
 
 
 def closed_port() -> int:
@@ -72,19 +82,20 @@ async def test_unreachable_database_is_503_unless_the_ledger_spools(tmp_path: Pa
     settings = gateway_settings(tmp_path)
     async with running_gateway(settings) as gw:
         gateway = gw.app[GATEWAY]
-        readiness = gateway.metrics.readiness
+        readiness = gateway.readiness
         readiness._database_url = db  # the app started on SQLite; now its database is away
         ledger = gateway.ledger
         try:
             # a ledger that keeps records in memory only would lose them: not ready
-            memory_only: Any = SimpleNamespace(queue_depth=12)
+            memory_only: Any = StandInLedger(LedgerStats(spools=False, queue_depth=12))
             gateway.ledger = memory_only
             status, body = await readyz(gw.url)
             assert status == 503
             assert body["checks"]["database"]["status"] == "down"
             assert "127.0.0.1" not in str(body) and "nowhere" not in str(body)  # no address
             # a ledger that spools loses nothing while the database is away: still ready
-            spooling: Any = SimpleNamespace(records_spooled=3, queue_depth=12)
+            spooling: Any = StandInLedger(LedgerStats(spools=True, records_spooled=3,
+                                                      queue_depth=12))
             gateway.ledger = spooling
             await asyncio.sleep(CACHE_S)
             status, body = await readyz(gw.url)
@@ -99,7 +110,7 @@ async def test_unreachable_database_is_503_unless_the_ledger_spools(tmp_path: Pa
 
 async def test_a_burst_of_probes_costs_one_check_per_second(tmp_path: Path) -> None:
     async with running_gateway(gateway_settings(tmp_path)) as gw:
-        readiness = gw.app[GATEWAY].metrics.readiness
+        readiness = gw.app[GATEWAY].readiness
         calls = 0
         probe = readiness._database
 

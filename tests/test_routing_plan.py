@@ -12,7 +12,7 @@ import pytest
 from proxy.catalog import Catalog, Model, _model
 from proxy.config import ModelConfig, PolicyConfig, load_settings
 from proxy.errors import ModelNotFoundError
-from proxy.router import Route, Router
+from proxy.routing.resolve import Route, Router
 from proxy.routing import CircuitBreakers, LatencyTracker, Routing, Step, plan, sticky_key
 from proxy.routing.plan import weighted_order
 from proxy.wire import RequestyMeta

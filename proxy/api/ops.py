@@ -18,7 +18,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """200 while the instance can serve without losing records or breaking limits, else 503."""
-    ready, body = await request.app[GATEWAY].metrics.readiness.check()
+    ready, body = await request.app[GATEWAY].readiness.check()
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -28,7 +28,7 @@ from ..idempotency import Once
 from ..ledger.record import UsageRecord
 from ..limits import Admission
 from ..providers.base import Completion
-from ..router import Route
+from ..routing.resolve import Route
 from ..routing import AttemptLog
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, read_body
 from .dialect import Dialect, R

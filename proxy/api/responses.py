@@ -149,13 +149,13 @@ class ResponsesDialect(Dialect[ResponsesCall]):
     async def complete(self, gw: Gateway, req: ResponsesCall, model: Model) -> Completion:
         provider = gw.provider(model.provider)
         if isinstance(provider, OpenAIProvider) and provider.config.responses_api:
-            return await provider.responses(req.upstream_body(model))
+            return await provider.responses(req.upstream_body(model), model)
         return await provider.chat(req.chat().call(model))
 
     async def open(self, gw: Gateway, req: ResponsesCall, model: Model) -> ChatStream:
         provider = gw.provider(model.provider)
         if isinstance(provider, OpenAIProvider) and provider.config.responses_api:
-            return await provider.responses_stream(req.upstream_body(model))
+            return await provider.responses_stream(req.upstream_body(model), model)
         parsed = req.parsed()
         inner = await provider.stream(req.chat().call(model))
         tr = ResponsesStream(parsed, req.model_id, provider.name)

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from msgspec import Raw
 
 from ..config import CacheConfig
+from ..stats import DependencyErrors
 from .completion import CachedCompletion
 from .key import cache_key, cache_requested
 from .store import CacheStore, MemoryLRU, RedisCache
@@ -37,6 +38,9 @@ class ResponseCache:
     @property
     def store_backend(self) -> CacheStore:
         return self._store
+
+    def stats(self) -> DependencyErrors:
+        return DependencyErrors(redis_errors=self._store.errors)
 
     def wanted(
         self,

@@ -33,6 +33,8 @@ ENTRY_OVERHEAD: Final = 400
 
 
 class CacheStore(Protocol):
+    errors: int  # failed calls to a shared store, for metrics (in-process: always 0)
+
     async def get(self, key: str) -> CachedCompletion | None: ...
 
     async def set(self, key: str, value: CachedCompletion, ttl_s: float) -> None: ...
@@ -48,13 +50,14 @@ class MemoryLRU:
     One per process: without Redis, each worker has its own cache.
     """
 
-    __slots__ = ("_clock", "_entries", "max_bytes", "size_bytes")
+    __slots__ = ("_clock", "_entries", "errors", "max_bytes", "size_bytes")
 
     def __init__(self, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: OrderedDict[str, tuple[float, int, CachedCompletion]] = OrderedDict()
         self._clock = clock
         self.max_bytes = max_bytes
         self.size_bytes = 0
+        self.errors = 0  # nothing here fails; the same interface as RedisCache
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -89,12 +92,13 @@ class MemoryLRU:
 class RedisCache:
     """Entries at `<namespace>:cache:<key>`, expired by Redis itself (SET ... PX)."""
 
-    __slots__ = ("_prefix", "_redis", "timeout_s")
+    __slots__ = ("_prefix", "_redis", "errors", "timeout_s")
 
     def __init__(self, client: aioredis.Redis, namespace: str, *, timeout_s: float = 0.5) -> None:
         self._redis = client
         self._prefix = f"{namespace}:cache:"
         self.timeout_s = timeout_s
+        self.errors = 0  # failed Redis calls, for metrics
 
     def redis_key(self, key: str) -> str:
         return self._prefix + key
@@ -104,6 +108,7 @@ class RedisCache:
             async with asyncio.timeout(self.timeout_s):
                 data = await self._redis.get(self._prefix + key)
         except (RedisError, OSError, TimeoutError) as e:
+            self.errors += 1
             log.warning("response cache: Redis GET failed, serving uncached: %s", e)
             return None
         if not isinstance(data, bytes):
@@ -120,4 +125,5 @@ class RedisCache:
                     self._prefix + key, _encode_entry(value), px=max(1, int(ttl_s * 1000))
                 )
         except (RedisError, OSError, TimeoutError) as e:
+            self.errors += 1
             log.warning("response cache: Redis SET failed, answer not cached: %s", e)

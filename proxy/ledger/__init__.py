@@ -2,14 +2,10 @@
 
 `Ledger` is what the rest of the gateway sees. The request path only calls `enqueue`,
 which never waits on a database. `create_ledger` picks the engine from `database_url`:
-PostgreSQL (postgres.py) or SQLite (sqlite.py), both driven by the same writer
-(writer.py: the request path and lifecycle; writer_state.py: its state and spooling;
-flusher.py: the background task; batches.py: transactions; sink.py: the engine's side)
-and answering the same reports (report.py).
-The SQL ledgers also carry the writer's counters as plain attributes for metrics:
-`queue_depth`, `records_written`, `records_spooled`, `records_replayed`,
-`records_quarantined`, `records_salvaged` (refused, then written with their metadata
-replaced by a marker), `last_flush_seconds`, `database_errors` (failed flushes).
+PostgreSQL (postgres.py) or SQLite (sqlite.py), each a sink and a reader handed to the one
+writer class, `writer.LedgerWriter` (its docstring lists the parts it owns), and answering
+the same reports (report.py). `stats()` is what metrics and readiness read: the queue,
+the writer's counters and whether the database is up (`proxy.stats.LedgerStats`).
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..migrate import is_sqlite
+from ..stats import LedgerStats
 from .record import UsageRecord
 from .report import UsageQuery, UsageReport, aggregate
 
@@ -44,6 +41,9 @@ class Ledger(Protocol):
         """nano-USD spent by a key since a time (None: ever). Records still queued are not
         counted (they land within a flush interval)."""
 
+    def stats(self) -> LedgerStats:
+        """The queue, the counters and the database state, for metrics and readiness."""
+
 
 class MemoryLedger:
     """Keeps records in a list: for tests that need no database."""
@@ -63,6 +63,10 @@ class MemoryLedger:
     async def report(self, query: UsageQuery) -> UsageReport:
         return aggregate(self.records, query)
 
+    def stats(self) -> LedgerStats:
+        # Nothing spools: a database away loses these records (readiness says so).
+        return LedgerStats(spools=False, records_enqueued=len(self.records))
+
     async def spend(self, key_id: str, since: datetime | None) -> int:
         return sum(r.cost_nusd for r in self.records
                    if r.key_id == key_id and (since is None or r.ts >= since))
@@ -79,9 +83,9 @@ def create_ledger(settings: Settings) -> Ledger:
                     "(benchmarks only)")
         return MemoryLedger()
     if is_sqlite(settings.database_url):
-        from .sqlite import SqliteLedger
+        from .sqlite import sqlite_ledger
 
-        return SqliteLedger(settings.database_url, settings.ledger, spool_dir(settings))
-    from .postgres import PostgresLedger
+        return sqlite_ledger(settings.database_url, settings.ledger, spool_dir(settings))
+    from .postgres import postgres_ledger
 
-    return PostgresLedger(settings.database_url, settings.ledger, spool_dir(settings))
+    return postgres_ledger(settings.database_url, settings.ledger, spool_dir(settings))

@@ -39,6 +39,8 @@ from typing import Final
 
 import msgspec
 
+from ..stats import AdmissionStats
+
 log = logging.getLogger("proxy.ledger")
 
 PREFIX: Final = "inflight-"
@@ -102,6 +104,9 @@ class AdmissionJournal:
         self._path: Path | None = None
         self._size = 0
         self.errors = 0
+
+    def stats(self) -> AdmissionStats:
+        return AdmissionStats(write_errors=self.errors)
 
     # --- the request path ----------------------------------------------------------------
 

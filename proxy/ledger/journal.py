@@ -58,7 +58,8 @@ class Segment:
 
 
 class Journal:
-    """Segment files of one writer in `directory`, and the claiming of orphaned ones."""
+    """Segment files of one writer in `directory`, the claiming of orphaned ones, and the
+    quarantine file; `errors` counts the writes that failed (for metrics)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -67,6 +68,14 @@ class Journal:
         self._seq = 0
         self._quarantine_fd: int | None = None
         self._bad_lines = 0
+        self.errors = 0
+
+    def failed(self, e: OSError) -> None:
+        """A write of the journal failed: counted, and logged once a thousand."""
+        self.errors += 1
+        if self.errors == 1 or self.errors % 1000 == 0:
+            log.error("ledger: cannot write the journal in %s (%s): records not yet in the "
+                      "database are at risk", self.directory, e)
 
     def ensure_dir(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -190,6 +199,14 @@ class Journal:
             entry["record"] = ascii(record)
             data = _encode(entry)
         self._quarantine_write(data)
+
+    def set_aside(self, record: UsageRecord, reason: str, in_database: bool) -> None:
+        """Keep a refused record's original in the quarantine file; `in_database`: a salvaged
+        copy is in the database. A failed write is counted, never raised."""
+        try:
+            self.quarantine(record, reason, salvaged=in_database)
+        except OSError as e:
+            self.failed(e)
 
     def take_bad_lines(self) -> int:
         """Lines quarantined by read() since the last call."""

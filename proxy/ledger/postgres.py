@@ -3,9 +3,11 @@ inserts the new records (`ON CONFLICT (request_id) DO NOTHING`) and upserts ever
 from the rows it actually inserted (`RETURNING`), all in one transaction. A replayed batch
 therefore inserts nothing and adds nothing to the rollups.
 
-The writer holds one connection of its own and replaces it after any failure (asyncpg does
-not bring a connection back after a server restart); the writer's backoff paces the
-reconnects. Reports use a small pool of their own, so a long report never delays a flush.
+`PostgresSink` is what the writer (`writer.LedgerWriter`) writes through: a connection per
+lane, replaced after any failure (asyncpg does not bring a connection back after a server
+restart); the writer's backoff paces the reconnects. `PostgresReader` answers reports from
+a small pool of its own, so a long report never delays a flush. `postgres_ledger` hands
+both to a writer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Unpack
 
 import asyncpg
 
@@ -26,7 +28,8 @@ from . import report_sql
 from .record import UsageRecord
 from .report import Measures, UsageQuery, UsageReport, UsageRow, assemble
 from .schema import COLUMNS, POSTGRES, ROLLUP_INPUTS, pg_row, upserts
-from .writer import LedgerWriter, RecordError
+from .sink import RecordError
+from .writer import LedgerWriter, WriterOptions
 
 log = logging.getLogger("proxy.ledger")
 
@@ -71,7 +74,7 @@ FLUSH_SQL: Final = _flush_sql()
 
 def is_data_error(e: BaseException) -> bool:
     if isinstance(e, asyncpg.PostgresError):
-        return str(getattr(e, "sqlstate", "") or "")[:2] in _DATA_CLASSES
+        return str(e.sqlstate or "")[:2] in _DATA_CLASSES
     # Raised by asyncpg while encoding a value client-side: out of range, wrong type,
     # a lone surrogate in a string.
     return isinstance(e, (TypeError, ValueError, OverflowError))
@@ -115,6 +118,14 @@ class PostgresSink:
         self._all = [_Lane() for _ in range(concurrency)]
         for lane in self._all:
             self._lanes.put_nowait(lane)
+
+    async def prepare(self) -> None:
+        try:
+            await migrate(self._dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            # Not fatal: records spool until the database is back (a reconnect migrates).
+            log.warning("ledger: cannot migrate %s at start (%s); will retry",
+                        "the database", type(e).__name__)
 
     async def _connection(self, lane: _Lane) -> asyncpg.Connection[Any]:
         if lane.conn is not None and not lane.conn.is_closed():
@@ -165,25 +176,20 @@ class PostgresSink:
                 lane.conn = None
 
 
-class PostgresLedger(LedgerWriter):
-    """The writer into PostgreSQL, plus the reports and spend read from it."""
+def postgres_ledger(dsn: str, config: LedgerConfig, spool_dir: Path,
+                    **options: Unpack[WriterOptions]) -> LedgerWriter:
+    """The ledger on PostgreSQL: a writer through `PostgresSink`, reports from its pool."""
+    return LedgerWriter(PostgresSink(dsn), PostgresReader(dsn), config, spool_dir, **options)
 
-    def __init__(self, dsn: str, config: LedgerConfig, spool_dir: Path, **kw: Any) -> None:
-        super().__init__(PostgresSink(dsn), config, spool_dir, **kw)
+
+class PostgresReader:
+    """Reports and spend, on a small pool of their own."""
+
+    def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._pool: asyncpg.Pool[Any] | None = None
 
-    async def start(self) -> None:
-        try:
-            await migrate(self._dsn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            # Not fatal: records spool until the database is back (the writer migrates then).
-            log.warning("ledger: cannot migrate %s at start (%s); will retry",
-                        "the database", type(e).__name__)
-        await super().start()
-
     async def close(self) -> None:
-        await super().close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -115,8 +115,12 @@ class Dialect:
     def trunc(self, unit: str | None, column: str) -> str:
         if unit is None:
             return self.null_time
-        template: str = getattr(self, unit)
-        return template.format(c=column)
+        templates = {"hour": self.hour, "day": self.day, "month": self.month}
+        return templates[unit].format(c=column)
+
+    def join(self, name: str) -> str:
+        """The set-returning join a rollup names (`tags`, `extras`)."""
+        return {"tags": self.tags, "extras": self.extras}[name]
 
     def placeholder(self, n: int) -> str:
         return f"${n}" if self.name == "postgres" else f":p{n}"
@@ -187,7 +191,7 @@ def upserts(d: Dialect, source: str) -> list[str]:
         cols = ", ".join([*key_cols, *MEASURES])
         exprs = ", ".join([e for _, e in ru.keys] + list(RAW_MEASURES))
         positions = ", ".join(str(i + 1) for i in range(len(ru.keys)))
-        join = getattr(d, ru.join) if ru.join else ""
+        join = d.join(ru.join) if ru.join else ""
         sets = ", ".join(f"{m} = {ru.table}.{m} + excluded.{m}" for m in MEASURES)
         # The table's primary key, whatever order the SELECT lists the columns in.
         conflict = {

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from ..config import LedgerConfig
 from ..migrate import migrate, sqlite_path
@@ -23,7 +23,8 @@ from . import report_sql
 from .record import UsageRecord
 from .report import Measures, UsageQuery, UsageReport, UsageRow, assemble
 from .schema import COLUMNS, SQLITE, from_micros, sqlite_row, upserts
-from .writer import LedgerWriter, RecordError
+from .sink import RecordError
+from .writer import LedgerWriter, WriterOptions
 
 STAGING: Final = "temp.ledger_staging"
 _COLS: Final = ", ".join(COLUMNS)
@@ -52,9 +53,13 @@ def _connect(path: str) -> sqlite3.Connection:
 class SqliteSink:
     concurrency = 1  # SQLite has one writer at a time anyway
 
-    def __init__(self, path: str) -> None:
-        self._path = path
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._path = sqlite_path(database_url)
         self._conn: sqlite3.Connection | None = None
+
+    async def prepare(self) -> None:
+        await migrate(self._url)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -108,18 +113,22 @@ class SqliteSink:
         await asyncio.to_thread(self._close)
 
 
-class SqliteLedger(LedgerWriter):
-    """The writer into SQLite, plus the reports and spend read from it."""
+def sqlite_ledger(database_url: str, config: LedgerConfig, spool_dir: Path,
+                  **options: Unpack[WriterOptions]) -> LedgerWriter:
+    """The ledger on SQLite: a writer through `SqliteSink`, reports on fresh connections."""
+    return LedgerWriter(SqliteSink(database_url), SqliteReader(database_url), config,
+                        spool_dir, **options)
 
-    def __init__(self, database_url: str, config: LedgerConfig, spool_dir: Path,
-                 **kw: Any) -> None:
-        self._url = database_url
+
+class SqliteReader:
+    """Reports and spend, each on a connection of its own in a thread (WAL: never blocked
+    by a flush)."""
+
+    def __init__(self, database_url: str) -> None:
         self._path = sqlite_path(database_url)
-        super().__init__(SqliteSink(self._path), config, spool_dir, **kw)
 
-    async def start(self) -> None:
-        await migrate(self._url)
-        await super().start()
+    async def close(self) -> None:
+        pass
 
     def _fetch(self, statement: report_sql.Statement) -> list[tuple[Any, ...]]:
         conn = _connect(self._path)

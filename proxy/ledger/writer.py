@@ -1,151 +1,119 @@
 """The ledger writer: the request path enqueues, one background task writes batches.
 
-`enqueue` is synchronous and never touches the database: it appends the record to the
-journal (see journal.py; the bytes reach the file at the end of the event-loop iteration,
-one write for all the records of that iteration) and keeps it in memory while the queue is
-under `queue_limit`. Past the limit the current segment stops keeping records in memory and
-is read back from its file when its turn comes, so memory stays bounded whatever the
-database does.
+`LedgerWriter` is the one class to read. It owns small collaborators, one module each,
+and is handed the engine's specifics (PostgreSQL or SQLite) as a `Sink` to write through
+and a `Reader` to report from (sink.py; postgres.py, sqlite.py):
 
-This module owns `LedgerWriter`, the class the SQL ledgers build on: `enqueue` (the
-request path), and `start` and `close` (the lifecycle: claim dead workers' spool files;
-flush everything at SIGTERM, leaving on disk what the database does not take). The rest:
-`writer_state.py` (the state, journal lines, spooling), `flusher.py` (the background task,
-the backlog, the lanes, the database being away), `batches.py` (transactions, bisection,
-quarantine), `sink.py` (the database interface).
+- journal.py, `Journal`: the segment files every record is appended to first, the claiming
+  of dead writers' files, the quarantine file;
+- intake.py, `Intake`: the request path (`enqueue`): the current segment, in memory while
+  the queue is under `queue_limit`;
+- flusher.py, `Flusher`: the background task: the backlog of closed segments into the
+  database in order, over the lanes (lanes.py) while it is up, spooled while it is away
+  (backoff.py);
+- batches.py, `Batches`: transactions, bisection of a refused batch, salvage, quarantine;
+- counters.py, `WriterCounters`: the counts each part adds to; `stats()` copies them out.
+
+`start` claims dead workers' spool files; `close` flushes everything at SIGTERM, leaving on
+disk what the database does not take.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TypedDict
 
-import msgspec
-
+from ..config import LedgerConfig
+from ..stats import LedgerStats
+from .backoff import Backoff
+from .batches import Batches
+from .counters import WriterCounters
 from .flusher import Flusher
+from .intake import Intake
+from .journal import Journal
 from .record import UsageRecord
-from .salvage import salvaged
-from .sink import RecordError
-
-# RecordError: postgres.py and sqlite.py import it from here.
-__all__ = ["LedgerWriter", "RecordError"]
+from .report import UsageQuery, UsageReport
+from .sink import Reader, Sink
 
 log = logging.getLogger("proxy.ledger")
 
-_encode = msgspec.json.Encoder().encode
+
+class WriterOptions(TypedDict, total=False):
+    """The writer's tuning beyond `[ledger]` (tests shorten the waits)."""
+
+    max_batch: int | None  # records per transaction (default: 10 x flush_rows)
+    write_timeout_s: float  # one transaction
+    backoff_s: tuple[float, float]  # retry delays while the database is away: first, most
 
 
-class LedgerWriter(Flusher):
-    """Queue, journal, flusher and the counters metrics read (plain attributes)."""
+class LedgerWriter:
+    """A `Ledger` on a SQL database: journal, intake, flusher and batches over a sink."""
 
-    # --- the request path ------------------------------------------------------------
+    # The request path's call, bound to the intake's own method: no call in between.
+    enqueue: Callable[[UsageRecord], None]
 
-    def enqueue(self, record: UsageRecord) -> None:
-        """Hand a record over; never blocks on the database, never raises."""
-        self.records_enqueued += 1
-        try:
-            line = _encode(record) + b"\n"
-        except (TypeError, ValueError, OverflowError) as e:
-            # A lone surrogate in a string, say: the journal takes the salvaged copy, so the
-            # cost is still written.
-            copy = self._unencodable(record, e)
-            if copy is None:
-                return
-            record, line = copy
-        if self._loop is None or self._closed:
-            self._write_late(line)
-            return
-        segment = self._current
-        if segment is None:
-            try:
-                segment = self._current = self.journal.open_segment(self._retry_at is None)
-            except OSError as e:
-                self._journal_failed(e)
-                return
-            segment.spooled = not segment.in_memory
-        segment.count += 1
-        self._pending.append(line)
-        if not self._drain_scheduled:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
-        if not segment.in_memory:
-            self.records_spooled += 1
-        elif self.queue_depth < self._limit:
-            segment.records.append(record)
-            self.queue_depth += 1
-            if len(segment.records) >= self._flush_rows:
-                self._wake.set()
-        else:
-            log.warning("ledger: queue limit (%d) reached: records go to the spool file",
-                        self._limit)
-            self._spool(segment, sync=False)  # no fsync on the request path
+    def __init__(
+        self,
+        sink: Sink,
+        reader: Reader,
+        config: LedgerConfig,
+        spool_dir: Path,
+        *,
+        max_batch: int | None = None,
+        write_timeout_s: float = 30.0,
+        backoff_s: tuple[float, float] = (0.2, 5.0),
+    ) -> None:
+        flush_rows = max(1, config.flush_rows)
+        self._sink = sink
+        self._reader = reader
+        self.journal = Journal(spool_dir)
+        self._counters = WriterCounters()
+        self._backoff = Backoff(backoff_s)
+        wake = asyncio.Event()
+        self._intake = Intake(self.journal, self._counters, self._backoff, wake,
+                              queue_limit=max(1, config.queue_limit), flush_rows=flush_rows)
+        self.enqueue = self._intake.enqueue
+        batches = Batches(sink, self.journal, self._counters,
+                          max_batch=max_batch or max(flush_rows, 10 * flush_rows),
+                          flush_rows=flush_rows, write_timeout_s=write_timeout_s)
+        self._flusher = Flusher(self._intake, batches, self.journal, self._counters,
+                                self._backoff, wake,
+                                interval_s=max(0.001, config.flush_interval_ms / 1000))
+        self._closed = False
 
-    def _unencodable(self, record: UsageRecord,
-                     error: Exception) -> tuple[UsageRecord, bytes] | None:
-        try:
-            copy = salvaged(record)
-            line = _encode(copy) + b"\n"
-        except (TypeError, ValueError, OverflowError) as e:
-            self.records_quarantined += 1
-            log.error("ledger: record %s cannot be encoded, even salvaged: %s",
-                      record.request_id, e)
-            self._set_aside(record, f"cannot be encoded: {e}", in_database=False)
-            return None
-        self.records_salvaged += 1
-        log.error("ledger: record %s journaled with its metadata replaced by a marker (%s)",
-                  record.request_id, error)
-        self._set_aside(record, f"cannot be encoded: {error}", in_database=True)
-        return copy, line
+    def stats(self) -> LedgerStats:
+        return self._counters.snapshot(database_up=self._backoff.up,
+                                       journal_errors=self.journal.errors)
 
-    def _write_late(self, line: bytes) -> None:
-        try:
-            self.journal.ensure_dir()
-            self.journal.write_late(line)
-            self.records_spooled += 1
-        except OSError as e:
-            self._journal_failed(e)
-
-    # --- lifecycle ---------------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the journal and claim the spool files that dead writers left."""
+        """Prepare the database, open the journal, claim the spool files dead writers left."""
+        await self._sink.prepare()
         self.journal.ensure_dir()
-        self._loop = asyncio.get_running_loop()
-        self._claim_orphans()
-        if self._lanes.count > 1:
-            self._lanes.start()
-        self._task = asyncio.create_task(self._run(), name="ledger-writer")
-        if self._backlog:
-            self._wake.set()
+        self._intake.open(asyncio.get_running_loop())
+        self._flusher.start()
 
     async def close(self) -> None:
         """Flush everything (SIGTERM path). What the database does not take stays on disk."""
         if self._closed:
             return
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        await self._lanes.settle()
-        self._lanes.stop()
-        self._retry_at = None  # one last attempt, whatever the backoff said
-        for _ in range(3):  # again if a late request enqueued meanwhile
-            await self._cycle()
-            if self._current is None or not self.database_up:
-                break
-        self._drain()
-        if self._current is not None:
-            self._backlog.append(self._current)
-            self._current = None
-        for segment in self._backlog:
-            if segment.count or not segment.in_memory:
-                self.journal.sync(segment)
-            self.journal.release(segment)
-        if self._backlog:
-            log.warning("ledger: %d spool file(s) left in %s for the next start",
-                        len(self._backlog), self.journal.directory)
-        self._backlog.clear()
-        self.queue_depth = 0
+        await self._flusher.close()
+        self._intake.close()
+        self._counters.queue_depth = 0
         self._closed = True
         self.journal.close()
         await self._sink.close()
+        await self._reader.close()
+
+    # --- reports -----------------------------------------------------------------------------
+
+    async def report(self, query: UsageQuery) -> UsageReport:
+        return await self._reader.report(query)
+
+    async def spend(self, key_id: str, since: datetime | None) -> int:
+        return await self._reader.spend(key_id, since)

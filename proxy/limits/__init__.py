@@ -15,8 +15,9 @@ from typing import Protocol
 
 from ..auth import Principal
 from ..config import Settings
+from ..stats import DependencyErrors
 from .admission import Admission
-from .durable import SpendSource, SpendStore
+from .durable import LedgerSpend, SpendSource, SpendStore
 
 __all__ = ["Admission", "Limits", "create_limits"]
 
@@ -43,6 +44,9 @@ class Limits(Protocol):
     async def return_lease(self, key_id: str, period: str, lease_id: str) -> None:
         """Hand back all that is left of a dead worker's spend lease."""
 
+    def stats(self) -> DependencyErrors:
+        """Failed Redis and database calls, for metrics."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -58,7 +62,7 @@ class _KeySource(Protocol):
 
 
 def create_limits(
-    settings: Settings, keys: _KeySource | None, ledger: Callable[[], object]
+    settings: Settings, keys: _KeySource | None, ledger: Callable[[], LedgerSpend | None]
 ) -> Limits:
     """`ledger` is a getter, so the ledger can be swapped in after the limits are built."""
     source = SpendSource(keys.store if keys is not None else None, ledger)

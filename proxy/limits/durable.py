@@ -29,8 +29,15 @@ class SpendStore(Protocol):
     async def close(self) -> None: ...
 
 
+class LedgerSpend(Protocol):
+    """What limits read of the ledger (`proxy.ledger.Ledger.spend`)."""
+
+    async def spend(self, key_id: str, since: datetime | None) -> int: ...
+
+
 class SpendSource:
-    def __init__(self, store: SpendStore | None, ledger: Callable[[], object]) -> None:
+    def __init__(self, store: SpendStore | None,
+                 ledger: Callable[[], LedgerSpend | None]) -> None:
         self.store = store
         self.ledger = ledger  # a getter: the ledger object may be replaced after we are built
 
@@ -38,11 +45,10 @@ class SpendSource:
         return await self.store.spend_snapshot(key_id, period) if self.store is not None else 0
 
     async def ledger_spend(self, key_id: str, period: str) -> int | None:
-        # The ledger's `spend(key_id, since)` lands separately; until then, only snapshots.
-        spend: Callable[[str, datetime | None], Any] | None = getattr(self.ledger(), "spend", None)
-        if spend is None:
+        ledger = self.ledger()
+        if ledger is None:  # a limits object built without a ledger: only snapshots
             return None
-        return int(await spend(key_id, period_start(period)))
+        return int(await ledger.spend(key_id, period_start(period)))
 
     async def base(self, key_id: str, period: str) -> int:
         """The counter's starting value: raises when no durable source could be read."""

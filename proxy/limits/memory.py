@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from ..auth import Principal
 from ..config import LimitsConfig
+from ..stats import DependencyErrors
 from . import periods
 from .admission import Admission
 from .durable import SnapshotWriter, SpendSource
@@ -101,6 +102,9 @@ class MemoryLimits:
     def database_errors(self) -> int:
         """For metrics: failed reads of a counter's durable floor, failed snapshot writes."""
         return self._load_errors + self.snapshots.errors
+
+    def stats(self) -> DependencyErrors:
+        return DependencyErrors(database_errors=self.database_errors)
 
     async def counter(self, key_id: str, period: str) -> _Counter:
         """The counter, loaded once from its durable sources however many requests wait."""

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from ..auth import Principal
 from ..errors import ServiceUnavailable
+from ..stats import DependencyErrors
 from . import periods, scripts
 from .admission import Admission
 from .memory import reservation_id
@@ -44,6 +45,9 @@ _BATCH: Final = 500
 
 class RedisLimits(RedisOrphans):
     """The limits on Redis (`create_limits` picks it when `redis_url` is set)."""
+
+    def stats(self) -> DependencyErrors:
+        return DependencyErrors(self.redis_errors, self.database_errors)
 
     # --- admit --------------------------------------------------------------------------
 

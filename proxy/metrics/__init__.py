@@ -1,54 +1,100 @@
 """Prometheus metrics of one gateway process: `Metrics`, held by the gateway as `metrics`.
 
-`Metrics` is built in layers, one module each, and adds the `/readyz` checks, the
-`/metrics` scrape and `close`:
+`Metrics` is the one class to read. It owns three collaborators, one module each:
 
-- collectors.py: the registry and every collector, with bounded label values;
-- sampling.py: the state other modules keep themselves, copied into collectors;
-- recording.py: the request path's API (`request_done`, `attempts_done`, ...);
-- multiprocess.py: `serve --workers N`: the directory the workers share their values in
-  (`PROMETHEUS_MULTIPROC_DIR`), and a scrape that adds them up.
+- collectors.py, `Collectors`: the registry and every collector, with bounded label values;
+- recording.py, `Recording`: the request path's counting (`request_done`,
+  `attempts_done`, ...), pre-bound label children and the numbers not yet folded in;
+- sampling.py, `Sampling`: the state other components keep themselves, read through their
+  typed `stats()` (`MetricSources`, built by the gateway) and copied into collectors;
 
-With that directory set, a scrape answers every worker's values added up; otherwise this
-process's registry.
+and multiprocess.py: `serve --workers N`: the directory the workers share their values in
+(`PROMETHEUS_MULTIPROC_DIR`), and a scrape that adds them up. With that directory set, a
+scrape answers every worker's values added up; otherwise this process's registry.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from prometheus_client import generate_latest
 
+from ..access_log import AccessLog
 from ..config import Settings
-from ..health import Readiness
+from ..ledger.record import UsageRecord
+from .collectors import Collectors
 from .multiprocess import multiprocess_exposition
-from .recording import Recording
+from .recording import AttemptLogView, InFlight, Recording
+from .sampling import MetricSources, Sampling
 
-if TYPE_CHECKING:
-    from ..gateway import Gateway
+__all__ = ["InFlight", "MetricSources", "Metrics"]
 
 
-class Metrics(Recording):
-    """Every collector of one gateway process, the request-path API, and `/readyz` checks."""
+class Metrics:
+    """Every collector of one gateway process, the request path's calls, and the scrape."""
 
-    def __init__(self, settings: Settings, gateway: Gateway) -> None:
-        super().__init__(settings, gateway)
-        self.readiness = Readiness(settings, gateway, self.dependency_error)
+    def __init__(self, settings: Settings, sources: MetricSources) -> None:
+        self.collectors = Collectors(settings)
+        self.multiprocess_dir = self.collectors.multiprocess_dir
+        self._recording = Recording(self.collectors,
+                                    fold_at_once=self.multiprocess_dir is not None)
+        self._sampling = Sampling(self.collectors, sources)
+        self.access_log = AccessLog() if settings.access_log else None
 
-    def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        self.fold()  # a worker's last requests reach its files
+    # --- the request path -------------------------------------------------------------------
+
+    def request_done(self, route: str, record: UsageRecord, upstream_s: float) -> None:
+        """Count one finished request and write its access-log line.
+
+        `upstream_s` is the time spent waiting on upstreams, failed attempts included: for
+        a plain call until the answer was in, for a stream until its first event. The
+        overhead observed is the request's time (a stream's time to first token) minus it.
+        """
+        self._recording.request_done(route, record, upstream_s)
         if self.access_log is not None:
-            self.access_log.flush()
+            self.access_log.write(route, record, upstream_s)
+        if self.multiprocess_dir is not None and not self._sampling.ticking:
+            self._sampling.start_ticking(self.sample)
+
+    def attempts_done(self, log: AttemptLogView) -> None:
+        """Count a routing loop's failures once it is over (`Recording.attempts_done`)."""
+        self._recording.attempts_done(log)
+
+    def cache_lookup(self, route: str, hit: bool) -> None:
+        self._recording.cache_lookup(route, hit)
+
+    def in_flight(self, route: str) -> InFlight:
+        """`with metrics.in_flight(route):` counts the request while it runs."""
+        return self._recording.in_flight(route)
+
+    def stream_opened(self) -> None:
+        self._recording.stream_opened()
+
+    def stream_closed(self) -> None:
+        self._recording.stream_closed()
+
+    def dependency_error(self, dependency: str, component: str) -> None:
+        """A Redis or database operation failed (`dependency`: "redis" or "database")."""
+        self._recording.dependency_error(dependency, component)
+
+    # --- scrape and lifecycle ---------------------------------------------------------------
+
+    def sample(self) -> None:
+        """Fold the request path's numbers in and copy other components' stats."""
+        self._recording.fold()
+        self._sampling.sample()
 
     async def scrape(self) -> bytes:
         """The text exposition: this process's registry, or every worker's files added up."""
         self.sample()
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
-        if self._tick is None:
-            self._schedule_sampling()
+            return generate_latest(self.collectors.registry)
+        if not self._sampling.ticking:
+            self._sampling.start_ticking(self.sample)
         return await asyncio.to_thread(multiprocess_exposition, self.multiprocess_dir)
+
+    def close(self) -> None:
+        self._sampling.stop_ticking()
+        self._recording.fold()  # a worker's last requests reach its files
+        if self.access_log is not None:
+            self.access_log.flush()

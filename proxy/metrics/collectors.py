@@ -2,7 +2,8 @@
 
 `Collectors` makes the registry (in multiprocess mode only a namespace: the values live in
 files, see multiprocess.py) and the counters, histograms and gauges, with the series whose
-label values are known up front. Labels are bounded: routes, catalog models, configured
+label values are known up front, including the mirrors of what other components count
+themselves (sampling.py fills them). Labels are bounded: routes, catalog models, configured
 providers, HTTP statuses, short failure reasons. Never a key id or a user id.
 """
 
@@ -60,8 +61,10 @@ class Collectors:
             process_collector.ProcessCollector(registry=self.registry)
             platform_collector.PlatformCollector(registry=self.registry)
             gc_collector.GCCollector(registry=self.registry)
-        self._models = {m.id for m in settings.models}
-        self._providers = {n for n, p in settings.providers.items() if settings.region in p.regions}
+        # The label values known up front; anything else is recorded as OTHER.
+        self.models = frozenset(m.id for m in settings.models)
+        self.providers = frozenset(
+            n for n, p in settings.providers.items() if settings.region in p.regions)
         self._define(settings)
 
     def _define(self, settings: Settings) -> None:
@@ -125,6 +128,48 @@ class Collectors:
         self.database_errors = Counter(
             "proxy_database_errors", "Database operations that failed, by component.",
             ("component",), registry=r)
+        # Mirrors of the ledger writer's own counters (`LedgerStats`), added to by sampling.
+        self.ledger_written = Counter(
+            "proxy_ledger_records_written", "Usage records written to the database.",
+            registry=r)
+        self.ledger_spooled = Counter(
+            "proxy_ledger_records_spooled",
+            "Usage records spooled to local disk while the database was away.", registry=r)
+        self.ledger_replayed = Counter(
+            "proxy_ledger_records_replayed",
+            "Usage records replayed from the spool into the database.", registry=r)
+        self.ledger_quarantined = Counter(
+            "proxy_ledger_records_quarantined",
+            "Usage records set aside as unwritable (kept on disk for an operator).", registry=r)
+        self.ledger_salvaged = Counter(
+            "proxy_ledger_records_salvaged",
+            "Usage records the database refused, written with their metadata replaced by a "
+            "marker (cost kept; the original kept on disk for an operator).", registry=r)
+        self.ledger_journal_errors = Counter(
+            "proxy_ledger_journal_errors",
+            "Failed writes of the ledger's local journal (records not yet in the database "
+            "are at risk).", registry=r)
+        self.admission_journal_errors = Counter(
+            "proxy_admission_journal_errors",
+            "Failed writes of the admission journal (a worker killed meanwhile leaves its "
+            "requests to the limits' sweeper).", registry=r)
+        self.edge_open = Gauge(
+            "proxy_edge_connections_open", "Client connections open on the listener.",
+            multiprocess_mode="livesum", registry=r)
+        self.edge_refused = Counter(
+            "proxy_edge_connections_refused",
+            "Client connections refused with 503 at the cap (`[edge] max_connections`).",
+            registry=r)
+        self.upstream_open = Gauge(
+            "proxy_upstream_connections_open", "Upstream connections open or being opened, "
+            "by provider.", ("provider",), multiprocess_mode="livesum", registry=r)
+        self.upstream_idle = Gauge(
+            "proxy_upstream_connections_idle", "Upstream connections open and idle (kept for "
+            "reuse), by provider.", ("provider",), multiprocess_mode="livesum", registry=r)
+        self.upstream_waiting = Gauge(
+            "proxy_upstream_requests_waiting", "Requests waiting for an upstream connection "
+            "(the provider's pool at `max_connections`).", ("provider",),
+            multiprocess_mode="livesum", registry=r)
         info = Gauge("proxy_info", "The gateway's region and version (value 1).",
                      ("region", "version"), multiprocess_mode="livemax", registry=r)
         info.labels(settings.region, _version()).set(1)
@@ -133,5 +178,7 @@ class Collectors:
         for component in COMPONENTS:
             self.redis_errors.labels(component)
             self.database_errors.labels(component)
-        for provider in self._providers:
+        for provider in self.providers:
             self.circuit.labels(provider).set(0)
+            for gauge in (self.upstream_open, self.upstream_idle, self.upstream_waiting):
+                gauge.labels(provider).set(0)

@@ -1,7 +1,7 @@
-"""The request path's API: what it records, each call a dict lookup and a few increments.
+"""The request path's counting: each call a dict lookup and a few increments.
 
-The request path calls `request_done` once per request with its usage record (which also
-writes the access-log line), `attempts_done` with the routing loop's attempt log (upstream
+`Recording` is what `Metrics` hands the request path's calls to: `request_done` once per
+request with its usage record, `attempts_done` with the routing loop's attempt log (upstream
 errors, retries, fallbacks), `cache_lookup` per response-cache lookup, `in_flight(route)`
 around a request and `stream_opened` / `stream_closed` around a relayed stream. Each looks
 up pre-bound label children in a dict, so the hot path costs a dict lookup and a few
@@ -18,25 +18,19 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 from prometheus_client import Counter
 
-from ..access_log import AccessLog
 from ..catalog import NANO
-from ..config import Settings
 from ..ledger.record import UsageRecord
 from .collectors import COMPONENTS, OTHER, ROUTES, Collectors
-from .sampling import Sampling
-
-if TYPE_CHECKING:
-    from ..gateway import Gateway
 
 _MAX_SERIES: Final = 20_000  # past this, label bundles are built per call and not kept
 _REASON_LEN: Final = 40
 
 
-class _Failure(Protocol):
+class FailureView(Protocol):
     """What `attempts_done` reads of one failed attempt (`routing.attempts.Failure`)."""
 
     @property
@@ -46,7 +40,7 @@ class _Failure(Protocol):
     def reason(self) -> str: ...
 
 
-class _AttemptLog(Protocol):
+class AttemptLogView(Protocol):
     """What `attempts_done` reads of a routing loop's record (`routing.attempts.AttemptLog`)."""
 
     @property
@@ -56,7 +50,7 @@ class _AttemptLog(Protocol):
     def model(self) -> Any: ...
 
     @property
-    def failures(self) -> Sequence[_Failure]: ...
+    def failures(self) -> Sequence[FailureView]: ...
 
     @property
     def skipped(self) -> Sequence[Any]: ...
@@ -71,9 +65,11 @@ class _Observations:
     def of(child: Any) -> _Observations | _Direct:
         """Deferred where the child has the parts `fold` adds to (prometheus_client's own
         attributes, not its API); observed at once where a release has renamed them."""
-        if all(hasattr(child, a) for a in ("_upper_bounds", "_buckets", "_sum")):
+        try:
+            child._buckets, child._sum  # noqa: B018 - present, or a release renamed them
             return _Observations(child)
-        return _Direct(child)
+        except AttributeError:
+            return _Direct(child)
 
     def __init__(self, child: Any) -> None:
         self._child = child
@@ -203,29 +199,30 @@ class InFlight:
         self._gauge.dec()
 
 
-class Recording(Sampling):
-    """The pre-bound label children of the request path, and the calls that count on them."""
+class Recording:
+    """The pre-bound label children of the request path, and the calls that count on them.
 
-    def __init__(self, settings: Settings, gateway: Gateway) -> None:
-        super().__init__(settings, gateway)
+    `fold_at_once`: in a worker of several, a series goes into the collectors at once (the
+    files another worker's scrape reads), not at the next `fold`.
+    """
+
+    def __init__(self, collectors: Collectors, *, fold_at_once: bool) -> None:
+        self._c = collectors
+        self._models = collectors.models
+        self._providers = collectors.providers
+        self._fold_at_once = fold_at_once
         self._series: dict[tuple[str, str, str, int, bool], _Series] = {}
         self._unfolded: list[_Series] = []  # series with numbers not yet in the collectors
         self._events: dict[tuple[int, str, str], Any] = {}
-        self.access_log = AccessLog() if settings.access_log else None
         self._cache_results = {
-            (route, hit): self.cache.labels(route, "hit" if hit else "miss")
+            (route, hit): collectors.cache.labels(route, "hit" if hit else "miss")
             for route in ROUTES for hit in (True, False)
         }
-        self._in_flight = {route: InFlight(self.in_flight_requests.labels(route))
+        self._in_flight = {route: InFlight(collectors.in_flight_requests.labels(route))
                            for route in ROUTES}
 
     def request_done(self, route: str, record: UsageRecord, upstream_s: float) -> None:
-        """Count one finished request and write its access-log line.
-
-        `upstream_s` is the time spent waiting on upstreams, failed attempts included: for
-        a plain call until the answer was in, for a stream until its first event. The
-        overhead observed is the request's time (a stream's time to first token) minus it.
-        """
+        """Count one finished request (`Metrics.request_done`)."""
         key = (route, record.model, record.provider, record.status, record.stream)
         series = self._series.get(key)
         kept = True
@@ -237,14 +234,10 @@ class Recording(Sampling):
         own = ttft if record.stream else duration
         if series.record(record, duration, ttft,
                          None if own is None else max(own - upstream_s, 0.0)):
-            if kept and self.multiprocess_dir is None:
+            if kept and not self._fold_at_once:
                 self._unfolded.append(series)
             else:  # another worker's scrape reads it now, or built for this call only
                 series.fold()
-        if self.access_log is not None:
-            self.access_log.write(route, record, upstream_s)
-        if self.multiprocess_dir is not None and self._tick is None:
-            self._schedule_sampling()
 
     def fold(self) -> None:
         """Add what `request_done` counted since the last fold to the collectors."""
@@ -252,14 +245,10 @@ class Recording(Sampling):
         for series in unfolded:
             series.fold()
 
-    def sample(self) -> None:
-        self.fold()
-        super().sample()
-
     def _bind(self, key: tuple[str, str, str, int, bool]) -> _Series:
         route, model, provider, status, stream = key
         series = _Series(
-            self,
+            self._c,
             route if route in ROUTES else OTHER,
             model if model in self._models else OTHER,
             provider if provider in self._providers else OTHER,
@@ -270,7 +259,7 @@ class Recording(Sampling):
             self._series[key] = series
         return series
 
-    def attempts_done(self, log: _AttemptLog) -> None:
+    def attempts_done(self, log: AttemptLogView) -> None:
         """Count a routing loop's failures once it is over (answered or not).
 
         Each failed attempt is an upstream error; the attempt after it is a retry when it
@@ -297,15 +286,15 @@ class Recording(Sampling):
 
     def attempt_failed(self, provider: str, reason: str) -> None:
         """One upstream attempt failed (`UpstreamError.reason`: a status code, "timeout", ...)."""
-        self._event(self.upstream_errors, provider, reason).inc()
+        self._event(self._c.upstream_errors, provider, reason).inc()
 
     def retry(self, provider: str, reason: str) -> None:
         """The same model is tried again after a failure for `reason`."""
-        self._event(self.retries, provider, reason).inc()
+        self._event(self._c.retries, provider, reason).inc()
 
     def fallback(self, provider: str, reason: str) -> None:
         """The next model is tried because `provider` failed for `reason`."""
-        self._event(self.fallbacks, provider, reason).inc()
+        self._event(self._c.fallbacks, provider, reason).inc()
 
     def _event(self, counter: Counter, provider: str, reason: str) -> Any:
         key = (id(counter), provider, reason)
@@ -320,22 +309,22 @@ class Recording(Sampling):
     def cache_lookup(self, route: str, hit: bool) -> None:
         child = self._cache_results.get((route, hit))
         if child is None:
-            child = self.cache.labels(OTHER, "hit" if hit else "miss")
+            child = self._c.cache.labels(OTHER, "hit" if hit else "miss")
         child.inc()
 
     def in_flight(self, route: str) -> InFlight:
         tracker = self._in_flight.get(route)
         if tracker is None:
-            tracker = InFlight(self.in_flight_requests.labels(OTHER))
+            tracker = InFlight(self._c.in_flight_requests.labels(OTHER))
         return tracker
 
     def stream_opened(self) -> None:
-        self.open_streams.inc()
+        self._c.open_streams.inc()
 
     def stream_closed(self) -> None:
-        self.open_streams.dec()
+        self._c.open_streams.dec()
 
     def dependency_error(self, dependency: str, component: str) -> None:
         """A Redis or database operation failed (`dependency`: "redis" or "database")."""
-        counter = self.redis_errors if dependency == "redis" else self.database_errors
+        counter = self._c.redis_errors if dependency == "redis" else self._c.database_errors
         counter.labels(component if component in COMPONENTS else OTHER).inc()

@@ -17,6 +17,7 @@ from msgspec import Raw
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
 from ..errors import InvalidRequest
+from ..stats import PoolStats
 from ..wire import Message
 from .h1 import Pool, Proxies
 
@@ -128,6 +129,10 @@ class Provider(abc.ABC):
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
+
+    def stats(self) -> PoolStats:
+        """The connection pool's, for metrics (none before `start`, or simulated)."""
+        return self.pool.stats() if self.pool is not None else PoolStats()
 
     @abc.abstractmethod
     async def chat(self, call: ChatCall) -> Completion: ...

@@ -7,14 +7,14 @@ streams, `stream_options.include_usage` (always on, so every stream is metered).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 from msgspec import Raw
 
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
-from ..errors import UpstreamError
+from ..errors import InvalidRequest, UpstreamError
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .faults import error_event
@@ -222,8 +222,8 @@ class OpenAIStream(ChatStream):
         for lite in lites:  # checked before any is accounted: a fallback must not count twice
             if lite.error is not None:
                 return None  # the general path raises it after forwarding what came before
-            if lite.usage is not None and not lite.choices and lite is not last:
-                return None  # a usage chunk before the end: event by event
+            if not lite.choices and (lite.usage is None or lite is not last):
+                return None  # a usage chunk before the end, or an empty one: event by event
         self._account(lites)
         if last.usage is not None and not last.choices:  # the usage chunk: the caller sends it
             self.usage_chunk = _decode_fields(blocks[-1])
@@ -259,8 +259,11 @@ class OpenAIStream(ChatStream):
                 reason="malformed",
             ) from None
         self._account((lite,))
-        if lite.usage is not None and not lite.choices:
-            self.usage_chunk = _decode_fields(data)
+        if not lite.choices:
+            if lite.usage is not None:
+                self.usage_chunk = _decode_fields(data)
+            # Else a chunk with nothing for the client (Azure's `prompt_filter_results`
+            # preamble: empty `id`, `object` and `model`): not forwarded, nor cached.
             return False
         return True
 
@@ -301,24 +304,53 @@ class _BrokeAfter(Exception):
         self.error = error
 
 
-class OpenAIProvider(Provider):
-    def __init__(self, name: str, config: ProviderConfig, api_key: str | None) -> None:
-        super().__init__(name, config, api_key)
-        base = config.base_url.rstrip("/")
+class Routes(Protocol):
+    """Where an OpenAI-shaped server takes a model's calls: URL and fixed headers."""
+
+    def chat(self, model: Model) -> Endpoint: ...
+
+    def embeddings(self, model: Model) -> Endpoint: ...
+
+
+class OpenAIRoutes:
+    """`{base_url}/chat/completions` and `/embeddings`, the key as a bearer token."""
+
+    __slots__ = ("_chat", "_embeddings", "completions", "responses")
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        base = base_url.rstrip("/")
         headers = {"Content-Type": "application/json"}  # encoded once, not per request
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._chat = Endpoint(base + "/chat/completions", headers)
         self._embeddings = Endpoint(base + "/embeddings", headers)
-        self._completions = Endpoint(base + "/completions", headers)
-        self._responses = Endpoint(base + "/responses", headers)
+        # OpenAI's other endpoints (api/completions.py, api/responses.py): passed through.
+        self.completions = Endpoint(base + "/completions", headers)
+        self.responses = Endpoint(base + "/responses", headers)
+
+    def chat(self, model: Model) -> Endpoint:
+        return self._chat
+
+    def embeddings(self, model: Model) -> Endpoint:
+        return self._embeddings
+
+
+class OpenAIProvider(Provider):
+    """`routes` places the calls (default: `OpenAIRoutes`; Azure's per deployment)."""
+
+    def __init__(
+        self, name: str, config: ProviderConfig, api_key: str | None, routes: Routes | None = None
+    ) -> None:
+        super().__init__(name, config, api_key)
+        self._routes = routes or OpenAIRoutes(config.base_url, api_key)
         self._redact = Redactor.for_provider(config.base_url, api_key)
 
     async def _post(self, endpoint: Endpoint, body: bytes) -> Response:
         return await post(self.pool, self.name, endpoint, body, self._redact)
 
     async def chat(self, call: ChatCall) -> Completion:
-        body = await read_all(self.name, await self._post(self._chat, build_body(call)))
+        endpoint = self._routes.chat(call.model)
+        body = await read_all(self.name, await self._post(endpoint, build_body(call)))
         try:
             payload = _decode_fields(body)
             lite = _decode_lite(body)
@@ -331,14 +363,23 @@ class OpenAIProvider(Provider):
         return Completion(payload, to_usage(lite.usage), finish, chars)
 
     async def stream(self, call: ChatCall) -> ChatStream:
-        resp = await self._post(self._chat, build_body(call))
+        resp = await self._post(self._routes.chat(call.model), build_body(call))
         return OpenAIStream(self.name, resp, self._redact)
 
     # -- other OpenAI endpoints, passed through (`api/completions.py`, `api/responses.py`)
 
+    def _openai_routes(self, what: str, model: Model) -> OpenAIRoutes:
+        routes = self._routes
+        if not isinstance(routes, OpenAIRoutes):  # Azure's deployments place calls otherwise
+            raise InvalidRequest(
+                f"The model `{model.id}` does not serve `{what}`: its provider "
+                f"`{self.name}` places only chat and embeddings calls.", param="model")
+        return routes
+
     async def completions(self, call: ChatCall) -> Completion:
         """Legacy `/completions`: the body as the client sent it, `model` rewritten."""
-        body = await read_all(self.name, await self._post(self._completions, build_body(call)))
+        endpoint = self._openai_routes("/v1/completions", call.model).completions
+        body = await read_all(self.name, await self._post(endpoint, build_body(call)))
         try:
             payload = _decode_fields(body)
             lite = _decode_lite(body)
@@ -351,21 +392,24 @@ class OpenAIProvider(Provider):
 
     async def completions_stream(self, call: ChatCall) -> ChatStream:
         # The same SSE shape as chat (`data:` chunks, the usage chunk, `[DONE]`).
-        resp = await self._post(self._completions, build_body(call))
+        endpoint = self._openai_routes("/v1/completions", call.model).completions
+        resp = await self._post(endpoint, build_body(call))
         return OpenAIStream(self.name, resp, self._redact)
 
-    async def responses(self, body: bytes) -> Completion:
-        answer = await read_all(self.name, await self._post(self._responses, body))
+    async def responses(self, body: bytes, model: Model) -> Completion:
+        endpoint = self._openai_routes("/v1/responses", model).responses
+        answer = await read_all(self.name, await self._post(endpoint, body))
         return responses_wire(answer, self.name)
 
-    async def responses_stream(self, body: bytes) -> ChatStream:
-        resp = await self._post(self._responses, body)
+    async def responses_stream(self, body: bytes, model: Model) -> ChatStream:
+        endpoint = self._openai_routes("/v1/responses", model).responses
+        resp = await self._post(endpoint, body)
         return ResponsesWireStream(self.name, resp, self._redact)
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         fields = dict(fields)
         fields["model"] = encode_raw(model.upstream)
-        resp = await self._post(self._embeddings, _encode(fields))
+        resp = await self._post(self._routes.embeddings(model), _encode(fields))
         body = await read_all(self.name, resp)
         try:
             payload = _decode_fields(body)

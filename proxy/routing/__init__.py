@@ -2,6 +2,8 @@
 
 Pieces (each usable and tested alone):
 
+- `resolve.Router.resolve(model, fallbacks) -> Route`: from the `model` a client names to
+  the candidate models, their strategy, weights, retries and deadline (config only).
 - `plan.plan(route, sticky=, breakers=, latency=, rng=) -> list[Step]`: the try order
   for the route's strategy (fallback, loadbalance, latency), ejected models last.
 - `attempts.run_attempts(steps, attempt, log, deadline_s=, ...) -> T`: the attempt loop
@@ -36,6 +38,7 @@ from .circuit import CircuitBreakers
 from .engine import Routing
 from .latency import LatencyTracker
 from .plan import Step, plan, sticky_key, weighted_order
+from .resolve import Route, Router
 
 __all__ = [
     "Action",
@@ -43,6 +46,8 @@ __all__ = [
     "CircuitBreakers",
     "Failure",
     "LatencyTracker",
+    "Route",
+    "Router",
     "Routing",
     "Step",
     "plan",

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from ..catalog import Model
 from ..errors import UpstreamError
-from ..router import Route
+from .resolve import Route
 from ..wire import RequestyMeta
 from .attempts import AttemptLog, Clock, Failure, FailureHook, Sleep, run_attempts
 from .circuit import CircuitBreakers

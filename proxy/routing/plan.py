@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 from ..catalog import Model
-from ..router import Route
+from .resolve import Route
 from ..wire import RequestyMeta
 from .circuit import CircuitBreakers
 from .latency import LatencyTracker

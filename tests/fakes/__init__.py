@@ -1,6 +1,8 @@
 """Fake upstream providers: real HTTP servers speaking OpenAI's and Anthropic's wire formats."""
 
 from .anthropic_server import FakeAnthropic
+from .azure_server import FakeAzure
+from .bedrock_server import FakeBedrock
 from .behaviour import (
     Behaviour,
     Cut,
@@ -21,6 +23,8 @@ __all__ = [
     "ErrorEvent",
     "Fail",
     "FakeAnthropic",
+    "FakeAzure",
+    "FakeBedrock",
     "FakeOpenAI",
     "FakeServer",
     "Gate",

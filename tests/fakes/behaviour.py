@@ -212,7 +212,7 @@ class FakeServer:
 
     url_suffix: str = ""
     request_id_header: str = "x-request-id"
-    sse_content_type: Final = "text/event-stream; charset=utf-8"
+    sse_content_type: str = "text/event-stream; charset=utf-8"  # of every stream it sends
 
     def __init__(self) -> None:
         self.base_url = ""
@@ -234,6 +234,10 @@ class FakeServer:
 
     def error_frame(self, event: ErrorEvent) -> bytes:
         raise NotImplementedError
+
+    def error_headers(self, f: Fail) -> dict[str, str]:
+        """The headers of an error answer besides the request id (a provider's own)."""
+        return {} if f.retry_after is None else {"retry-after": f"{f.retry_after:g}"}
 
     # -- the test's side ------------------------------------------------------------
 
@@ -281,11 +285,16 @@ class FakeServer:
     # -- playing one request --------------------------------------------------------
 
     async def serve(
-        self, request: web.Request, render: Render, frames: Frames | None = None
+        self,
+        request: web.Request,
+        render: Render,
+        frames: Frames | None = None,
+        stream: bool | None = None,
     ) -> web.StreamResponse:
         """Record the request, take the next behaviour and play it.
 
-        `frames` is None for endpoints that never stream.
+        `frames` is None for endpoints that never stream; `stream` says whether this one
+        streams where the URL or path, not the body's `stream: true`, says so (Gemini's, Bedrock's).
         """
         body = await request.read()
         try:
@@ -299,7 +308,9 @@ class FakeServer:
         if not isinstance(decoded, dict):
             return self._fail(Fail(400, "The request body is not valid JSON."))
         behaviour = self._script.popleft() if self._script else self.default
-        stream = frames is not None and decoded.get("stream") is True
+        if stream is None:
+            stream = decoded.get("stream") is True
+        stream = frames is not None and stream
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
@@ -351,9 +362,7 @@ class FakeServer:
         )
 
     def _fail(self, f: Fail) -> web.Response:
-        headers = {self.request_id_header: request_id(len(self.requests))}
-        if f.retry_after is not None:
-            headers["retry-after"] = f"{f.retry_after:g}"
+        headers = {self.request_id_header: request_id(len(self.requests)), **self.error_headers(f)}
         return web.Response(
             status=f.status,
             body=self.error_body(f.status, f.message, f.error_type),

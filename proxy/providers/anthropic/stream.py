@@ -214,10 +214,15 @@ class StreamTranslator:
 
     def _merge_usage(self, u: _AUsage) -> None:
         # message_delta's counts are cumulative: a later value replaces an earlier one.
-        for name in _AUsage.__struct_fields__:
-            value = getattr(u, name)
-            if value is not None:
-                setattr(self._usage, name, value)
+        mine = self._usage
+        if u.input_tokens is not None:
+            mine.input_tokens = u.input_tokens
+        if u.output_tokens is not None:
+            mine.output_tokens = u.output_tokens
+        if u.cache_creation_input_tokens is not None:
+            mine.cache_creation_input_tokens = u.cache_creation_input_tokens
+        if u.cache_read_input_tokens is not None:
+            mine.cache_read_input_tokens = u.cache_read_input_tokens
 
     def _finish(self) -> None:
         self.done = True

@@ -22,6 +22,7 @@ import ssl
 from collections import deque
 from typing import Final
 
+from ...stats import PoolStats
 from .connection import Connection
 from .endpoint import Endpoint, Key
 from .errors import ConnectError, ConnectionLost, describe
@@ -84,6 +85,10 @@ class Pool:
         self._failures: dict[Key, tuple[float, int]] = {}  # last logged, failed since
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+
+    def stats(self) -> PoolStats:
+        idle = sum(len(q) for q in self._idle.values())
+        return PoolStats(self._open, idle, len(self._waiters), self._limit)
 
     async def post(self, endpoint: Endpoint, body: bytes) -> Response:
         """POST `body`; returns once the response's head arrived, its body unread."""

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from .catalog import Catalog, Model, ModelNotFound
-from .config import PolicyConfig, Strategy
-from .errors import ModelNotFoundError
+from ..catalog import Catalog, Model, ModelNotFound
+from ..config import PolicyConfig, Strategy
+from ..errors import ModelNotFoundError
 
 POLICY_PREFIX: Final = "policy/"
 
