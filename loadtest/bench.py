@@ -41,8 +41,12 @@ HERE: Final = Path(__file__).resolve().parent
 RESULTS: Final = HERE / "results"
 LUA: Final = HERE / "wrk" / "post.lua"
 TARGETS: Final = ("direct", "bare", "gateway", "litellm")
+MODES: Final = ("chat", "stream", "messages", "responses")
+# Client dialects other than chat (issue 17): the gateway only, each measured against the
+# bare forwarder's chat row (the forwarder speaks chat only). Plain requests to the chat
+# model: translated to chat and back, so they show what the translation costs.
+DIALECT_MODES: Final = {"messages": "/v1/messages", "responses": "/v1/responses"}
 EXTRA_TARGETS: Final = ("gemini",)  # only when named in --targets
-MODES: Final = ("chat", "stream")
 LABELS: Final = {"direct": "upstream direct (nginx)", "bare": "bare aiohttp forwarder",
                  "gateway": "this gateway, everything on", "litellm": "LiteLLM proxy, 1 worker",
                  "gemini": "this gateway, gemini protocol (translated)"}
@@ -101,7 +105,20 @@ class Bench:
                      "litellm": "bench-sse-gpt-4o-mini" if mode == "stream"
                      else "bench-gpt-4o-mini"}[target]
             path = self.workdir / f"body-{target}-{mode}.json"
-            path.write_bytes(shapes.chat_request(model, stream=mode == "stream"))
+            if mode == "messages":
+                body = json.dumps({"model": model, "max_tokens": 256,
+                                   "system": "You are a concise assistant.",
+                                   "messages": [{"role": "user", "content":
+                                                 "Say something short about load testing."}],
+                                   "temperature": 0.2}).encode()
+            elif mode == "responses":
+                body = json.dumps({"model": model, "max_output_tokens": 256,
+                                   "instructions": "You are a concise assistant.",
+                                   "input": "Say something short about load testing.",
+                                   "temperature": 0.2}).encode()
+            else:
+                body = shapes.chat_request(model, stream=mode == "stream")
+            path.write_bytes(body)
             self.bodies[(target, mode)] = path
         return self.bodies[(target, mode)]
 
@@ -155,13 +172,16 @@ class Bench:
     def measure(self, target: str, base: str, key: str | None, watched: stack.Proc) -> None:
         a = self.args
         for mode in a.modes:
+            if mode in DIALECT_MODES and target != "gateway":
+                continue
             path = "/sse/v1/chat/completions" if mode == "stream" and target in ("direct", "bare") \
-                else "/v1/chat/completions"
+                else DIALECT_MODES.get(mode, "/v1/chat/completions")
             url = base + path
             body = self.body(target, mode)
             row = Row(target, mode)
             self.rows.append(row)
-            problem = stack.probe(url, body.read_bytes(), key, stream=mode == "stream")
+            problem = (_probe_dialect(url, body.read_bytes(), key, mode) if mode in DIALECT_MODES
+                       else stack.probe(url, body.read_bytes(), key, stream=mode == "stream"))
             if problem:
                 row.problem = f"probe failed: {problem}"
                 print(f"  {target}/{mode}: {row.problem}", flush=True)
@@ -368,6 +388,12 @@ class Bench:
         out = []
         for mode in self.args.modes:
             gw, bare = self.row("gateway", mode), self.row("bare", mode)
+            if mode in DIALECT_MODES:  # against the forwarder's chat, and the gateway's chat
+                bare, gw_chat = self.row("bare", "chat"), self.row("gateway", "chat")
+                if gw and gw_chat and gw.c64 and gw_chat.c64:
+                    share = 100 * gw.c64.rps / gw_chat.c64.rps
+                    out.append(f"- {mode}: gateway throughput {share:.0f}% of its own chat "
+                               "throughput")
             direct, lite = self.row("direct", mode), self.row("litellm", mode)
             if gw and bare and gw.c64 and bare.c64 and gw.c1 and bare.c1:
                 ratio = 100 * gw.c64.rps / bare.c64.rps
@@ -395,6 +421,18 @@ class Bench:
         return out
 
 
+def _probe_dialect(url: str, body: bytes, key: str | None, mode: str) -> str | None:
+    """One Messages or Responses request by hand: None when the answer has its shape."""
+    try:
+        status, _, data = stack.http("POST", url, body, key, timeout=30)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    want = b'"type":"message"' if mode == "messages" else b'"object":"response"'
+    if status != 200 or want not in data.replace(b" ", b""):
+        return f"status {status}: {data[:300]!r}"
+    return None
+
+
 def _best(c64: list[Run], c1: list[Run]) -> tuple[Run, Run]:
     """Best of the passes: at c=64 the pass with the most requests a second, at c=1 the one
     with the lowest p50. Other work on a shared machine only ever slows a pass down, so the
@@ -420,7 +458,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--targets", default=",".join(TARGETS),
                    help=f"comma-separated subset of {','.join(TARGETS)}")
-    p.add_argument("--modes", default=",".join(MODES), help="chat, stream or both")
+    p.add_argument("--modes", default="chat,stream",
+                   help=f"a comma-separated subset of {','.join(MODES)}")
     p.add_argument("--gateway-python", default=stack.GATEWAY_PYTHON_DEFAULT,
                    help="the Python with the gateway installed (also runs the bare forwarder)")
     p.add_argument("--litellm-venv", default=stack.LITELLM_VENV_DEFAULT)

@@ -15,6 +15,11 @@ User classes, weighted as listed:
   CacheUser       `requesty.cache = true` on a prompt repeated per user: after the first, hits
                   (counted as "CACHE hit"/"CACHE miss" from the `x-cache` header)
   PolicyUser      model `policy/<name>`, a fallback policy whose first step always fails
+  MessagesUser    Anthropic Messages (`/v1/messages`, `x-api-key`), plain and streamed, to
+                  every chat model: passed through to Anthropic-protocol ones, translated to
+                  the others; a stream without `message_stop` is a failure
+  ResponsesUser   OpenAI Responses (`/v1/responses`), plain and streamed, to every chat model
+                  (translated); a stream without `response.completed` is a failure
   UsageReader     GET /v1/organization/usage with the admin key (reports while traffic flows)
 
 Keys: at test start each locust process creates its own user key with a spend limit through
@@ -210,6 +215,59 @@ class PolicyUser(FastHttpUser):
                               name=f"chat policy/{POLICY}", catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {(resp.text or '')[:200]}")
+
+
+def _messages_body(model: str, stream: bool) -> str:
+    return json.dumps({"model": model, "max_tokens": 256, "stream": stream,
+                       "system": "You are a concise assistant.",
+                       "messages": [{"role": "user", "content": _prompt()}]})
+
+
+def _responses_body(model: str, stream: bool) -> str:
+    return json.dumps({"model": model, "max_output_tokens": 256, "stream": stream,
+                       "instructions": "You are a concise assistant.", "input": _prompt()})
+
+
+class MessagesUser(FastHttpUser):
+    weight = 2
+    wait_time = between(0, WAIT_MAX)
+
+    @task
+    def messages(self) -> None:
+        model = random.choice(CHAT_MODELS)
+        stream = random.random() < 0.5
+        headers = {"x-api-key": _key["key"], "anthropic-version": "2023-06-01",
+                   "Content-Type": "application/json"}
+        name = f"messages {model}{' stream' if stream else ''}"
+        with self.client.post("/v1/messages", data=_messages_body(model, stream),
+                              headers=headers, name=name, catch_response=True) as resp:
+            text = resp.text or ""
+            if resp.status_code != 200:
+                resp.failure(f"status {resp.status_code}: {text[:200]}")
+            elif stream and "event: message_stop" not in text:
+                resp.failure("stream ended without message_stop")
+            elif not stream and '"type":"message"' not in text.replace(" ", ""):
+                resp.failure("not a Messages answer")
+
+
+class ResponsesUser(FastHttpUser):
+    weight = 2
+    wait_time = between(0, WAIT_MAX)
+
+    @task
+    def responses(self) -> None:
+        model = random.choice(CHAT_MODELS)
+        stream = random.random() < 0.5
+        name = f"responses {model}{' stream' if stream else ''}"
+        with self.client.post("/v1/responses", data=_responses_body(model, stream),
+                              headers=_headers(), name=name, catch_response=True) as resp:
+            text = resp.text or ""
+            if resp.status_code != 200:
+                resp.failure(f"status {resp.status_code}: {text[:200]}")
+            elif stream and "event: response.completed" not in text:
+                resp.failure("stream ended without response.completed")
+            elif not stream and '"status":"completed"' not in text.replace(" ", ""):
+                resp.failure("not a completed Responses answer")
 
 
 class UsageReader(FastHttpUser):

@@ -9,12 +9,13 @@ from typing import Final
 from aiohttp import web
 
 from . import compat
-from .api import chat, embeddings, keys, models, ops, usage
+from .api import chat, completions, embeddings, keys, messages, models, ops, responses, usage
 from .api.common import CLIENT_REQUEST_ID, REQUEST_ID
 from .api.inflight import INFLIGHT, InFlight, inflight_lifecycle
 from .auth import PRINCIPAL, Authenticator, bearer_token
 from .bootstrap import admin_digest, key_secret
 from .config import Settings
+from .dialects.messages import render as anthropic_error
 from .edge import read_body_in_time
 from .compat.aiohttp_edge import EDGE_SLOTS
 from .errors import ApiError, InvalidRequest, NotFound
@@ -23,6 +24,7 @@ from .gateway import GATEWAY, Gateway
 log = logging.getLogger("proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _V1: Final = "/v1/"
+_MESSAGES: Final = "/v1/messages"
 _HTTP_ERRORS: Final[dict[int, type[ApiError]]] = {404: NotFound, 405: InvalidRequest}
 
 
@@ -53,22 +55,32 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                 return late
         response = await handler(request)
     except ApiError as e:
-        response = e.response()
+        response = error_response(request, e)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         cls = _HTTP_ERRORS.get(e.status, ApiError)
-        response = cls(e.reason or "error", status=e.status).response()
+        response = error_response(request, cls(e.reason or "error", status=e.status))
     except ConnectionResetError:
         # The client went away (the record says 499); there is no one to answer.
         response = web.Response(status=499)
     except Exception as e:
         # but the log: with the request id the client saw, so a report can be traced.
         log.error("request %s failed: internal error (%s)", rid, type(e).__name__, exc_info=e)
-        response = ApiError("The gateway failed to handle the request.").response()
+        response = error_response(request, ApiError("The gateway failed to handle the request."))
     if not response.prepared:
         response.headers["x-request-id"] = rid
     return response
+
+
+def error_response(request: web.Request, e: ApiError) -> web.Response:
+    """An error in the shape of the route's dialect: Anthropic's on /v1/messages (auth and
+    rate-limit refusals included), OpenAI's everywhere else."""
+    if request.path.startswith(_MESSAGES):
+        status, body = anthropic_error(e)
+        return web.Response(body=body, status=status, content_type="application/json",
+                            headers=e.headers)
+    return e.response()
 
 
 def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Application:
@@ -90,6 +102,10 @@ def build_app(settings: Settings, auth: Authenticator | None = None) -> web.Appl
     app[INFLIGHT] = InFlight(gw.admissions, settings.region)  # journaled, clients watched
     app.cleanup_ctx.append(inflight_lifecycle)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/messages", messages.messages)
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/responses", responses.responses)
+    app.router.add_post("/v1/completions", completions.completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", models.get_model)

@@ -38,11 +38,19 @@ PRINCIPAL: Final = web.RequestKey("principal", Principal)  # who is calling, set
 
 
 def bearer_token(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
+    """The key from `Authorization: Bearer <key>`, or from `x-api-key: <key>` (how the
+    Anthropic SDKs and Claude Code send it) when there is no `Authorization` header."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        key = request.headers.get("x-api-key", "").strip()
+        if key:
+            return key
+        header = ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
-            "Missing API key: send it as `Authorization: Bearer <key>`.", code="missing_api_key"
+            "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+            code="missing_api_key",
         )
     return token.strip()
 

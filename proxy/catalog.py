@@ -146,6 +146,10 @@ class Catalog:
         self.region = settings.region
         self.providers: dict[str, ProviderConfig] = dict(settings.providers)
         self._all = {m.id: _model(m) for m in settings.models}
+        # Aliases (config `aliases`, checked unique at load) resolve to their model.
+        for cfg in settings.models:
+            for alias in cfg.aliases:
+                self._all.setdefault(alias, self._all[cfg.id])
         self._served = {
             mid: m
             for mid, m in self._all.items()
@@ -165,4 +169,5 @@ class Catalog:
         raise ModelNotFound(model_id, f"The model `{model_id}` does not exist in the catalog.")
 
     def served(self) -> list[Model]:
-        return list(self._served.values())
+        """Each served model once (aliases are other names for these)."""
+        return [m for mid, m in self._served.items() if mid == m.id]

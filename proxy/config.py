@@ -47,6 +47,9 @@ class ProviderConfig(_Strict, frozen=True):
     # simulated protocol only: pacing and fixed latency
     tokens_per_second: float = 0.0
     latency_ms: float = 0.0
+    # openai protocol only: the provider serves OpenAI's Responses API (`/responses`), so
+    # `/v1/responses` requests pass through to it instead of being translated to chat.
+    responses_api: bool = False
     # azure: the `api-version` query parameter (e.g. "2024-10-21"); bedrock: the AWS region
     # (e.g. "eu-central-1") requests are signed for, and whose endpoint is the default base_url.
     api_version: str | None = None
@@ -68,6 +71,9 @@ class ModelConfig(_Strict, frozen=True):
     cache_write_price: float | None = None  # cache-write prompt tokens (Anthropic)
     context_window: int = 0
     max_output_tokens: int = 4096
+    # Other names clients send for this model (Claude Code sends Anthropic's own ids, such
+    # as `claude-sonnet-4-5-20250929`); unique across the catalog's ids and aliases.
+    aliases: tuple[str, ...] = ()
     # vertex protocol only: whose model it is; by default `claude-...` is Anthropic's.
     publisher: Literal["google", "anthropic"] | None = None
 
@@ -250,7 +256,14 @@ def _merge_default_catalog(settings: Settings) -> Settings:
         raise ConfigError(f"{DEFAULT_CATALOG}: {_describe(e)}") from None
     providers = {**base_providers, **settings.providers}
     own = {m.id for m in settings.models}
-    models = tuple(m for m in base_models if m.id not in own) + settings.models
+    # An alias the file gives one of its own models is taken from the default catalog's.
+    claimed = {a for m in settings.models for a in m.aliases} | own
+    base = tuple(
+        msgspec.structs.replace(m, aliases=tuple(a for a in m.aliases if a not in claimed))
+        if claimed.intersection(m.aliases) else m
+        for m in base_models if m.id not in own
+    )
+    models = base + settings.models
     return msgspec.structs.replace(settings, providers=providers, models=models)
 
 
@@ -303,6 +316,14 @@ def _validate(s: Settings) -> None:
             fail(f"models[{i}].provider", f"model {m.id!r} names unknown provider {m.provider!r}")
         if min(m.input_price, m.output_price) < 0:
             fail(f"models[{i}]", f"model {m.id!r} has a negative price")
+    ids = {m.id for m in s.models}
+    aliases: set[str] = set()
+    for i, m in enumerate(s.models):
+        for alias in m.aliases:
+            if alias in ids or alias in aliases or not alias:
+                fail(f"models[{i}].aliases", f"alias {alias!r} of model {m.id!r} is empty or "
+                     "already names a model or another alias")
+            aliases.add(alias)
         if m.publisher is not None and s.providers[m.provider].protocol != "vertex":
             fail(f"models[{i}].publisher", "only a vertex provider's models take a publisher")
     for name, pol in s.policies.items():

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import redis
 from fakes import FakeAnthropic, FakeOpenAI
+from dialect_support import dialect_toml
 from harness import Gateway, gateway_settings, running_gateway
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -176,3 +177,19 @@ async def gateway(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+# --- the dialect tests' gateway (Messages, Responses, Completions; tests/dialect_support.py)
+
+
+@pytest.fixture
+async def dgw(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Gateway]:
+    monkeypatch.setenv("FAKE_OPENAI_KEY", UPSTREAM_SECRET)
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", UPSTREAM_SECRET)
+    settings = gateway_settings(tmp_path, dialect_toml(fake_openai.base_url,
+                                                       fake_anthropic.base_url))
+    async with running_gateway(settings) as gw:
+        yield gw

@@ -24,7 +24,7 @@ from harness import ADMIN_KEY, gateway_settings, running_gateway
 from ledger_support import usage_record
 from prometheus_client.parser import text_string_to_metric_families
 
-import proxy.api.chat
+import proxy.api.pipeline
 from proxy.access_log import LOGGER
 from proxy.app import build_app
 from proxy.gateway import GATEWAY
@@ -35,8 +35,8 @@ from proxy.stats import LedgerStats
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = [{"role": "user", "content": "Say hello"}]
-# The request path (proxy/api/chat.py) calls `metrics.request_done` once it is wired in.
-WIRED = "metrics.request_done" in inspect.getsource(proxy.api.chat)
+# The request path (proxy/api/pipeline.py) calls `metrics.request_done` once it is wired in.
+WIRED = "metrics.request_done" in inspect.getsource(proxy.api.pipeline)
 needs_wiring = pytest.mark.skipif(
     not WIRED, reason="chat.py does not call metrics.request_done yet (integration pending)"
 )

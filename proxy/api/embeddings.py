@@ -101,6 +101,7 @@ async def embeddings(request: web.Request) -> web.Response:
             extra=meta.extra,
             headers=headers,
             client_request_id=request[CLIENT_REQUEST_ID],
+            route="embeddings",
         )
         gw.metrics.request_done("embeddings", record, time.monotonic() - began)
         gw.ledger.enqueue(record)

@@ -19,13 +19,14 @@ from ..cache import CachedCompletion, replay_chunks, response_body
 from ..catalog import Model, Usage, nano_to_usd
 from ..compat.aiohttp_stream import EventStreamResponse, RawChunks
 from ..errors import UpstreamError, UpstreamTimeout
-from ..providers.base import ChatCall, ChatStream, Completion
+from ..providers.base import ChatStream, Completion
 from ..providers.sse import frame, payloads
+from ..providers.wire import WireStream
 from .common import echo_request_id
 
 _encode = msgspec.json.encode
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
-_SSE_HEADERS: Final = {
+SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tell nginx-style proxies in front not to buffer
@@ -116,7 +117,7 @@ def completion_response(
 
 
 async def open_stream(
-    open_: Callable[[ChatCall], Awaitable[ChatStream]], call: ChatCall, first_byte_s: float
+    open_: Callable[[], Awaitable[ChatStream]], model: Model, first_byte_s: float
 ) -> OpenStream:
     """Open the upstream stream and wait for its first events, within the first-byte timeout.
 
@@ -125,14 +126,14 @@ async def open_stream(
     stream: ChatStream | None = None
     try:
         async with asyncio.timeout(first_byte_s):
-            stream = await open_(call)
+            stream = await open_()
             events = aiter(stream)
             first = await anext(events, None)
     except TimeoutError:
         if stream is not None:
             await stream.aclose()
         raise UpstreamTimeout(
-            f"Upstream model `{call.model.id}` sent no first token within {first_byte_s:g} s.",
+            f"Upstream model `{model.id}` sent no first token within {first_byte_s:g} s.",
             reason="first_byte_timeout",
         ) from None
     except BaseException:  # a failed or cancelled attempt must not leak its connection
@@ -160,7 +161,7 @@ async def pipe(
     and the stream ends. `keep` collects the payloads (for the response cache).
     """
     stream, runs, first = opened
-    response = EventStreamResponse(headers={**_SSE_HEADERS, **served_by(request, outcome)})
+    response = EventStreamResponse(headers={**SSE_HEADERS, **served_by(request, outcome)})
     await response.prepare(request)
     try:
         if first is not None:
@@ -180,7 +181,9 @@ async def pipe(
         outcome.collect(stream)
         outcome.status = 502
         outcome.error_code = e.code
-        await response.write((first or b"") + b"data: " + e.body() + b"\n\n")
+        event = (stream.error_event(e) if isinstance(stream, WireStream)
+                 else b"data: " + e.body() + b"\n\n")
+        await response.write((first or b"") + event)
         raise StreamBroke(response, e) from None
     except BaseException:
         await stream.aclose()
@@ -188,7 +191,9 @@ async def pipe(
         raise
     outcome.collect(stream)
     tail = DONE
-    if include_usage and stream.usage_chunk is not None:
+    if isinstance(stream, WireStream):
+        tail = b""  # its own events end it (message_stop, response.completed)
+    elif include_usage and stream.usage_chunk is not None:
         usage = settle()
         chunk = dict(stream.usage_chunk)
         chunk["usage"] = usage_with_cost(chunk.get("usage"), usage, outcome.model.cost(usage))
@@ -239,7 +244,7 @@ async def replay(
     if not stream:
         return web.Response(body=response_body(hit), content_type="application/json",
                             headers=headers)
-    response = EventStreamResponse(headers={**_SSE_HEADERS, **headers})
+    response = EventStreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     body = frame(replay_chunks(hit, include_usage=include_usage))
     await response.write_eof(body + DONE)  # a cached answer has nothing to wait for

@@ -39,6 +39,8 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     # The client's own X-Request-Id, echoed on the response. Kept apart from request_id:
     # a client that reuses an id must not have its later records dropped as duplicates.
     client_request_id: str | None = None
+    # The client dialect's route: chat, messages, responses, completions, embeddings.
+    route: str = "chat"
 
     @property
     def total_tokens(self) -> int:

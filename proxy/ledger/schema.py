@@ -22,7 +22,7 @@ COLUMNS: Final = (
     "finish_reason", "error_code", "prompt_tokens", "completion_tokens", "cached_tokens",
     "cache_write_tokens", "cost_nusd", "savings_nusd", "latency_ms", "ttft_ms", "stream",
     "cache_hit", "attempts", "estimated", "user_id", "trace_id", "tags", "extra", "headers",
-    "client_request_id",
+    "client_request_id", "route",
 )
 MEASURES: Final = (
     "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nusd",
@@ -76,7 +76,7 @@ def pg_row(r: UsageRecord) -> tuple[object, ...]:
         r.status, r.finish_reason, r.error_code, r.prompt_tokens, r.completion_tokens,
         r.cached_tokens, r.cache_write_tokens, r.cost_nusd, r.savings_nusd, r.latency_ms,
         r.ttft_ms, r.stream, r.cache_hit, r.attempts, r.estimated, r.user_id, r.trace_id,
-        tags_of(r), _json_text(r.extra), _json_text(r.headers), r.client_request_id,
+        tags_of(r), _json_text(r.extra), _json_text(r.headers), r.client_request_id, r.route,
     )
 
 
@@ -96,7 +96,7 @@ def sqlite_row(r: UsageRecord) -> tuple[object, ...]:
         r.completion_tokens, r.cached_tokens, r.cache_write_tokens, r.cost_nusd,
         r.savings_nusd, r.latency_ms, r.ttft_ms, int(r.stream), int(r.cache_hit), r.attempts,
         int(r.estimated), r.user_id, r.trace_id, json.dumps(tags_of(r)),
-        _json_text(r.extra), _json_text(r.headers), r.client_request_id,
+        _json_text(r.extra), _json_text(r.headers), r.client_request_id, r.route,
     )
 
 

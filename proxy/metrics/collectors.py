@@ -36,7 +36,7 @@ LATENCY_BUCKETS: Final = (
 OVERHEAD_BUCKETS: Final = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
-ROUTES: Final = ("chat", "embeddings")
+ROUTES: Final = ("chat", "embeddings", "messages", "responses", "completions")
 COMPONENTS: Final = ("ledger", "limits", "auth", "cache", "readyz")
 OTHER: Final = "other"  # the label of anything outside the known set
 

@@ -14,11 +14,13 @@ from msgspec import Raw
 
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
-from ..errors import UpstreamError
+from ..errors import InvalidRequest, UpstreamError
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .faults import error_event
 from .h1 import Endpoint, H1Error, Response
+from .openai_native import ResponsesWireStream
+from .openai_native import to_wire_completion as responses_wire
 from .http import post, read_all, transport_error
 from .redact import PATTERNS_ONLY, Redactor
 from .sse import LF, SSEParser, frame, parse
@@ -313,7 +315,7 @@ class Routes(Protocol):
 class OpenAIRoutes:
     """`{base_url}/chat/completions` and `/embeddings`, the key as a bearer token."""
 
-    __slots__ = ("_chat", "_embeddings")
+    __slots__ = ("_chat", "_embeddings", "completions", "responses")
 
     def __init__(self, base_url: str, api_key: str | None) -> None:
         base = base_url.rstrip("/")
@@ -322,6 +324,9 @@ class OpenAIRoutes:
             headers["Authorization"] = f"Bearer {api_key}"
         self._chat = Endpoint(base + "/chat/completions", headers)
         self._embeddings = Endpoint(base + "/embeddings", headers)
+        # OpenAI's other endpoints (api/completions.py, api/responses.py): passed through.
+        self.completions = Endpoint(base + "/completions", headers)
+        self.responses = Endpoint(base + "/responses", headers)
 
     def chat(self, model: Model) -> Endpoint:
         return self._chat
@@ -360,6 +365,46 @@ class OpenAIProvider(Provider):
     async def stream(self, call: ChatCall) -> ChatStream:
         resp = await self._post(self._routes.chat(call.model), build_body(call))
         return OpenAIStream(self.name, resp, self._redact)
+
+    # -- other OpenAI endpoints, passed through (`api/completions.py`, `api/responses.py`)
+
+    def _openai_routes(self, what: str, model: Model) -> OpenAIRoutes:
+        routes = self._routes
+        if not isinstance(routes, OpenAIRoutes):  # Azure's deployments place calls otherwise
+            raise InvalidRequest(
+                f"The model `{model.id}` does not serve `{what}`: its provider "
+                f"`{self.name}` places only chat and embeddings calls.", param="model")
+        return routes
+
+    async def completions(self, call: ChatCall) -> Completion:
+        """Legacy `/completions`: the body as the client sent it, `model` rewritten."""
+        endpoint = self._openai_routes("/v1/completions", call.model).completions
+        body = await read_all(self.name, await self._post(endpoint, build_body(call)))
+        try:
+            payload = _decode_fields(body)
+            lite = _decode_lite(body)
+        except msgspec.MsgspecError:
+            raise UpstreamError(
+                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
+            ) from None
+        finish = next((c.finish_reason for c in lite.choices if c.finish_reason), None)
+        return Completion(payload, to_usage(lite.usage), finish, 0)
+
+    async def completions_stream(self, call: ChatCall) -> ChatStream:
+        # The same SSE shape as chat (`data:` chunks, the usage chunk, `[DONE]`).
+        endpoint = self._openai_routes("/v1/completions", call.model).completions
+        resp = await self._post(endpoint, build_body(call))
+        return OpenAIStream(self.name, resp, self._redact)
+
+    async def responses(self, body: bytes, model: Model) -> Completion:
+        endpoint = self._openai_routes("/v1/responses", model).responses
+        answer = await read_all(self.name, await self._post(endpoint, body))
+        return responses_wire(answer, self.name)
+
+    async def responses_stream(self, body: bytes, model: Model) -> ChatStream:
+        endpoint = self._openai_routes("/v1/responses", model).responses
+        resp = await self._post(endpoint, body)
+        return ResponsesWireStream(self.name, resp, self._redact)
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         fields = dict(fields)

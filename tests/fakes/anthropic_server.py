@@ -131,8 +131,13 @@ class FakeAnthropic(FakeServer):
 
     request_id_header = "request-id"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []  # what `refusal` answered a 400 for
+
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._messages)]
+        return [web.post("/v1/messages", self._messages),
+                web.post("/v1/messages/count_tokens", self._count_tokens)]
 
     def error_body(self, status: int, message: str, error_type: str | None) -> bytes:
         default = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
@@ -144,4 +149,74 @@ class FakeAnthropic(FakeServer):
         return _event(_error(event.error_type or "overloaded_error", event.message))
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
+        problem = refusal(await request.json(loads=_loads), count_only=False)
+        if problem is not None:
+            return self.refuse(request, problem)
         return await self.serve(request, message, events)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json(loads=_loads)
+        problem = refusal(body, count_only=True)
+        if problem is not None:
+            return self.refuse(request, problem)
+        return await self.serve(request, lambda _r, req, _n: encode(
+            {"input_tokens": count_tokens(req)}))
+
+    def refuse(self, request: web.Request, problem: str) -> web.Response:
+        """Record the request, answer Anthropic's 400 for what the real API refuses."""
+        self.refused.append(problem)
+        return web.Response(status=400, content_type="application/json",
+                            body=self.error_body(400, problem, None))
+
+
+def _loads(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+
+
+def count_tokens(req: Any) -> int:
+    """The fake's own count: words of every text in the prompt, plus 3 a message."""
+    text = msgspec.json.encode([req.get("system"), req.get("messages"), req.get("tools")])
+    return len(text.split()) + 3 * len(req.get("messages") or [])
+
+
+def refusal(req: Any, *, count_only: bool) -> str | None:
+    """What the real Messages API answers a 400 for, of the mistakes a translation can
+    make: a missing `max_tokens`, a role other than user/assistant (system included), an
+    empty conversation, a `tool_result` that answers no `tool_use` of the turn before, a
+    `tool_use` whose next turn holds no `tool_result`, a tool call in a user turn."""
+    if not isinstance(req, dict):
+        return "The request body is not valid JSON."
+    if not isinstance(req.get("model"), str):
+        return "model: Field required"
+    if not count_only and not isinstance(req.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    calls: set[str] = set()
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        content = m.get("content")
+        blocks = content if isinstance(content, list) else []
+        answered = set()
+        for b in blocks:
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind == "tool_result":
+                if role != "user" or b.get("tool_use_id") not in calls:
+                    return (f"messages.{i}: unexpected `tool_use_id` found in `tool_result` "
+                            "blocks: each `tool_result` block must have a corresponding "
+                            "`tool_use` block in the previous message.")
+                answered.add(b.get("tool_use_id"))
+            elif kind == "tool_use" and role == "user":
+                return f"messages.{i}: `tool_use` blocks may only be in assistant messages"
+        if calls - answered:
+            return (f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                    "immediately after")
+        calls = ({b.get("id") for b in blocks if isinstance(b, dict) and b.get("type") ==  # type: ignore[misc]
+                  "tool_use"} if role == "assistant" else set())
+    return None

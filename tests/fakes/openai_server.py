@@ -139,6 +139,87 @@ def chunks(reply: Reply, req: Any, number: int) -> list[bytes]:
     return events
 
 
+# Fields of the Responses API that Chat Completions does not take (a chat-only server
+# refuses them): a translation that leaked one would be caught here.
+RESPONSES_ONLY: Final = frozenset({
+    "input", "instructions", "max_output_tokens", "text", "previous_response_id",
+    "reasoning", "truncation", "include", "conversation", "background", "max_tool_calls",
+})
+
+
+def text_completion(reply: Reply, req: Any, number: int) -> bytes:
+    body: dict[str, Any] = {
+        "id": f"cmpl-fake{number:06d}", "object": "text_completion",
+        "created": int(time.time()), "model": req.get("model"),
+        "choices": [{"text": reply.content, "index": 0, "logprobs": None,
+                     "finish_reason": reply.finish_reason or "stop"}],
+    }
+    if not reply.omit_usage:
+        body["usage"] = usage(reply)
+    return encode(body)
+
+
+def text_chunks(reply: Reply, req: Any, number: int) -> list[bytes]:
+    opts = req.get("stream_options")
+    with_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    head = {"id": f"cmpl-fake{number:06d}", "object": "text_completion",
+            "created": int(time.time()), "model": req.get("model")}
+
+    def event(text: str, finish: str | None = None) -> bytes:
+        chunk = {**head, "choices": [{"text": text, "index": 0, "logprobs": None,
+                                      "finish_reason": finish}]}
+        return b"data: " + encode(chunk) + b"\n\n"
+
+    events = [event(p) for p in reply.pieces()]
+    events.append(event("", reply.finish_reason or "stop"))
+    if with_usage and not reply.omit_usage:
+        events.append(b"data: " + encode({**head, "choices": [], "usage": usage(reply)})
+                      + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _responses_request(req: Any) -> Any:
+    from proxy.dialects.responses import parse_request
+
+    fields = {k: v for k, v in req.items() if k in _RESPONSES_ECHOED}
+    fields.setdefault("input", "")
+    return parse_request(encode(fields))
+
+
+_RESPONSES_ECHOED: Final = frozenset({
+    "input", "model", "instructions", "max_output_tokens", "temperature", "top_p", "tools",
+    "tool_choice", "parallel_tool_calls", "text", "metadata", "user",
+})
+
+
+def response_object(reply: Reply, req: Any, number: int) -> bytes:
+    """OpenAI's Responses `response` for the reply (the gateway's own renderer, checked
+    against the SDK's types in tests/test_dialect_responses.py)."""
+    from proxy.dialects.responses import to_response
+
+    answer = to_response(completion(reply, req, number), _responses_request(req))
+    answer["store"] = req.get("store", True)
+    return encode(answer)
+
+
+def response_events(reply: Reply, req: Any, number: int) -> list[bytes]:
+    from proxy.dialects.responses import ResponsesStream
+
+    tr = ResponsesStream(_responses_request(req), str(req.get("model")))
+    with_usage = {**req, "stream_options": {"include_usage": True}}
+    out: list[bytes] = []
+    for event in chunks(reply, with_usage, number):
+        data = event[len(b"data: "):-2]
+        if data == b"[DONE]":
+            break
+        blob = tr.feed(data)
+        # One SSE event per write, as OpenAI sends them.
+        out += [b + b"\n\n" for b in blob.split(b"\n\n") if b]
+    out += [b + b"\n\n" for b in tr.finish().split(b"\n\n") if b]
+    return out
+
+
 def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
@@ -151,11 +232,14 @@ class FakeOpenAI(FakeServer):
     def __init__(self, embedding_dimensions: int = 8) -> None:
         super().__init__()
         self.embedding_dimensions = embedding_dimensions
+        self.refused: list[str] = []  # Responses-only fields sent to chat
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/embeddings", self._embeddings),
+            web.post("/v1/completions", self._completions),
+            web.post("/v1/responses", self._responses),
         ]
 
     def error_body(self, status: int, message: str, error_type: str | None) -> bytes:
@@ -169,7 +253,23 @@ class FakeOpenAI(FakeServer):
         return b"data: " + encode(body) + b"\n\n"
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            req = await request.json()
+        except ValueError:
+            req = None
+        wrong = sorted(set(req) & RESPONSES_ONLY) if isinstance(req, dict) else []
+        if wrong:  # as OpenAI answers a Responses body sent to Chat Completions
+            self.refused.append(wrong[0])
+            return web.Response(status=400, content_type="application/json", body=encode(
+                _error(f"Unrecognized request argument supplied: {wrong[0]}",
+                       "invalid_request_error", None)))
         return await self.serve(request, completion, chunks)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve(request, text_completion, text_chunks)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve(request, response_object, response_events)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self.serve(request, self._embedding_list)

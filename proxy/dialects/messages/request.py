@@ -118,10 +118,10 @@ class OutputConfig(msgspec.Struct):
     format: OutputFormat | None = None
 
 
-class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
-    model: str
+class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     messages: list[MessageParam]
     max_tokens: int
+    model: str = ""  # the gateway's default model when absent, as on the chat route
     system: str | list[TextBlock] | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False

@@ -8,6 +8,7 @@ OpenAI `chat.completion.chunk` payloads). `AnthropicProvider` is the I/O edge ar
 
 from .provider import API_VERSION, AnthropicProvider
 from .request import (
+    OUTPUT_TOOL,
     MAX_CACHE_BREAKPOINTS,
     apply_auto_cache,
     build_body,
@@ -15,6 +16,7 @@ from .request import (
     convert_messages,
     convert_tool_choice,
     convert_tools,
+    structured_tool,
 )
 from .response import finish_reason, to_completion, to_usage, usage_payload
 from .stream import AnthropicStream, StreamTranslator
@@ -22,6 +24,7 @@ from .stream import AnthropicStream, StreamTranslator
 __all__ = [
     "API_VERSION",
     "MAX_CACHE_BREAKPOINTS",
+    "OUTPUT_TOOL",
     "AnthropicProvider",
     "AnthropicStream",
     "StreamTranslator",
@@ -32,6 +35,7 @@ __all__ = [
     "convert_tool_choice",
     "convert_tools",
     "finish_reason",
+    "structured_tool",
     "to_completion",
     "to_usage",
     "usage_payload",

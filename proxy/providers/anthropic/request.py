@@ -17,6 +17,9 @@ _EMPTY_SCHEMA: Final = {"type": "object", "properties": {}}
 _encode = msgspec.json.encode
 
 _TOOL_CHOICE: Final = {"auto": "auto", "required": "any", "none": "none"}
+# The tool that carries a structured answer (`response_format`) on Anthropic models.
+OUTPUT_TOOL: Final = "json_output"
+_JSON_OBJECT: Final = {"type": "object"}
 
 
 def build_request(call: ChatCall) -> dict[str, Any]:
@@ -25,6 +28,7 @@ def build_request(call: ChatCall) -> dict[str, Any]:
     n = field(f, "n", int | None)
     if n is not None and n != 1:
         raise InvalidRequest("Anthropic models return one choice; `n` must be 1.", param="n")
+    _refuse_unsupported(f)
     system, messages = convert_messages(call.messages)
     req: dict[str, Any] = {
         "model": call.model.upstream,
@@ -40,6 +44,9 @@ def build_request(call: ChatCall) -> dict[str, Any]:
         )
         if choice is not None:
             req["tool_choice"] = choice
+    output_tool = structured_tool(call)
+    if output_tool is not None:
+        _force_output_tool(output_tool, field(f, "response_format", dict[str, Any]), req)
     for name in ("temperature", "top_p"):
         value = field(f, name, float | None)
         if value is not None:
@@ -48,8 +55,9 @@ def build_request(call: ChatCall) -> dict[str, Any]:
     if stop:
         req["stop_sequences"] = [stop] if isinstance(stop, str) else stop
     user = field(f, "user", str | None)
-    if user:
+    if user:  # Anthropic's own field for it
         req["metadata"] = {"user_id": user}
+    # `seed` is advisory and Anthropic has none: dropped (docs/protocols.md).
     # Not OpenAI parameters, but clients that know they talk to Claude send them.
     for name in ("top_k", "thinking"):
         if name in f:
@@ -61,6 +69,61 @@ def build_request(call: ChatCall) -> dict[str, Any]:
     if system:
         req["system"] = _system_value(system)
     return req
+
+
+def _refuse_unsupported(f: dict[str, Any]) -> None:
+    """What an Anthropic model cannot honour is a 400 naming it, not silently dropped."""
+    if field(f, "logprobs", bool | None):
+        raise InvalidRequest("`logprobs` is not supported by Anthropic models.",
+                             param="logprobs")
+    if field(f, "top_logprobs", int | None) is not None:
+        raise InvalidRequest("`top_logprobs` is not supported by Anthropic models.",
+                             param="top_logprobs")
+
+
+def structured_tool(call: ChatCall) -> str | None:
+    """The name of the tool whose input is the answer, when the request asks for JSON
+    (`response_format` json_schema or json_object); None otherwise."""
+    if "response_format" not in call.fields:
+        return None
+    fmt = field(call.fields, "response_format", dict[str, Any] | None)
+    kind = fmt.get("type") if fmt else None
+    if kind in (None, "text"):
+        return None
+    if kind not in ("json_schema", "json_object"):
+        raise InvalidRequest(
+            "`response_format.type` must be `text`, `json_object` or `json_schema`.",
+            param="response_format.type",
+        )
+    return OUTPUT_TOOL
+
+
+def _force_output_tool(name: str, fmt: dict[str, Any], req: dict[str, Any]) -> None:
+    """Structured output as a tool the model must call: its input is the answer, returned
+    as the message's content (response.py, stream.py). With the client's own tools also
+    offered, the model must call one of them or the output tool (`any`)."""
+    schema: Any = _JSON_OBJECT
+    description = "Respond with the answer as this tool's input."
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise InvalidRequest("`response_format.json_schema.schema` must be an object.",
+                                 param="response_format.json_schema")
+        schema = spec.get("schema") or _JSON_OBJECT
+        if isinstance(spec.get("description"), str):
+            description = spec["description"]
+    tool = {"name": name, "description": description, "input_schema": schema}
+    tools: list[dict[str, Any]] = req.setdefault("tools", [])
+    if any(t.get("name") == name for t in tools):
+        raise InvalidRequest(f"A tool may not be named `{name}` with `response_format`.",
+                             param="tools")
+    others = bool(tools)
+    tools.append(tool)
+    choice = req.get("tool_choice")
+    if not others or choice is None or choice.get("type") == "auto":
+        req["tool_choice"] = {"type": "tool", "name": name} if not others else {"type": "any"}
+        if choice is not None and choice.get("disable_parallel_tool_use"):
+            req["tool_choice"]["disable_parallel_tool_use"] = True
 
 
 def build_body(call: ChatCall) -> bytes:

@@ -89,9 +89,14 @@ def _chat_id(message_id: str) -> str:
 
 
 def to_completion(
-    body: bytes, model: str, provider: str = "anthropic", created: int | None = None
+    body: bytes, model: str, provider: str = "anthropic", created: int | None = None,
+    structured: str | None = None,
 ) -> Completion:
-    """An Anthropic message (JSON bytes) as an OpenAI `chat.completion`."""
+    """An Anthropic message (JSON bytes) as an OpenAI `chat.completion`.
+
+    `structured` names the tool that carried a `response_format` answer: its input is
+    the message's content, and the call is not shown as a tool call.
+    """
     try:
         msg = _decode_message(body)
     except msgspec.MsgspecError:
@@ -106,6 +111,8 @@ def to_completion(
             texts.append(block.text)
         elif block.type == "thinking" and block.thinking:
             reasoning.append(block.thinking)
+        elif block.type == "tool_use" and structured is not None and block.name == structured:
+            texts.append(bytes(block.input).decode())
         elif block.type == "tool_use":
             arguments = bytes(block.input).decode()
             tool_calls.append(
@@ -126,6 +133,8 @@ def to_completion(
     if tool_calls:
         message["tool_calls"] = tool_calls
     finish = finish_reason(msg.stop_reason)
+    if finish == "tool_calls" and not tool_calls and structured is not None:
+        finish = "stop"  # only the output tool was called: the answer is complete
     usage = to_usage(msg.usage) if msg.usage is not None else None
     payload: dict[str, Raw] = {
         "id": encode_raw(_chat_id(msg.id)),

@@ -60,6 +60,8 @@ class StreamTranslator:
     __slots__ = (
         "_head",
         "_id",
+        "_output",
+        "_structured",
         "_tools",
         "_usage",
         "created",
@@ -79,8 +81,12 @@ class StreamTranslator:
         provider: str = "anthropic",
         created: int | None = None,
         redact: Redactor = PATTERNS_ONLY,
+        structured: str | None = None,
     ) -> None:
         self.provider = provider
+        # The `response_format` tool (request.structured_tool): its input streams as text.
+        self._structured = structured
+        self._output: int | None = None  # its Anthropic block index, once started
         self.redact = redact
         self.model = model
         self.created = int(time.time()) if created is None else created
@@ -159,6 +165,10 @@ class StreamTranslator:
         return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
 
     def _block_start(self, index: int, block: _Block) -> list[bytes]:
+        if block.type == "tool_use" and self._structured is not None \
+                and block.name == self._structured:
+            self._output = index
+            return []
         if block.type == "tool_use":
             tool_index = self._tools[index] = len(self._tools)
             call = {
@@ -179,6 +189,8 @@ class StreamTranslator:
             return [self._chunk({"content": delta.text})]
         if delta.type == "input_json_delta" and delta.partial_json:
             self.text_chars += len(delta.partial_json)
+            if index == self._output:
+                return [self._chunk({"content": delta.partial_json})]
             call = {
                 "index": self._tools.get(index, 0),
                 "function": {"arguments": delta.partial_json},
@@ -196,6 +208,8 @@ class StreamTranslator:
         if ev.delta is None or ev.delta.stop_reason is None:
             return []
         self.finish_reason = finish_reason(ev.delta.stop_reason)
+        if self.finish_reason == "tool_calls" and not self._tools and self._output is not None:
+            self.finish_reason = "stop"  # only the output tool was called
         return [self._chunk({}, self.finish_reason)]
 
     def _merge_usage(self, u: _AUsage) -> None:
@@ -237,12 +251,14 @@ class StreamTranslator:
 
 class AnthropicStream(ChatStream):
     def __init__(
-        self, provider: str, model: str, resp: Response, redact: Redactor = PATTERNS_ONLY
+        self, provider: str, model: str, resp: Response, redact: Redactor = PATTERNS_ONLY,
+        structured: str | None = None,
     ) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
-        self._translator = StreamTranslator(model, provider, redact=redact)
+        self._translator = StreamTranslator(model, provider, redact=redact,
+                                            structured=structured)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
