@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -90,7 +90,7 @@ def test_n_other_than_one_is_a_400() -> None:
 def test_tool_choice_none_drops_the_tools_unless_the_conversation_used_them() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
     assert "toolConfig" not in build_request(call(USER, tools=tools, tool_choice="none"))
-    used = [*USER, {"role": "assistant", "tool_calls": [
+    used: list[dict[str, Any]] = [*USER, {"role": "assistant", "tool_calls": [
         {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "t", "content": ""}]
     req = build_request(call(used, tools=tools, tool_choice="none"))
@@ -149,7 +149,8 @@ def feed_all(tr: ConverseTranslator, raw: bytes) -> list[bytes]:
     buf.add_data(raw)
     out: list[bytes] = []
     for message in buf:
-        out += tr.feed(message.headers, message.payload)
+        # botocore-stubs types `headers` as int; botocore sets the parsed header dict.
+        out += tr.feed(cast("dict[str, Any]", message.headers), message.payload)
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -47,7 +47,8 @@ def test_frames_encoded_by_the_fake_decode_with_botocore_and_a_bad_crc_is_refuse
     buf.add_data(event_frame("messageStart", {"role": "assistant"}))
     buf.add_data(encode_frame({":message-type": "event", ":event-type": "x"}, b"{}")[:10])
     (message,) = list(buf)  # the half frame waits for the rest
-    assert message.headers[":event-type"] == "messageStart"
+    # botocore-stubs types `headers` as int; botocore sets the parsed header dict.
+    assert cast("dict[str, Any]", message.headers)[":event-type"] == "messageStart"
     assert message.payload.startswith(b'{"role":"assistant"')
     broken = bytearray(event_frame("messageStop", {"stopReason": "end_turn"}))
     broken[-1] ^= 0xFF

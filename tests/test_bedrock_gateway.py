@@ -30,8 +30,9 @@ SDK_CONVERSATION: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Weather in Frankfurt?"},
 ]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
 PRICES = {"input": 3.30, "cached": 0.33, "write": 4.125, "output": 16.50}
 
 

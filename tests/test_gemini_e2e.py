@@ -19,7 +19,7 @@ from ledger_support import wait_for
 
 KEY = "AIzaSyFakeGatewayKey0123456789abcdefghij"
 USER = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Weather?"}]
-TOOLS = [{"type": "function", "function": {
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"], "additionalProperties": False}}}]
