@@ -368,7 +368,8 @@ def _validate_cloud(key: str, p: ProviderConfig, fail: Callable[[str, str], None
         if not p.aws_region:
             fail(f"{key}.aws_region", 'is required for protocol "bedrock" (e.g. "eu-central-1")')
         elif not _AWS_REGION_RE.fullmatch(p.aws_region):
-            fail(f"{key}.aws_region", f"must be an AWS region such as eu-central-1, got {p.aws_region!r}")
+            fail(f"{key}.aws_region",
+                 f"must be an AWS region such as eu-central-1, got {p.aws_region!r}")
     elif p.aws_region is not None:
         fail(f"{key}.aws_region", 'applies only to protocol "bedrock"')
 

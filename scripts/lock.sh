@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the lock files from pyproject.toml, with hashes:
 #   requirements/lock.txt       the runtime dependencies (the Docker image installs these)
-#   requirements/test-lock.txt  runtime + the `test` extra (scripts/test.sh installs these)
-#   requirements/lint-lock.txt  runtime + `test` + `lint` (scripts/lint.sh installs these)
+#   requirements/test-lock.txt  runtime + the `test` extra (the test dependencies alone)
+#   requirements/lint-lock.txt  runtime + `test` + `lint` (test.sh and lint.sh install these)
 # Run it after changing a dependency in pyproject.toml, and commit the three files.
 # pip-tools lives in its own virtualenv (LOCK_VENV), never in the project's.
 # Versions are resolved for the running Python (3.11 here; the image's 3.12 installs the

@@ -19,7 +19,8 @@ async def ledger_row(pg: str, request_id: str) -> asyncpg.Record:
     async def written() -> bool:
         conn = await asyncpg.connect(pg)
         try:
-            row = await conn.fetchrow("SELECT * FROM usage_records WHERE request_id = $1", request_id)
+            row = await conn.fetchrow(
+                "SELECT * FROM usage_records WHERE request_id = $1", request_id)
         finally:
             await conn.close()
         if row is not None:

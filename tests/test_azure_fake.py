@@ -18,7 +18,8 @@ API_VERSION = "2024-10-21"
 
 @pytest.fixture
 async def azure() -> AsyncIterator[FakeAzure]:
-    async with FakeAzure({"gpt-4o-eu": "gpt-4o-2024-11-20", "embed-eu": "text-embedding-3-small"}) as fake:
+    deployments = {"gpt-4o-eu": "gpt-4o-2024-11-20", "embed-eu": "text-embedding-3-small"}
+    async with FakeAzure(deployments) as fake:
         yield fake
 
 
@@ -78,18 +79,22 @@ async def test_sdk_embeds_through_a_deployment(azure: FakeAzure) -> None:
 async def test_sdk_sees_azure_errors_as_azure_sends_them(azure: FakeAzure) -> None:
     async with client(azure, api_key="wrong") as sdk:
         with pytest.raises(openai.AuthenticationError):
-            await sdk.chat.completions.create(model="gpt-4o-eu", messages=[{"role": "user", "content": "x"}])
+            await sdk.chat.completions.create(
+                model="gpt-4o-eu", messages=[{"role": "user", "content": "x"}])
     async with client(azure) as sdk:
         with pytest.raises(openai.NotFoundError) as missing:
-            await sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+            await sdk.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "x"}])
         assert missing.value.code == "DeploymentNotFound"
         azure.script(Fail(429, "Requests ... Please retry after 6 seconds.", retry_after=6))
         with pytest.raises(openai.RateLimitError) as limited:
-            await sdk.chat.completions.create(model="gpt-4o-eu", messages=[{"role": "user", "content": "x"}])
+            await sdk.chat.completions.create(
+                model="gpt-4o-eu", messages=[{"role": "user", "content": "x"}])
         assert limited.value.response.headers["retry-after-ms"] == "6000"
         azure.script(Fail(400, "", error_type="content_filter"))
         with pytest.raises(openai.BadRequestError) as filtered:
-            await sdk.chat.completions.create(model="gpt-4o-eu", messages=[{"role": "user", "content": "x"}])
+            await sdk.chat.completions.create(
+                model="gpt-4o-eu", messages=[{"role": "user", "content": "x"}])
         assert filtered.value.code == "content_filter"
         body = filtered.value.body
         assert isinstance(body, dict)

@@ -1,5 +1,6 @@
-"""Chat and embeddings through the gateway to fake Azure OpenAI resources (tests/fakes/azure_server.py,
-proven faithful to openai's `AzureOpenAI` in tests/test_azure_fake.py)."""
+"""Chat and embeddings through the gateway to fake Azure OpenAI resources
+(tests/fakes/azure_server.py, proven faithful to openai's `AzureOpenAI` in
+tests/test_azure_fake.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from cloud_ledger import FAST_LEDGER, ledger_row
 from fakes import Fail, FakeAzure, Gate, Reply
 from fakes.azure_server import API_KEY
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.config import ConfigError
 
 USER = [{"role": "user", "content": "Weather in Stockholm?"}]
+# The same conversation as the openai SDK's parameter type, for its typed `create`.
+SDK_USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Weather in Stockholm?"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}}}}]
 
@@ -79,7 +83,9 @@ class Pair:
 
 
 @pytest.fixture
-async def azure(tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
+async def azure(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Pair]:
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", API_KEY)
     deployments = {"gpt-4o-eu": "gpt-4o-2024-11-20", "embed-eu": "text-embedding-3-small"}
     async with FakeAzure(deployments) as se, FakeAzure(deployments) as fr:
@@ -122,7 +128,9 @@ async def test_chat_goes_to_the_deployment_with_api_key_and_version_and_tool_cal
     assert row["cost_nusd"] == round(expected * 1e9)
 
 
-async def test_api_version_reaches_azure_in_the_query(azure: Pair, http: aiohttp.ClientSession) -> None:
+async def test_api_version_reaches_azure_in_the_query(
+    azure: Pair, http: aiohttp.ClientSession
+) -> None:
     # The fake answers 404 without it, as Azure does.
     resp = await chat(http, azure.gw)
     assert resp.status == 200
@@ -162,18 +170,22 @@ async def test_a_cached_azure_stream_replays_with_the_completion_id_not_the_prea
     again = await chat(http, azure.gw, **body)
     assert again.headers["x-cache"] == "HIT"
     replayed = events(await again.read())
-    assert {c["id"] for c in replayed} == {first[0]["id"]} and first[0]["id"].startswith("chatcmpl-")
+    assert {c["id"] for c in replayed} == {first[0]["id"]}
+    assert first[0]["id"].startswith("chatcmpl-")
     assert azure.se.hits == 1
 
 
 async def test_openai_sdk_streams_azure_through_the_gateway(azure: Pair) -> None:
     azure.se.script(Reply(text="one two three four", prompt_tokens=7, completion_tokens=4))
-    async with openai.AsyncOpenAI(base_url=azure.gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=azure.gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0
+    ) as sdk:
         stream = await sdk.chat.completions.create(
-            model="azure-se/gpt-4o", messages=USER, stream=True,  # type: ignore[arg-type]
+            model="azure-se/gpt-4o", messages=SDK_USER, stream=True,
             stream_options={"include_usage": True})
         chunks = [c async for c in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three four"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 11
 
 
@@ -208,7 +220,9 @@ async def test_each_azure_event_reaches_the_client_before_the_next_is_sent(
     await gate.release_all()
 
 
-async def test_structured_output_passes_to_azure_and_back(azure: Pair, http: aiohttp.ClientSession) -> None:
+async def test_structured_output_passes_to_azure_and_back(
+    azure: Pair, http: aiohttp.ClientSession
+) -> None:
     schema = {"type": "json_schema", "json_schema": {"name": "w", "strict": True, "schema": {
         "type": "object", "properties": {"t": {"type": "number"}}, "required": ["t"],
         "additionalProperties": False}}}
@@ -248,7 +262,9 @@ async def test_content_filter_refusal_is_a_400_content_filter_not_retried_elsewh
     assert (row["status"], row["error_code"], row["cost_nusd"]) == (400, "content_filter", 0)
 
 
-async def test_throttling_is_a_429_with_azure_s_retry_after(azure: Pair, http: aiohttp.ClientSession) -> None:
+async def test_throttling_is_a_429_with_azure_s_retry_after(
+    azure: Pair, http: aiohttp.ClientSession
+) -> None:
     azure.se.script(Fail(429, "Please retry after 7 seconds.", retry_after=7))
     resp = await chat(http, azure.gw)
     assert resp.status == 429
@@ -270,8 +286,11 @@ async def test_a_wrong_azure_key_is_502_provider_auth_failed_without_azure_s_tex
             assert "subscription key" not in error["message"]
 
 
-async def test_a_validation_error_passes_with_azure_s_message(azure: Pair, http: aiohttp.ClientSession) -> None:
-    azure.se.script(Fail(400, "Invalid value for 'temperature': must be at most 2.", error_type="invalid_value"))
+async def test_a_validation_error_passes_with_azure_s_message(
+    azure: Pair, http: aiohttp.ClientSession
+) -> None:
+    azure.se.script(Fail(400, "Invalid value for 'temperature': must be at most 2.",
+                         error_type="invalid_value"))
     resp = await chat(http, azure.gw, temperature=3)
     assert resp.status == 400
     error = (await resp.json())["error"]
@@ -296,7 +315,9 @@ async def test_loadbalance_spreads_over_two_azure_deployments_and_falls_over_on_
     assert azure.se.hits + azure.fr.hits - before == 8  # each request tried both
 
 
-async def test_embeddings_go_to_the_embedding_deployment(azure: Pair, http: aiohttp.ClientSession) -> None:
+async def test_embeddings_go_to_the_embedding_deployment(
+    azure: Pair, http: aiohttp.ClientSession
+) -> None:
     resp = await http.post(azure.gw.url + "/v1/embeddings", headers=azure.gw.headers,
                            json={"model": "azure-se/embed", "input": ["a b c", "d"]})
     assert resp.status == 200, await resp.text()
@@ -330,5 +351,6 @@ async def test_a_whole_azure_stream_in_one_read_loses_only_the_preamble(
     raw = await resp.read()
     chunks = events(raw)
     assert b"prompt_filter_results" not in raw and raw.endswith(b"data: [DONE]\n\n")
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "all at once"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "all at once"
     assert chunks[-1]["usage"]["total_tokens"] == 6 and chunks[-1]["usage"]["cost"] > 0

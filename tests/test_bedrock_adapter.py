@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -78,7 +78,8 @@ def test_what_converse_cannot_take_is_a_400_naming_the_part(
 
 def test_a_conversation_that_does_not_start_with_the_user_is_a_400() -> None:
     with pytest.raises(InvalidRequest, match="start with a `user` message"):
-        build_request(call([{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]))
+        build_request(call([{"role": "system", "content": "x"},
+                            {"role": "assistant", "content": "y"}]))
 
 
 def test_n_other_than_one_is_a_400() -> None:
@@ -89,7 +90,7 @@ def test_n_other_than_one_is_a_400() -> None:
 def test_tool_choice_none_drops_the_tools_unless_the_conversation_used_them() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
     assert "toolConfig" not in build_request(call(USER, tools=tools, tool_choice="none"))
-    used = [*USER, {"role": "assistant", "tool_calls": [
+    used: list[dict[str, Any]] = [*USER, {"role": "assistant", "tool_calls": [
         {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "t", "content": ""}]
     req = build_request(call(used, tools=tools, tool_choice="none"))
@@ -101,7 +102,8 @@ def test_tool_choice_none_drops_the_tools_unless_the_conversation_used_them() ->
 
 def test_named_tool_choice_and_json_object_format() -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
-    req = build_request(call(USER, tools=tools, tool_choice={"type": "function", "function": {"name": "f"}},
+    req = build_request(call(USER, tools=tools,
+                             tool_choice={"type": "function", "function": {"name": "f"}},
                              response_format={"type": "json_object"}))
     assert req["toolConfig"]["toolChoice"] == {"tool": {"name": "f"}}
     schema = req["outputConfig"]["textFormat"]["structure"]["jsonSchema"]
@@ -111,7 +113,8 @@ def test_named_tool_choice_and_json_object_format() -> None:
 def test_auto_cache_marks_the_end_of_the_system_prompt() -> None:
     c = call([{"role": "system", "content": "Long rules"}, *USER])
     c.auto_cache = True
-    assert build_request(c)["system"] == [{"text": "Long rules"}, {"cachePoint": {"type": "default"}}]
+    assert build_request(c)["system"] == [
+        {"text": "Long rules"}, {"cachePoint": {"type": "default"}}]
 
 
 @pytest.mark.parametrize(("header", "status", "client", "code"), [
@@ -125,7 +128,9 @@ def test_auto_cache_marks_the_end_of_the_system_prompt() -> None:
     ("ModelErrorException:http://internal", 424, 502, "upstream_error"),
     ("ModelTimeoutException:http://internal", 408, 502, "upstream_error"),
 ])
-def test_aws_error_names_decide_the_client_s_status(header: str, status: int, client: int, code: str) -> None:
+def test_aws_error_names_decide_the_client_s_status(
+    header: str, status: int, client: int, code: str
+) -> None:
     err = bedrock_error("bedrock-eu", status, b'{"message":"why"}', {"x-amzn-errortype": header},
                         PATTERNS_ONLY)
     assert (err.status, err.code) == (client, code)
@@ -133,7 +138,8 @@ def test_aws_error_names_decide_the_client_s_status(header: str, status: int, cl
 
 
 def test_an_error_body_s_type_names_the_exception_without_the_header() -> None:
-    err = bedrock_error("b", 400, b'{"__type":"com.amazon.coral#ThrottlingException","message":"slow"}',
+    err = bedrock_error("b", 400,
+                        b'{"__type":"com.amazon.coral#ThrottlingException","message":"slow"}',
                         {}, PATTERNS_ONLY)
     assert err.status == 429
 
@@ -143,14 +149,16 @@ def feed_all(tr: ConverseTranslator, raw: bytes) -> list[bytes]:
     buf.add_data(raw)
     out: list[bytes] = []
     for message in buf:
-        out += tr.feed(message.headers, message.payload)
+        # botocore-stubs types `headers` as int; botocore sets the parsed header dict.
+        out += tr.feed(cast("dict[str, Any]", message.headers), message.payload)
     return out
 
 
 def test_a_stream_without_metadata_ends_whole_with_usage_left_to_estimate() -> None:
     tr = ConverseTranslator("m", "bedrock-eu", PATTERNS_ONLY, "rid")
     chunks = feed_all(tr, event_frame("messageStart", {"role": "assistant"})
-                      + event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi"}})
+                      + event_frame("contentBlockDelta",
+                                    {"contentBlockIndex": 0, "delta": {"text": "Hi"}})
                       + event_frame("messageStop", {"stopReason": "end_turn"}))
     assert len(chunks) == 3 and tr.finish_reason == "stop" and not tr.done
     tr.end()
@@ -188,7 +196,8 @@ def test_the_default_endpoint_is_the_region_s_and_the_model_id_one_encoded_segme
 
 @pytest.mark.parametrize(("provider", "problem"), [
     ('protocol = "bedrock"', "key `providers.p.aws_region`: is required"),
-    ('protocol = "bedrock"\naws_region = "Frankfurt"', "key `providers.p.aws_region`: must be an AWS region"),
+    ('protocol = "bedrock"\naws_region = "Frankfurt"',
+     "key `providers.p.aws_region`: must be an AWS region"),
     ('protocol = "openai"\nbase_url = "https://x"\naws_region = "eu-central-1"',
      'key `providers.p.aws_region`: applies only to protocol "bedrock"'),
     ('protocol = "bedrock"\naws_region = "eu-central-1"\nbase_url = "ftp://x"',
@@ -202,7 +211,8 @@ def test_bedrock_settings_are_checked_at_load_naming_the_key(
 
 
 def test_a_bedrock_provider_needs_no_base_url(tmp_path: Path) -> None:
-    settings = gateway_settings(tmp_path, '[providers.p]\nprotocol = "bedrock"\naws_region = "eu-central-1"\n')
+    settings = gateway_settings(
+        tmp_path, '[providers.p]\nprotocol = "bedrock"\naws_region = "eu-central-1"\n')
     assert settings.providers["p"].aws_region == "eu-central-1"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -47,7 +47,8 @@ def test_frames_encoded_by_the_fake_decode_with_botocore_and_a_bad_crc_is_refuse
     buf.add_data(event_frame("messageStart", {"role": "assistant"}))
     buf.add_data(encode_frame({":message-type": "event", ":event-type": "x"}, b"{}")[:10])
     (message,) = list(buf)  # the half frame waits for the rest
-    assert message.headers[":event-type"] == "messageStart"
+    # botocore-stubs types `headers` as int; botocore sets the parsed header dict.
+    assert cast("dict[str, Any]", message.headers)[":event-type"] == "messageStart"
     assert message.payload.startswith(b'{"role":"assistant"')
     broken = bytearray(event_frame("messageStop", {"stopReason": "end_turn"}))
     broken[-1] ^= 0xFF
@@ -57,7 +58,9 @@ def test_frames_encoded_by_the_fake_decode_with_botocore_and_a_bad_crc_is_refuse
         list(bad)
 
 
-async def test_boto3_converse_is_signed_and_reads_text_tools_and_cache_usage(bedrock: FakeBedrock) -> None:
+async def test_boto3_converse_is_signed_and_reads_text_tools_and_cache_usage(
+    bedrock: FakeBedrock,
+) -> None:
     bedrock.script(Reply(text="Cloudy.", tool_calls=[("get_weather", '{"city": "Frankfurt"}')],
                          prompt_tokens=30, completion_tokens=8, cached_tokens=500,
                          cache_write_tokens=40))
@@ -94,12 +97,16 @@ async def test_boto3_converse_stream_decodes_every_event_in_order(bedrock: FakeB
     assert bedrock.last.path.endswith("/converse-stream")
 
 
-async def test_a_wrong_secret_or_unknown_key_is_refused_as_aws_refuses(bedrock: FakeBedrock) -> None:
+async def test_a_wrong_secret_or_unknown_key_is_refused_as_aws_refuses(
+    bedrock: FakeBedrock,
+) -> None:
     with pytest.raises(ClientError) as bad_sig:
-        await run(lambda: client(bedrock, secret="not-the-secret").converse(modelId=MODEL, messages=USER))
+        await run(lambda: client(bedrock, secret="not-the-secret").converse(
+            modelId=MODEL, messages=USER))
     assert bad_sig.value.response["Error"]["Code"] == "InvalidSignatureException"
     with pytest.raises(ClientError) as bad_key:
-        await run(lambda: client(bedrock, key="AKIAOTHERKEY00000000").converse(modelId=MODEL, messages=USER))
+        await run(lambda: client(bedrock, key="AKIAOTHERKEY00000000").converse(
+            modelId=MODEL, messages=USER))
     assert bad_key.value.response["Error"]["Code"] == "UnrecognizedClientException"
     assert bedrock.hits == 0
 
@@ -110,7 +117,8 @@ async def test_boto3_reads_the_fake_s_errors_and_stream_exceptions(bedrock: Fake
         await run(lambda: client(bedrock).converse(modelId=MODEL, messages=USER))
     assert limited.value.response["Error"]["Code"] == "ThrottlingException"
     assert limited.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
-    bedrock.script(ErrorEvent(after_events=2, message="Too many tokens", error_type="throttlingException"))
+    bedrock.script(ErrorEvent(after_events=2, message="Too many tokens",
+                              error_type="throttlingException"))
 
     def stream() -> list[Any]:
         return list(client(bedrock).converse_stream(modelId=MODEL, messages=USER)["stream"])

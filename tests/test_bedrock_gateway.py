@@ -18,14 +18,21 @@ from conftest import UPSTREAM_SECRET
 from fakes import Cut, ErrorEvent, Fail, FakeAnthropic, FakeBedrock, Gate, Reply
 from fakes.bedrock_server import ACCESS_KEY, SECRET_KEY
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 MODEL_ID = "eu.anthropic.claude-sonnet-4-5-20250929-v1:0"
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Weather in Frankfurt?"},
 ]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+# The same conversation as the openai SDK's parameter type, for its typed `create`.
+SDK_CONVERSATION: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Weather in Frankfurt?"},
+]
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
 PRICES = {"input": 3.30, "cached": 0.33, "write": 4.125, "output": 16.50}
 
 
@@ -69,7 +76,9 @@ models = ["bedrock/claude-sonnet-4-5", "direct/claude-sonnet-4-5"]
 
 
 class Stack:
-    def __init__(self, gw: Gateway, bedrock: FakeBedrock, anthropic: FakeAnthropic, pg: str) -> None:
+    def __init__(
+        self, gw: Gateway, bedrock: FakeBedrock, anthropic: FakeAnthropic, pg: str
+    ) -> None:
         self.gw, self.bedrock, self.anthropic, self.pg = gw, bedrock, anthropic, pg
 
 
@@ -81,7 +90,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, secret: str = SECRET_KEY) -> None:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+async def stack(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Stack]:
     aws_env(monkeypatch)
     async with FakeBedrock() as bedrock, FakeAnthropic() as anthropic:
         settings = gateway_settings(tmp_path, bedrock_toml(bedrock.base_url, anthropic.base_url),
@@ -91,8 +102,9 @@ async def stack(tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatc
 
 
 async def chat(http: aiohttp.ClientSession, gw: Gateway, **body: Any) -> aiohttp.ClientResponse:
-    return await http.post(gw.url + "/v1/chat/completions", headers=gw.headers,
-                           json={"model": "bedrock/claude-sonnet-4-5", "messages": CONVERSATION, **body})
+    return await http.post(
+        gw.url + "/v1/chat/completions", headers=gw.headers,
+        json={"model": "bedrock/claude-sonnet-4-5", "messages": CONVERSATION, **body})
 
 
 def events(raw: bytes) -> list[dict[str, Any]]:
@@ -111,7 +123,8 @@ async def test_chat_is_translated_to_converse_and_back_with_tool_calls_and_cache
                                prompt_tokens=50, completion_tokens=9, cached_tokens=1000,
                                cache_write_tokens=200))
     history = [*CONVERSATION,
-               {"role": "assistant", "content": None, "tool_calls": [{"id": "t1", "type": "function",
+               {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "t1", "type": "function",
                 "function": {"name": "get_weather", "arguments": '{"city": "Bonn"}'}}]},
                {"role": "tool", "tool_call_id": "t1", "content": "rain"},
                {"role": "user", "content": "And Frankfurt?"}]
@@ -129,7 +142,8 @@ async def test_chat_is_translated_to_converse_and_back_with_tool_calls_and_cache
     assert req["messages"][2]["content"] == [
         {"toolResult": {"toolUseId": "t1", "content": [{"text": "rain"}]}},
         {"text": "And Frankfurt?"}]
-    assert req["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.2, "stopSequences": ["END"]}
+    assert req["inferenceConfig"] == {
+        "maxTokens": 300, "temperature": 0.2, "stopSequences": ["END"]}
     assert req["toolConfig"] == {"tools": [{"toolSpec": {
         "name": "get_weather", "description": "Weather now",
         "inputSchema": {"json": TOOLS[0]["function"]["parameters"]}}}], "toolChoice": {"any": {}}}
@@ -152,18 +166,22 @@ async def test_chat_is_translated_to_converse_and_back_with_tool_calls_and_cache
 async def test_stream_is_translated_from_eventstream_frames_with_usage_and_cost(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    stack.bedrock.script(Reply(text="Grey skies.", tool_calls=[("get_weather", '{"city": "Frankfurt"}')],
+    stack.bedrock.script(Reply(text="Grey skies.",
+                               tool_calls=[("get_weather", '{"city": "Frankfurt"}')],
                                prompt_tokens=20, completion_tokens=7, cached_tokens=100,
                                cache_write_tokens=10))
-    resp = await chat(http, stack.gw, tools=TOOLS, stream=True, stream_options={"include_usage": True})
+    resp = await chat(http, stack.gw, tools=TOOLS, stream=True,
+                      stream_options={"include_usage": True})
     assert resp.status == 200
     chunks = events(await resp.read())
     assert stack.bedrock.last.path == f"/model/{MODEL_ID}/converse-stream"
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert len({c["id"] for c in chunks}) == 1
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls") or ()]
-    assert calls[0]["id"] == "tooluse_fake000001x0" and calls[0]["function"]["name"] == "get_weather"
+    calls = [tc for c in chunks if c["choices"]
+             for tc in c["choices"][0]["delta"].get("tool_calls") or ()]
+    assert calls[0]["id"] == "tooluse_fake000001x0"
+    assert calls[0]["function"]["name"] == "get_weather"
     args = "".join(tc["function"].get("arguments") or "" for tc in calls)
     assert (text, json.loads(args)) == ("Grey skies.", {"city": "Frankfurt"})
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
@@ -177,13 +195,17 @@ async def test_stream_is_translated_from_eventstream_frames_with_usage_and_cost(
 
 
 async def test_openai_sdk_streams_bedrock_through_the_gateway(stack: Stack) -> None:
-    stack.bedrock.script(Reply(text="It is sunny in Frankfurt.", prompt_tokens=9, completion_tokens=6))
-    async with openai.AsyncOpenAI(base_url=stack.gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0) as sdk:
+    stack.bedrock.script(Reply(text="It is sunny in Frankfurt.", prompt_tokens=9,
+                               completion_tokens=6))
+    async with openai.AsyncOpenAI(
+        base_url=stack.gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0
+    ) as sdk:
         stream = await sdk.chat.completions.create(
-            model="bedrock/claude-sonnet-4-5", messages=CONVERSATION,  # type: ignore[arg-type]
+            model="bedrock/claude-sonnet-4-5", messages=SDK_CONVERSATION,
             stream=True, stream_options={"include_usage": True})
         chunks = [c async for c in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "It is sunny in Frankfurt."
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "It is sunny in Frankfurt."
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 15
 
 
@@ -290,7 +312,8 @@ async def test_bedrock_server_faults_fall_back_and_alone_are_not_the_client_s(
 async def test_validation_error_passes_with_aws_s_message_and_is_not_retried(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    stack.bedrock.script(Fail(400, "The model returned the following errors: temperature: range: 0..1"))
+    stack.bedrock.script(
+        Fail(400, "The model returned the following errors: temperature: range: 0..1"))
     resp = await chat(http, stack.gw, model="policy/claude")
     assert resp.status == 400
     error = (await resp.json())["error"]
@@ -311,15 +334,19 @@ async def test_a_mid_stream_exception_frame_becomes_an_sse_error_after_the_text_
     blocks = [b for b in raw.split("\n\n") if b]
     last = json.loads(blocks[-1][6:])
     assert "Too many tokens" in last["error"]["message"]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events(raw.encode()) if c.get("choices"))
+    text = "".join(c["choices"][0]["delta"].get("content") or ""
+                   for c in events(raw.encode()) if c.get("choices"))
     assert text == "one two"
     row = await ledger_row(stack.pg, resp.headers["x-request-id"])
     # What flowed is charged, estimated: the usage never came.
-    assert (row["status"], row["error_code"], row["estimated"]) == (502, "upstream_rate_limited", True)
+    assert (row["status"], row["error_code"], row["estimated"]) == (
+        502, "upstream_rate_limited", True)
     assert row["completion_tokens"] > 0 and row["cost_nusd"] > 0
 
 
-async def test_a_cut_stream_ends_with_an_error_event(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_a_cut_stream_ends_with_an_error_event(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
     stack.bedrock.script(Cut(after_events=2, reply=Reply(text="one two three")))
     raw = (await (await chat(http, stack.gw, stream=True)).read()).decode()
     last = json.loads([b for b in raw.split("\n\n") if b][-1][6:])

@@ -19,6 +19,7 @@ from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
 
 from proxy.api import relay
 from proxy.api.relay import _pusher
+from proxy.compat.aiohttp_stream import EventStreamResponse
 
 USER = [{"role": "user", "content": "Tell me a story"}]
 
@@ -304,7 +305,7 @@ async def test_an_event_stream_sends_its_headers_with_its_first_bytes_in_one_wri
 
         transport.write = counted_write  # type: ignore[method-assign]
         transport.writelines = counted_writelines  # type: ignore[method-assign]
-        response = relay.EventStreamResponse(headers={"Content-Type": "text/event-stream"})
+        response = EventStreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         assert writes == []  # the headers wait for the first event
         await response.write(b"data: 1\n\n")

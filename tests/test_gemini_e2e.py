@@ -19,7 +19,7 @@ from ledger_support import wait_for
 
 KEY = "AIzaSyFakeGatewayKey0123456789abcdefghij"
 USER = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Weather?"}]
-TOOLS = [{"type": "function", "function": {
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"], "additionalProperties": False}}}]
@@ -132,7 +132,8 @@ async def test_completion_translates_both_ways_and_bills_thinking_as_output(
     assert usage["completion_tokens_details"]["reasoning_tokens"] == 30
     assert usage["cost"] == pytest.approx(cost(1200, 1000, 32))
     [row] = await ledger_rows(gw, 1)
-    assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (1200, 32, 1000)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
+        1200, 32, 1000)
     assert row["cost_nusd"] == round(cost(1200, 1000, 32) * 1e9)
     assert row["provider"] == "gem" and row["estimated"] == 0
 
@@ -219,7 +220,8 @@ async def test_stream_is_translated_with_usage_and_tool_calls(
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "Checking now."
-    calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    calls = [tc for c in chunks if c["choices"]
+             for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert [(tc["index"], tc["function"]["name"]) for tc in calls] == [(0, "get_weather")]
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"

@@ -19,7 +19,7 @@ from fakes import FakeAnthropic, FakeOpenAI, Gate, Reply
 from harness import Gateway, gateway_settings, running_gateway
 from ledger_support import wait_for
 
-from proxy.limits.memory import reservation_id
+from proxy.limits.admission import reservation_id
 
 CHAT = {"model": "fake/gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10,
         "stream": True}

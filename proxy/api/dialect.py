@@ -27,7 +27,8 @@ from ..idempotency.replay import REPLAYED
 from ..providers.base import ChatStream, Completion
 from ..wire import RequestyMeta
 from .common import echo_request_id
-from .relay import SSE_HEADERS, EventStreamResponse, Outcome, served_by
+from ..compat.aiohttp_stream import EventStreamResponse
+from .relay import SSE_HEADERS, Outcome, served_by
 
 if TYPE_CHECKING:  # the gateway imports the handlers' modules
     from ..gateway import Gateway

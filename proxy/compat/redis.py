@@ -71,8 +71,8 @@ _CODES: Final[Mapping[str, type[exceptions.RedisError]]] = {
 def reply_error(message: str) -> exceptions.RedisError:
     """redis-py's exception for an error reply (hiredis's `Reader(replyError=...)`): a known
     code's class with the code cut off the message; any other reply a `ResponseError` with
-    the whole message (so "WRONGTYPE ..." and "BUSY ..." keep their code in the text). Unlike redis-py 5's
-    own table, READONLY, CLUSTERDOWN and TRYAGAIN always get their classes: the limits
+    the whole message (so "WRONGTYPE ..." and "BUSY ..." keep their code in the text). Unlike
+    redis-py 5's own table, READONLY, CLUSTERDOWN and TRYAGAIN always get their classes: the limits
     count them as outages, not refusals."""
     code = message.split(" ", 1)[0]
     rest = message[len(code) + 1:]

@@ -9,9 +9,10 @@ callers first in, first out.
 
 What the callers see is what redis-py gave them: an error reply becomes redis-py's exception
 for it (READONLY is `ReadOnlyError`, ...; the map is in `compat/redis.py`), a script Redis
-lost (restart, SCRIPT FLUSH) is sent again as EVAL without the caller noticing, a broken connection is `ConnectionError`, and
-a reply late by more than the timeout is `TimeoutError`. After a timeout the connection is
-closed, not reused: a late reply would otherwise be matched to the wrong caller.
+lost (restart, SCRIPT FLUSH) is sent again as EVAL without the caller noticing, a broken
+connection is `ConnectionError`, and a reply late by more than the timeout is `TimeoutError`.
+After a timeout the connection is closed, not reused: a late reply would otherwise be matched to
+the wrong caller.
 """
 
 from __future__ import annotations

@@ -220,7 +220,8 @@ class FakeBedrock(FakeServer):
         try:
             when = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
         except ValueError:
-            return aws_error(403, "IncompleteSignatureException", "X-Amz-Date is missing or malformed.")
+            return aws_error(403, "IncompleteSignatureException",
+                             "X-Amz-Date is missing or malformed.")
         if abs(datetime.datetime.now(datetime.UTC) - when) > _MAX_SKEW:
             return aws_error(403, "InvalidSignatureException", "Signature expired.")
         if scope != f"{stamp[:8]}/{self.region}/bedrock/aws4_request":
@@ -233,7 +234,8 @@ class FakeBedrock(FakeServer):
         aws = AWSRequest(method=request.method, url=url, data=body, headers=headers)
         aws.context["timestamp"] = stamp
         signer = SigV4Auth(
-            Credentials(self.access_key, self.secret_key, self.session_token), "bedrock", self.region
+            Credentials(self.access_key, self.secret_key, self.session_token), "bedrock",
+            self.region,
         )
         canonical = signer.canonical_request(aws)
         expected = signer.signature(signer.string_to_sign(aws, canonical), aws)
@@ -250,7 +252,8 @@ def _check_body(body: bytes) -> web.Response | None:
     try:
         req = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return aws_error(400, "SerializationException", "Start of structure or map found where not expected.")
+        return aws_error(400, "SerializationException",
+                         "Start of structure or map found where not expected.")
     unknown = set(req) - _REQUEST_FIELDS if isinstance(req, dict) else {"?"}
     if unknown:
         return aws_error(400, "ValidationException",
@@ -271,7 +274,8 @@ def _check_body(body: bytes) -> web.Response | None:
             if "text" in block and not str(block["text"]).strip():
                 return aws_error(400, "ValidationException",
                                  "The text field in the ContentBlock object at messages."
-                                 f"{i}.content is blank. Add text to the text field, and try again.")
+                                 f"{i}.content is blank. Add text to the text field, "
+                                 "and try again.")
             tool_blocks = tool_blocks or "toolUse" in block or "toolResult" in block
     if tool_blocks and not req.get("toolConfig"):
         return aws_error(400, "ValidationException",

@@ -102,8 +102,10 @@ class FakeGoogleToken:
                 {"error": "unsupported_grant_type", "error_description": "jwt-bearer only"},
                 status=400)
         try:
-            claims = jwt.decode(str(form["assertion"]), certs=self._public_pem,
-                                audience=[GOOGLE_AUDIENCE, self.token_uri])
+            # google-auth leaves jwt.decode unannotated; it returns the claims mapping.
+            claims: dict[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
+                str(form["assertion"]), certs=self._public_pem,
+                audience=[GOOGLE_AUDIENCE, self.token_uri])
         except ValueError as e:
             return web.json_response(
                 {"error": "invalid_grant", "error_description": f"Invalid JWT: {e}"}, status=400)

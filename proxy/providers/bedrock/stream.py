@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from botocore.eventstream import EventStreamBuffer, ParserError
@@ -211,7 +211,10 @@ class BedrockStream(ChatStream):
                 batch: list[bytes] = []
                 try:
                     for message in frames:
-                        batch += tr.feed(message.headers, message.payload)
+                        # botocore-stubs types `headers` as int; botocore sets the dict its
+                        # header parser returns.
+                        headers = cast("dict[str, Any]", message.headers)
+                        batch += tr.feed(headers, message.payload)
                         if tr.done:
                             break
                 except (ParserError, UpstreamError) as e:
