@@ -54,7 +54,10 @@ class Idempotency:
     async def begin(self, request: web.Request, key_id: str, route: str, body: bytes) -> Once | None:
         """None without the header. Otherwise the request's claim on its key, or the answer
         to replay; 409 while the key's first request is in flight, 422 for another body."""
-        key = header_key(request.headers)
+        headers = request.headers
+        if HEADER not in headers:  # the common case: one lookup
+            return None
+        key = header_key(headers)
         if key is None:
             return None
         digest = body_digest(route, body)

@@ -109,8 +109,9 @@ class AdmissionJournal:
         line = _encode(entry) + b"\n"
         self._open[entry.seq] = line
         self._pending.append(line)
-        if not self._drain_scheduled:
-            self._schedule()
+        if not self._drain_scheduled:  # inline, not `_schedule()`: this runs per request
+            self._drain_scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self.drain)
 
     def next_seq(self) -> int:
         return next(self._seq)
@@ -129,27 +130,33 @@ class AdmissionJournal:
         if self._open.pop(seq, None) is None:
             return
         self._pending.append(b"%d\n" % seq)
-        if not self._drain_scheduled:
-            self._schedule()
+        if not self._drain_scheduled:  # inline, as in `admitted`
+            self._drain_scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self.drain)
 
     def _schedule(self) -> None:
         self._drain_scheduled = True
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        self._loop.call_soon(self.drain)
+        (self._loop or self._bind_loop()).call_soon(self.drain)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def drain(self) -> None:
         """Write this iteration's lines in one system call."""
         self._drain_scheduled = False
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
         if self._fd < 0:  # not open (an app never started) or closed: nothing to keep
-            self._pending.clear()
+            pending.clear()
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        data = b"".join(pending)
+        pending.clear()
         try:
-            _write_all(self._fd, data)
+            written = os.write(self._fd, data)
+            if written < len(data):  # rare (a full disk, a signal): write the rest
+                _write_all(self._fd, data[written:])
         except OSError as e:
             self._failed(e)
             return
