@@ -29,7 +29,7 @@ from ..ledger.inflight_recovery import recover
 from ..limits import Admission
 from ..wire import RequestyMeta
 from .client_watch import ClientWatch
-from .common import CLIENT_REQUEST_ID, REQUEST_ID, requesty_headers
+from .common import CLIENT_REQUEST_ID, REQUEST_ID, known_requesty_headers
 
 log = logging.getLogger("proxy")
 
@@ -75,7 +75,7 @@ class InFlight:
             model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
             admission.leased, meta.user_id, meta.trace_id, meta.tags, meta.extra,
-            requesty_headers(request), request[CLIENT_REQUEST_ID],
+            known_requesty_headers(request), request[CLIENT_REQUEST_ID],
         ))
         return seq
 
