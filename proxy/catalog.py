@@ -90,7 +90,8 @@ class Model:
         elif max_tokens:
             out_cap = max_tokens
         else:  # comparisons, not max(): this runs two or three times a request
-            out_cap = window if window >= self.max_output_tokens else self.max_output_tokens
+            out_cap = (window if window >= self.max_output_tokens  # noqa: FURB136 - see above
+                       else self.max_output_tokens)
         prompt = usage.prompt_tokens
         return (0 <= prompt <= (window * inputs if inputs > 1 else window)
                 and 0 <= usage.completion_tokens <= out_cap
