@@ -123,3 +123,45 @@ async def test_the_idempotency_key_is_found_in_any_case(name: str) -> None:
                             b'{"model":"m"}')
     assert once is not None and once.key == "k-1"
     assert await idem.begin(request(PLAIN), "k1", "chat", b"{}") is None  # type: ignore[arg-type]
+
+
+def _journal_lines(directory: Path) -> list[bytes]:
+    return next(directory.glob("inflight-*.jsonl")).read_bytes().splitlines()
+
+
+def _admitted(seq: int) -> Admitted:
+    return Admitted(seq, f"req-{seq}", TS, "k1", "up/model", "up/model", "up", "global", False,
+                    10, f"r:{seq}", 50_000, "2026-06", 0, 0, False)
+
+
+async def test_a_lone_requests_admission_and_done_mark_are_on_disk_without_waiting_a_turn(
+    tmp_path: Path,
+) -> None:
+    journal = AdmissionJournal(tmp_path, 900.0)
+    journal.open()
+    journal.admitted(_admitted(1))
+    assert len(_journal_lines(tmp_path)) == 1  # before the loop turns
+    journal.recorded(1)
+    assert _journal_lines(tmp_path)[1] == b"1"
+    journal.close()
+
+
+async def test_with_requests_in_flight_the_lines_of_one_turn_go_out_together(
+    tmp_path: Path,
+) -> None:
+    journal = AdmissionJournal(tmp_path, 900.0)
+    journal.open()
+    journal.admitted(_admitted(1))  # alone: written at once
+    journal.admitted(_admitted(2))
+    journal.admitted(_admitted(3))
+    journal.recorded(1)
+    assert len(_journal_lines(tmp_path)) == 1  # batched for the end of this turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(_journal_lines(tmp_path)) == 4
+    journal.recorded(2)
+    journal.recorded(3)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert _journal_lines(tmp_path)[4:] == [b"2", b"3"]
+    journal.close()
