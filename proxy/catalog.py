@@ -88,10 +88,13 @@ class Model:
         window = self.context_window or MAX_CALL_TOKENS
         if self.kind == "embedding":
             out_cap = 0
-        else:
-            out_cap = max_tokens or max(window, self.max_output_tokens)
+        elif max_tokens:
+            out_cap = max_tokens
+        else:  # comparisons, not max(): this runs two or three times a request
+            out_cap = (window if window >= self.max_output_tokens  # noqa: FURB136 - see above
+                       else self.max_output_tokens)
         prompt = usage.prompt_tokens
-        return (0 <= prompt <= window * max(1, inputs)
+        return (0 <= prompt <= (window * inputs if inputs > 1 else window)
                 and 0 <= usage.completion_tokens <= out_cap
                 and 0 <= usage.cached_tokens <= prompt
                 and 0 <= usage.cache_write_tokens <= prompt)

@@ -10,7 +10,7 @@ admission to their end: one task looks at the watched connections every
 `WATCH_INTERVAL_S` and cancels the handler of each one that is closed. The handler then
 cancels its upstream call (its connection is aborted, never pooled) and records 499.
 
-Per request this costs a dict insert and a pop; the scan is a method call a watched
+Per request this costs a task lookup, a dict insert and a pop; the scan is a method call a watched
 request four times a second.
 """
 
@@ -25,36 +25,38 @@ WATCH_INTERVAL_S: Final = 0.25
 
 
 class ClientWatch:
-    __slots__ = ("_interval", "_watched")
+    __slots__ = ("_interval", "_loop", "_watched")
 
     def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         self._interval = interval_s
-        # handler task -> its client's transport (None: gone before the watch began)
-        self._watched: dict[asyncio.Task[Any], asyncio.BaseTransport | None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # known once `run` starts
+        # ticket -> (handler task, its client's transport; None: gone before the watch began)
+        self._watched: dict[int, tuple[asyncio.Task[Any], asyncio.BaseTransport | None]] = {}
 
     def __len__(self) -> int:
         return len(self._watched)
 
-    def watch(self, request: web.Request) -> None:
-        task = asyncio.current_task()
+    def watch(self, ticket: int, request: web.Request) -> None:
+        """Watch the current task's client under `ticket` (unique among those watched) until
+        `unwatch(ticket)`: keyed by the caller's ticket, the end needs no task lookup."""
+        task = asyncio.current_task(self._loop)
         if task is not None:
-            self._watched[task] = request.transport
+            self._watched[ticket] = (task, request.transport)
 
-    def unwatch(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._watched.pop(task, None)
+    def unwatch(self, ticket: int) -> None:
+        self._watched.pop(ticket, None)
 
     def scan(self) -> int:
         """Cancel the handlers whose client is gone; returns how many."""
-        gone = [task for task, transport in self._watched.items()
+        gone = [ticket for ticket, (_, transport) in self._watched.items()
                 if transport is None or transport.is_closing()]
-        for task in gone:
-            del self._watched[task]
+        for ticket in gone:
+            task, _ = self._watched.pop(ticket)
             task.cancel("the client disconnected")
         return len(gone)
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._interval)
             self.scan()

@@ -12,6 +12,7 @@ and every `ORPHAN_SCAN_S` (a worker of `serve --workers N` that dies is not rest
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -28,7 +29,7 @@ from ..ledger.inflight_recovery import recover
 from ..limits import Admission
 from ..wire import RequestyMeta
 from .client_watch import ClientWatch
-from .common import CLIENT_REQUEST_ID, REQUEST_ID, requesty_headers
+from .common import CLIENT_REQUEST_ID, REQUEST_ID, known_requesty_headers
 
 log = logging.getLogger("proxy")
 
@@ -36,7 +37,7 @@ ORPHAN_SCAN_S: Final = 30.0
 
 
 class InFlight:
-    __slots__ = ("_journal", "_region", "_tasks", "watch")
+    __slots__ = ("_journal", "_region", "_tasks", "_tickets", "watch")
 
     def __init__(self, journal: AdmissionJournal | None, region: str,
                  watch: ClientWatch | None = None) -> None:
@@ -44,6 +45,7 @@ class InFlight:
         self._region = region
         self.watch = watch or ClientWatch()
         self._tasks: list[asyncio.Task[None]] = []
+        self._tickets = itertools.count(1)  # without a journal (whose sequence they are)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> InFlight:
@@ -59,11 +61,13 @@ class InFlight:
         prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime,
     ) -> int:
         """Journal the admission and watch the client; returns the ticket for `end`."""
-        self.watch.watch(request)
         journal = self._journal
         if journal is None:
-            return 0
+            ticket = next(self._tickets)
+            self.watch.watch(ticket, request)
+            return ticket
         seq = journal.next_seq()
+        self.watch.watch(seq, request)
         if admission.leased:
             journal.lease_used(admission.reservation_id, admission.key_id, admission.period)
         journal.admitted(Admitted(
@@ -71,13 +75,13 @@ class InFlight:
             model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
             admission.leased, meta.user_id, meta.trace_id, meta.tags, meta.extra,
-            requesty_headers(request), request[CLIENT_REQUEST_ID],
+            known_requesty_headers(request), request[CLIENT_REQUEST_ID],
         ))
         return seq
 
     def end(self, ticket: int) -> None:
         """The request's record is with the ledger (and its spend settled)."""
-        self.watch.unwatch()
+        self.watch.unwatch(ticket)
         if self._journal is not None:
             self._journal.recorded(ticket)
 

@@ -156,15 +156,23 @@ class EdgeHandler(web_protocol.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._request_count == self._header_count:
+        count = self._request_count
+        if count == self._header_count:
             self._header_bytes = True  # more of the request the deadline is for
         else:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 # Idle between requests (the keep-alive timer's time): these bytes begin the
                 # next one. Bytes that arrive while a request is handled are its body.
-                self._arm_header_deadline(started=True)
-        super().data_received(data)
+                # (`_arm_header_deadline` inlined: this runs once a keep-alive request.)
+                self._header_count = count
+                self._header_bytes = True
+                self._header_deadline = self._loop.time() + self._header_timeout
+                if self._header_handle is None:
+                    self._header_handle = self._loop.call_at(self._header_deadline,
+                                                             self._on_deadline)
+        # The base class by name, not `super()`: no proxy object a packet.
+        RequestHandler.data_received(self, data)
 
     def _arm_header_deadline(self, *, started: bool) -> None:
         self._header_count = self._request_count

@@ -25,7 +25,7 @@ from ..catalog import Model
 from ..config import Settings
 from ..errors import IdempotencyInProgress, IdempotencyKeyReused
 from ..providers.base import ChatStream
-from .request import HEADER, body_digest, header_key
+from .request import HEADER, HEADER_KEY, body_digest, header_key
 from .store import Answer, IdempotencyStore, MemoryStore, RedisStore
 
 _encode = msgspec.json.encode
@@ -56,7 +56,10 @@ class Idempotency:
     ) -> Once | None:
         """None without the header. Otherwise the request's claim on its key, or the answer
         to replay; 409 while the key's first request is in flight, 422 for another body."""
-        key = header_key(request.headers)
+        headers = request.headers
+        if HEADER_KEY not in headers:  # the common case: one lookup
+            return None
+        key = header_key(headers)
         if key is None:
             return None
         digest = body_digest(route, body)

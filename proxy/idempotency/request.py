@@ -6,11 +6,14 @@ import hashlib
 from typing import Any, Final
 
 import msgspec
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from ..errors import InvalidRequest
 
 HEADER: Final = "Idempotency-Key"
+# For lookups: an istr is case-folded once, a str at every lookup. (Not for messages or
+# `param`: msgspec does not encode an istr.)
+HEADER_KEY: Final = istr(HEADER)
 MAX_KEY_CHARS: Final = 255  # Stripe's bound; a UUID is 36
 
 _decode: Final = msgspec.json.Decoder(Any).decode
@@ -19,11 +22,11 @@ _decode: Final = msgspec.json.Decoder(Any).decode
 def header_key(headers: CIMultiDictProxy[str]) -> str | None:
     """The request's idempotency key, None without the header; 400 for one that is empty,
     too long, not printable ASCII, or sent twice (which of two would it be?)."""
-    value = headers.get(HEADER)
+    value = headers.get(HEADER_KEY)
     if value is None:
         return None
     if (not 0 < len(value) <= MAX_KEY_CHARS or not value.isascii() or not value.isprintable()
-            or len(headers.getall(HEADER)) > 1):
+            or len(headers.getall(HEADER_KEY)) > 1):
         raise InvalidRequest(
             f"The `{HEADER}` header must be one value of 1 to {MAX_KEY_CHARS} printable "
             "ASCII characters.",

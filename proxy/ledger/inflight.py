@@ -17,7 +17,8 @@ worker). Lines, all JSON:
 
 Cost on the request path: one msgspec encode and a list append at admission, an int's
 bytes at the end; the lines of one event-loop iteration go out in one `write`, never
-fsynced. A `write` lands in the OS page cache, which outlives the process: enough for a
+fsynced (a line with no other request in flight goes out at once: a batch would hold
+only it, and the `call_soon` of a drain costs more than the `write`). A `write` lands in the OS page cache, which outlives the process: enough for a
 killed worker, not for a machine that loses power (then the limits' sweeper charges the
 reservations after `limits.reservation_ttl_s`, as without this journal). The file is
 rotated at `ROTATE_BYTES`: the admissions still open are copied into a new file first.
@@ -112,10 +113,15 @@ class AdmissionJournal:
 
     def admitted(self, entry: Admitted) -> None:
         line = _encode(entry) + b"\n"
+        alone = not self._open and not self._drain_scheduled and self._fd >= 0
         self._open[entry.seq] = line
+        if alone:  # nothing else in flight, so no batch to wait for: written now
+            self._write(line)
+            return
         self._pending.append(line)
-        if not self._drain_scheduled:
-            self._schedule()
+        if not self._drain_scheduled:  # inline, not `_schedule()`: this runs per request
+            self._drain_scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self.drain)
 
     def next_seq(self) -> int:
         return next(self._seq)
@@ -133,28 +139,41 @@ class AdmissionJournal:
     def recorded(self, seq: int) -> None:
         if self._open.pop(seq, None) is None:
             return
+        if not self._open and not self._drain_scheduled and self._fd >= 0:  # as in `admitted`
+            self._write(b"%d\n" % seq)
+            return
         self._pending.append(b"%d\n" % seq)
-        if not self._drain_scheduled:
-            self._schedule()
+        if not self._drain_scheduled:  # inline, as in `admitted`
+            self._drain_scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self.drain)
 
     def _schedule(self) -> None:
         self._drain_scheduled = True
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        self._loop.call_soon(self.drain)
+        (self._loop or self._bind_loop()).call_soon(self.drain)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def drain(self) -> None:
         """Write this iteration's lines in one system call."""
         self._drain_scheduled = False
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
         if self._fd < 0:  # not open (an app never started) or closed: nothing to keep
-            self._pending.clear()
+            pending.clear()
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        data = b"".join(pending)
+        pending.clear()
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Append to the file (the lines in order: only when no drain is pending, or by it)."""
         try:
-            _write_all(self._fd, data)
+            written = os.write(self._fd, data)
+            if written < len(data):  # rare (a full disk, a signal): write the rest
+                _write_all(self._fd, data[written:])
         except OSError as e:
             self._failed(e)
             return
