@@ -91,7 +91,7 @@ class Model:
         elif max_tokens:
             out_cap = max_tokens
         else:  # comparisons, not max(): this runs two or three times a request
-            out_cap = (window if window >= self.max_output_tokens  # noqa: FURB136 - see above
+            out_cap = (window if window >= self.max_output_tokens
                        else self.max_output_tokens)
         prompt = usage.prompt_tokens
         return (0 <= prompt <= (window * inputs if inputs > 1 else window)

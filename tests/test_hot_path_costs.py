@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from proxy import metadata
@@ -29,17 +30,17 @@ PLAIN = {"Host": "gw", "Content-Type": "application/json", "Authorization": "Bea
          "Accept": "*/*", "User-Agent": "bench", "Content-Length": "10"}
 
 
-def request(headers: dict[str, str], rid: str = "req-1") -> object:
+def request(headers: dict[str, str], rid: str = "req-1") -> web.Request:
     req = make_mocked_request("POST", "/v1/chat/completions", headers=headers)
     req[REQUEST_ID] = rid
     req[CLIENT_REQUEST_ID] = None
     return req
 
 
-def begin(flight: InFlight, req: object) -> int:
+def begin(flight: InFlight, req: web.Request) -> int:
     model = Catalog(load_settings(None, env={})).get("openai/gpt-4o-mini")
     admission = Admission("k1", "r:1", 50_000, period="2026-06")
-    return flight.begin(req, admission, model, model.id, 10, False,  # type: ignore[arg-type]
+    return flight.begin(req, admission, model, model.id, 10, False,
                         RequestyMeta(), TS)
 
 
@@ -119,10 +120,10 @@ async def test_without_a_journal_each_watched_request_has_its_own_ticket() -> No
 @pytest.mark.parametrize("name", ["Idempotency-Key", "idempotency-key", "IDEMPOTENCY-KEY"])
 async def test_the_idempotency_key_is_found_in_any_case(name: str) -> None:
     idem = Idempotency(MemoryStore(1 << 20), retention_s=60, in_flight_s=60)
-    once = await idem.begin(request({**PLAIN, name: "k-1"}), "k1", "chat",  # type: ignore[arg-type]
+    once = await idem.begin(request({**PLAIN, name: "k-1"}), "k1", "chat",
                             b'{"model":"m"}')
     assert once is not None and once.key == "k-1"
-    assert await idem.begin(request(PLAIN), "k1", "chat", b"{}") is None  # type: ignore[arg-type]
+    assert await idem.begin(request(PLAIN), "k1", "chat", b"{}") is None
 
 
 def _journal_lines(directory: Path) -> list[bytes]:

@@ -53,7 +53,8 @@ def handler(dialect: Dialect[R]) -> Handler:
 
 
 async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
+    app = request.app
+    gw = app[GATEWAY]
     started = time.monotonic()
     arrived = datetime.now(UTC)
     body = await read_body(request, gw.settings.max_body_bytes)
@@ -78,7 +79,7 @@ async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse
         if once is not None:
             await once.close()  # refused: the key is free for a retry
         raise
-    flight = request.app[INFLIGHT]
+    flight = app[INFLIGHT]
     ticket = flight.begin(request, admission, route.models[0], req.model_id, prompt_estimate,
                           req.stream, req.meta, arrived)
     outcome = Outcome(route.models[0], started)
@@ -212,8 +213,10 @@ def settle_usage(outcome: Outcome, req: R) -> Usage:
     or counts that cannot be true (negative, past the context window or the output cap):
     the provider's numbers never make a cost negative or out of range."""
     reported = outcome.usage
-    if reported is not None and (reported.estimated  # ours already
+    if reported is not None and (reported is outcome.usage_checked  # looked at already
+                                 or reported.estimated  # ours
                                  or outcome.model.plausible(reported, req.max_tokens)):
+        outcome.usage_checked = reported
         return reported
     usage = Usage(
         prompt_tokens=req.prompt_tokens(),

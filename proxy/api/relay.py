@@ -54,6 +54,7 @@ class Outcome:
         "ttft_ms",
         "upstream_s",
         "usage",
+        "usage_checked",
     )
 
     def __init__(self, model: Model, started: float) -> None:
@@ -61,6 +62,7 @@ class Outcome:
         self.started = started
         self.status = 200
         self.usage: Usage | None = None
+        self.usage_checked: Usage | None = None  # the report found plausible, once
         self.finish_reason: str | None = None
         self.text_chars = 0
         self.ttft_ms: float | None = None

@@ -172,7 +172,7 @@ class EdgeHandler(web_protocol.RequestHandler):
                     self._header_handle = self._loop.call_at(self._header_deadline,
                                                              self._on_deadline)
         # The base class by name, not `super()`: no proxy object a packet.
-        RequestHandler.data_received(self, data)
+        web_protocol.RequestHandler.data_received(self, data)
 
     def _arm_header_deadline(self, *, started: bool) -> None:
         self._header_count = self._request_count

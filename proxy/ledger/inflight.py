@@ -18,10 +18,11 @@ worker). Lines, all JSON:
 Cost on the request path: one msgspec encode and a list append at admission, an int's
 bytes at the end; the lines of one event-loop iteration go out in one `write`, never
 fsynced (a line with no other request in flight goes out at once: a batch would hold
-only it, and the `call_soon` of a drain costs more than the `write`). A `write` lands in the OS page cache, which outlives the process: enough for a
-killed worker, not for a machine that loses power (then the limits' sweeper charges the
-reservations after `limits.reservation_ttl_s`, as without this journal). The file is
-rotated at `ROTATE_BYTES`: the admissions still open are copied into a new file first.
+only it, and the `call_soon` of a drain costs more than the `write`). A `write` lands in
+the OS page cache, which outlives the process: enough for a killed worker, not for a
+machine that loses power (then the limits' sweeper charges the reservations after
+`limits.reservation_ttl_s`, as without this journal). The file is rotated at
+`ROTATE_BYTES`: the admissions still open are copied into a new file first.
 """
 
 from __future__ import annotations
