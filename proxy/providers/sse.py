@@ -6,10 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from ..errors import UpstreamError
+
 # Single bytes as ints: `int in bytes` is a byte lookup, while `b"\n" in bytes` first tries
 # the argument as an int, and the TypeError it formats and drops costs ~2,000 instructions.
 LF: Final = ord("\n")
 CR: Final = ord("\r")
+# The largest event an upstream may send (a Responses `response.completed` carries the whole
+# answer, images included): past it the stream fails with a clear 502 instead of growing a
+# buffer for as long as a broken or hostile provider keeps writing one line.
+MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
 
 
 class SSEParser:
@@ -41,14 +47,26 @@ class SSEParser:
         end = buf.rfind(b"\n\n") + 2
         if end < 2:
             self._buf = buf + held
+            if len(buf) > MAX_EVENT_BYTES:
+                raise _too_large()
             return b""
-        self._buf = buf[end:] + held
+        rest = self._buf = buf[end:] + held
+        if len(rest) > MAX_EVENT_BYTES:
+            raise _too_large()
         return buf[:end]
 
     @property
     def pending(self) -> bytes:
         """Bytes of an unfinished event (a stream that was cut mid-event)."""
         return self._buf
+
+
+def _too_large() -> UpstreamError:
+    return UpstreamError(
+        f"The upstream provider sent a stream event larger than the gateway accepts "
+        f"({MAX_EVENT_BYTES // (1024 * 1024)} MiB).",
+        reason="too_large",
+    )
 
 
 def parse(complete: bytes) -> list[tuple[bytes | None, bytes]]:
