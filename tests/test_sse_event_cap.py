@@ -101,12 +101,14 @@ id = "up/m"
 provider = "up"
 upstream = "m"
 """)
-    async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
-        async with http.post(gw.url + "/v1/chat/completions", headers=gw.headers, json={
-            "model": "up/m", "stream": True, "messages": [{"role": "user", "content": "hi"}],
-        }) as resp:
-            assert resp.status == 200  # the first chunk was relayed before the endless line
-            body = await resp.read()
+    ask = {"model": "up/m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        running_gateway(settings) as gw,
+        aiohttp.ClientSession() as http,
+        http.post(gw.url + "/v1/chat/completions", headers=gw.headers, json=ask) as resp,
+    ):
+        assert resp.status == 200  # the first chunk was relayed before the endless line
+        body = await resp.read()
     events = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "hi"
     error = json.loads(events[-1])["error"]
