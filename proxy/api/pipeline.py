@@ -244,7 +244,10 @@ def _account(
     arrived: datetime, request_id: str, key_id: str, client_request_id: str | None,
 ) -> None:
     """Settle the spend, count the metrics, hand the record to the ledger: never awaited."""
-    if outcome.usage is None and not outcome.text_chars and outcome.status >= 400:
+    usage = outcome.usage
+    if usage is not None and usage is outcome.usage_checked:
+        pass  # settled already (`_complete`, the stream's end): no second call
+    elif usage is None and not outcome.text_chars and outcome.status >= 400:
         usage = Usage()  # failed before any text: nothing to charge
     else:
         usage = settle_usage(outcome, req)
