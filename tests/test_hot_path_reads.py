@@ -18,6 +18,7 @@ from fakes import FakeAnthropic, FakeOpenAI
 from harness import Gateway, gateway_settings, running_gateway
 
 from proxy.api import pipeline
+from proxy.api.relay import Outcome
 from proxy.api.client_watch import ClientWatch
 from proxy.catalog import Usage
 from proxy.idempotency import Idempotency, Once
@@ -70,7 +71,7 @@ async def test_a_reported_usage_is_settled_once_a_request(
     calls: list[int] = []
     settle = pipeline.settle_usage
 
-    def counted(outcome: pipeline.Outcome, req: Any) -> Usage:
+    def counted(outcome: Outcome, req: Any) -> Usage:
         calls.append(1)
         return settle(outcome, req)
 
