@@ -30,8 +30,9 @@ class ClientWatch:
     def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         self._interval = interval_s
         self._loop: asyncio.AbstractEventLoop | None = None  # known once `run` starts
-        # ticket -> (handler task, its client's transport; None: gone before the watch began)
-        self._watched: dict[int, tuple[asyncio.Task[Any], asyncio.BaseTransport | None]] = {}
+        # ticket -> (handler task, its request): the request's transport is read by the scan,
+        # not here (a property call a request; the scan reads it four times a second)
+        self._watched: dict[int, tuple[asyncio.Task[Any], web.BaseRequest]] = {}
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -41,15 +42,15 @@ class ClientWatch:
         `unwatch(ticket)`: keyed by the caller's ticket, the end needs no task lookup."""
         task = asyncio.current_task(self._loop)
         if task is not None:
-            self._watched[ticket] = (task, request.transport)
+            self._watched[ticket] = (task, request)
 
     def unwatch(self, ticket: int) -> None:
         self._watched.pop(ticket, None)
 
     def scan(self) -> int:
         """Cancel the handlers whose client is gone; returns how many."""
-        gone = [ticket for ticket, (_, transport) in self._watched.items()
-                if transport is None or transport.is_closing()]
+        gone = [ticket for ticket, (_, request) in self._watched.items()
+                if _gone(request.transport)]
         for ticket in gone:
             task, _ = self._watched.pop(ticket)
             task.cancel("the client disconnected")
@@ -60,3 +61,8 @@ class ClientWatch:
         while True:
             await asyncio.sleep(self._interval)
             self.scan()
+
+
+def _gone(transport: asyncio.BaseTransport | None) -> bool:
+    """None: the connection was lost (aiohttp drops its protocol's transport then)."""
+    return transport is None or transport.is_closing()

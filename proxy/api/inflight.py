@@ -61,6 +61,17 @@ class InFlight:
         prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime,
     ) -> int:
         """Journal the admission and watch the client; returns the ticket for `end`."""
+        return self.begin_known(
+            request, admission, model, model_requested, prompt_tokens, stream, meta, arrived,
+            request[REQUEST_ID], request[CLIENT_REQUEST_ID], known_requesty_headers(request))
+
+    def begin_known(
+        self, request: web.Request, admission: Admission, model: Model, model_requested: str,
+        prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime,
+        request_id: str, client_request_id: str | None, headers: dict[str, str],
+    ) -> int:
+        """`begin` for a handler that has read the request's ids and X-Requesty-* headers
+        already: each `request[...]` is a Python-level call, this saves three a request."""
         journal = self._journal
         if journal is None:
             ticket = next(self._tickets)
@@ -71,11 +82,11 @@ class InFlight:
         if admission.leased:
             journal.lease_used(admission.reservation_id, admission.key_id, admission.period)
         journal.admitted(Admitted(
-            seq, request[REQUEST_ID], arrived, admission.key_id, model_requested, model.id,
+            seq, request_id, arrived, admission.key_id, model_requested, model.id,
             model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
             admission.leased, meta.user_id, meta.trace_id, meta.tags, meta.extra,
-            known_requesty_headers(request), request[CLIENT_REQUEST_ID],
+            headers, client_request_id,
         ))
         return seq
 

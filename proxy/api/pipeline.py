@@ -25,6 +25,7 @@ from ..catalog import Model, ModelNotFound, Usage
 from ..errors import ApiError
 from ..gateway import GATEWAY, Gateway
 from ..idempotency import Once
+from ..idempotency.request import HEADER_KEY
 from ..ledger.record import UsageRecord
 from ..limits import Admission
 from ..providers.base import Completion
@@ -61,17 +62,20 @@ async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse
     req = dialect.decode(request, body, gw)
     route = gw.router.resolve(req.model_id, req.fallbacks)
     principal = request[PRINCIPAL]
+    rid = request[REQUEST_ID]  # read once: each `request[...]` is a Python-level call
     label = dialect.route
     # An Idempotency-Key's repeat is answered here, before admission: 409 while the first
     # is in flight, 422 for another body, the kept answer once it ended (never charged).
-    once = await gw.idempotency.begin(request, principal.key_id, label, body)
+    # Without the header (the common case) no coroutine is made just to say None.
+    once = (await gw.idempotency.begin(request, principal.key_id, label, body)
+            if HEADER_KEY in request.headers else None)
     if once is not None and once.replay is not None:
         return await dialect.replay_kept(request, req, once.replay)
     prompt_estimate = req.prompt_tokens()
     try:
         admission = await gw.limits.admit(
             principal,
-            request[REQUEST_ID],
+            rid,
             max(m.worst_case_cost(prompt_estimate, req.max_tokens) for m in route.models),
             prompt_estimate + (req.max_tokens or route.models[0].max_output_tokens),
         )
@@ -80,8 +84,10 @@ async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse
             await once.close()  # refused: the key is free for a retry
         raise
     flight = app[INFLIGHT]
-    ticket = flight.begin(request, admission, route.models[0], req.model_id, prompt_estimate,
-                          req.stream, req.meta, arrived)
+    client_rid = request[CLIENT_REQUEST_ID]
+    ticket = flight.begin_known(request, admission, route.models[0], req.model_id,
+                                prompt_estimate, req.stream, req.meta, arrived, rid, client_rid,
+                                req.headers)
     outcome = Outcome(route.models[0], started)
     outcome.headers = admission.headers
     with gw.metrics.in_flight(label):
@@ -118,7 +124,8 @@ async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse
             outcome.error_code = "internal_error"
             raise
         finally:
-            _account(request, gw, label, req, outcome, admission, arrived)
+            _account(gw, label, req, outcome, admission, arrived, rid, principal.key_id,
+                     client_rid)
             flight.end(ticket)
             if once is not None:
                 await once.close()  # no complete answer kept: the key is free for a retry
@@ -233,11 +240,14 @@ def settle_usage(outcome: Outcome, req: R) -> Usage:
 
 
 def _account(
-    request: web.Request, gw: Gateway, label: str, req: R, outcome: Outcome,
-    admission: Admission, arrived: datetime,
+    gw: Gateway, label: str, req: R, outcome: Outcome, admission: Admission,
+    arrived: datetime, request_id: str, key_id: str, client_request_id: str | None,
 ) -> None:
     """Settle the spend, count the metrics, hand the record to the ledger: never awaited."""
-    if outcome.usage is None and not outcome.text_chars and outcome.status >= 400:
+    usage = outcome.usage
+    if usage is not None and usage is outcome.usage_checked:
+        pass  # settled already (`_complete`, the stream's end): no second call
+    elif usage is None and not outcome.text_chars and outcome.status >= 400:
         usage = Usage()  # failed before any text: nothing to charge
     else:
         usage = settle_usage(outcome, req)
@@ -246,9 +256,9 @@ def _account(
     cost, savings = (0, value) if outcome.cache_hit else (value, 0)
     gw.limits.settle(admission, cost, usage.total_tokens)
     record = UsageRecord(
-        request_id=request[REQUEST_ID],
+        request_id=request_id,
         ts=arrived,
-        key_id=request[PRINCIPAL].key_id,
+        key_id=key_id,
         model_requested=req.model_id,
         model=model.id,
         provider=model.provider,
@@ -273,7 +283,7 @@ def _account(
         tags=req.meta.tags,
         extra=req.meta.extra,
         headers=req.headers,
-        client_request_id=request[CLIENT_REQUEST_ID],
+        client_request_id=client_request_id,
         route=label,
     )
     gw.metrics.request_done(label, record, outcome.upstream_s)
