@@ -64,8 +64,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ConnectionResetError:
         # The client went away (the record says 499); there is no one to answer.
         response = web.Response(status=499)
-    except Exception as e:
-        # but the log: with the request id the client saw, so a report can be traced.
+    except Exception as e:  # the last line of defence: never a traceback to the client
+        # The traceback goes to the log only, with the request id the client saw, so a report
+        # can be traced; the client gets the generic body below.
         log.error("request %s failed: internal error (%s)", rid, type(e).__name__, exc_info=e)
         response = error_response(request, ApiError("The gateway failed to handle the request."))
     if not response.prepared:

@@ -21,9 +21,7 @@ from typing import Final
 from aiohttp import web
 
 from ..catalog import Model, Usage
-from ..config import Settings
 from ..gateway import GATEWAY
-from ..ledger import spool_dir
 from ..ledger.inflight import AdmissionJournal, Admitted
 from ..ledger.inflight_recovery import recover
 from ..limits import Admission
@@ -46,13 +44,6 @@ class InFlight:
         self.watch = watch or ClientWatch()
         self._tasks: list[asyncio.Task[None]] = []
         self._tickets = itertools.count(1)  # without a journal (whose sequence they are)
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> InFlight:
-        journal = None
-        if settings.ledger.store != "memory":
-            journal = AdmissionJournal(spool_dir(settings), settings.limits.reservation_ttl_s)
-        return cls(journal, settings.region)
 
     # --- the request path --------------------------------------------------------------
 

@@ -138,19 +138,19 @@ async def _complete(
     # The dialect's coroutine is the attempt itself: no frame of ours around it.
     attempt: Callable[[Model], Awaitable[Completion]] = functools.partial(
         dialect.complete, gw, req)
-    log = AttemptLog()
+    tried = AttemptLog()
     began = time.monotonic()
     try:
-        completion = await gw.routing.run(gw.routing.plan(route, req.meta), attempt, log,
+        completion = await gw.routing.run(gw.routing.plan(route, req.meta), attempt, tried,
                                           deadline_s=route.deadline_s)
     finally:
         # Upstream time includes failed attempts and back-off waits: not gateway overhead.
         outcome.upstream_s = time.monotonic() - began
-        _note_attempts(gw, outcome, log)
+        _note_attempts(gw, outcome, tried)
     if completion.usage is not None:  # what the client is shown is what is charged
         outcome.usage, outcome.text_chars = completion.usage, completion.text_chars
         completion.usage = settle_usage(outcome, req)
-    gw.routing.observe(log, (completion.usage or Usage()).completion_tokens, stream=False)
+    gw.routing.observe(tried, (completion.usage or Usage()).completion_tokens, stream=False)
     response = dialect.respond(request, req, completion, outcome)
     if cache_key is not None:
         await gw.cache.store(cache_key, dialect.cache_entry(response, completion,
@@ -169,14 +169,14 @@ async def _stream(
         return await open_stream(lambda: dialect.open(gw, req, model), model,
                                  provider.config.first_byte_timeout_s)
 
-    log = AttemptLog()
+    tried = AttemptLog()
     began = time.monotonic()
     try:
-        opened = await gw.routing.run(gw.routing.plan(route, req.meta), attempt, log,
+        opened = await gw.routing.run(gw.routing.plan(route, req.meta), attempt, tried,
                                       deadline_s=route.deadline_s)
     finally:
         outcome.upstream_s = time.monotonic() - began  # to the first event, as TTFT is
-        _note_attempts(gw, outcome, log)
+        _note_attempts(gw, outcome, tried)
     outcome.ttft_ms = (time.monotonic() - outcome.started) * 1000
     keep: list[bytes] | None = [] if cache_key is not None or once is not None else None
     gw.metrics.stream_opened()
@@ -184,13 +184,13 @@ async def _stream(
         response = await pipe(request, opened, outcome, req.include_usage,
                               lambda: settle_usage(outcome, req), keep)
     except StreamBroke as broke:
-        gw.routing.stream_failed(log, broke.error)
+        gw.routing.stream_failed(tried, broke.error)
         raise
     finally:
         gw.metrics.stream_closed()
     if outcome.usage is not None:  # untrue counts never reach the cache or the routing stats
         settle_usage(outcome, req)
-    gw.routing.observe(log, (outcome.usage or Usage()).completion_tokens, stream=True)
+    gw.routing.observe(tried, (outcome.usage or Usage()).completion_tokens, stream=True)
     if keep is not None:
         await dialect.keep_stream(keep, opened[0], outcome, cache_key, once, gw,
                                   lambda: settle_usage(outcome, req))

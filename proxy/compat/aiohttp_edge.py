@@ -133,7 +133,6 @@ class EdgeHandler(web_protocol.RequestHandler):
                  **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._slots = slots
-        self._holds_slot = False
         self._header_timeout = header_timeout
         self._header_deadline = 0.0
         self._header_count = 0  # the deadline is for the request after this many

@@ -10,6 +10,8 @@ delete the claim of the request that took the key after it.
 
 from __future__ import annotations
 
+import hashlib
+
 import asyncio
 import logging
 import time
@@ -207,7 +209,9 @@ class RedisStore:
         try:
             answer = _decode_answer(answer_raw) if answer_raw is not None else None
         except msgspec.DecodeError:  # not ours (FORMAT is in the key): answer, never a 500
-            log.warning("idempotency: an undecodable answer at %s", self.redis_key(key_id, key))
+            # the key is the client's header value: logged by its digest, never as sent
+            log.warning("idempotency: an undecodable answer for key %s (sha256 %s)", key_id,
+                        hashlib.sha256(key.encode()).hexdigest()[:16])
             raise ServiceUnavailable("The stored answer of this idempotency key is unreadable.",
                                      code="idempotency_unavailable") from None
         return Seen(digest_raw.decode(), answer)

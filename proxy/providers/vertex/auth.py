@@ -23,6 +23,7 @@ from typing import Final
 import google.auth
 import google.auth.exceptions
 from google.auth.credentials import Credentials
+import requests
 from google.auth.transport.requests import Request
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class AccessTokens:
         self._missing: tuple[float, TokenError] | None = None  # until when, and why
         self._refresher: asyncio.Task[None] | None = None
         self.fetches = 0  # tokens fetched (for tests and logs)
+        # One HTTP session for every token fetch (a `Request()` each would leave a pool open).
+        self._session = requests.Session()
+        self._transport = Request(self._session)
 
     def current(self) -> str | None:
         """The header while its token is valid; None when a call must wait for one."""
@@ -97,6 +101,7 @@ class AccessTokens:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        self._session.close()
 
     async def _fetch_once(self) -> None:
         """One fetch for every caller waiting at the same time."""
@@ -124,7 +129,7 @@ class AccessTokens:
                 raise
             credentials = self._credentials = loaded
         try:
-            await asyncio.to_thread(credentials.refresh, Request())
+            await asyncio.to_thread(credentials.refresh, self._transport)
         except google.auth.exceptions.GoogleAuthError as e:
             raise TokenError(f"could not get an access token: {e}", configured=True) from None
         token = credentials.token
@@ -157,5 +162,9 @@ class AccessTokens:
             except TokenError as e:
                 failures += 1
                 log.warning("vertex: token refresh failed (try %d): %s", failures, e)
+            except Exception as e:  # noqa: BLE001 - the refresher must outlive a surprise: log, retry
+                failures += 1
+                log.warning("vertex: token refresh failed (try %d): %s", failures,
+                            type(e).__name__)
             else:
                 failures = 0
