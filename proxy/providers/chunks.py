@@ -4,7 +4,8 @@ events in, chunk payloads out); what surrounds it is the same."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar
+import time
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from msgspec import Raw
@@ -12,6 +13,7 @@ from msgspec import Raw
 from ..catalog import Usage
 from .base import ChatStream
 from .h1 import Response
+from .redact import Redactor
 
 _encode = msgspec.json.encode
 
@@ -33,22 +35,35 @@ def chunk(head: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
                      _encode(finish), b"}]}"))
 
 
-class StreamProgress(Protocol):
-    """What a translator has learnt so far, which its stream mirrors for the relay."""
+class ChunkTranslator:
+    """A translator's common state: whom it speaks for, and what it has learnt so far,
+    which its stream mirrors for the relay (`TranslatedStream._sync`)."""
 
-    @property
-    def usage(self) -> Usage | None: ...
-    @property
-    def usage_chunk(self) -> dict[str, Raw] | None: ...
-    @property
-    def finish_reason(self) -> str | None: ...
-    @property
-    def text_chars(self) -> int: ...
-    @property
-    def done(self) -> bool: ...
+    __slots__ = (
+        "created",
+        "done",
+        "finish_reason",
+        "model",
+        "provider",
+        "redact",
+        "text_chars",
+        "usage",
+        "usage_chunk",
+    )
+
+    def __init__(self, model: str, provider: str, redact: Redactor, created: int | None) -> None:
+        self.model = model
+        self.provider = provider
+        self.redact = redact
+        self.created = int(time.time()) if created is None else created
+        self.usage: Usage | None = None
+        self.usage_chunk: dict[str, Raw] | None = None
+        self.finish_reason: str | None = None
+        self.text_chars = 0
+        self.done = False
 
 
-T = TypeVar("T", bound=StreamProgress)
+T = TypeVar("T", bound=ChunkTranslator)
 
 
 class TranslatedStream(ChatStream, Generic[T]):

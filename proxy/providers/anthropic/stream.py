@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from msgspec import Raw
 
-from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
-from ..chunks import TranslatedStream, chunk, chunk_head
+from ..chunks import ChunkTranslator, TranslatedStream, chunk, chunk_head
 from ..faults import event_status, map_error
 from ..h1 import H1Error, Response
 from ..http import transport_error
@@ -48,7 +46,7 @@ class _Event(msgspec.Struct):
 _decode_event = msgspec.json.Decoder(_Event).decode
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkTranslator):
     """Feeds on Anthropic stream events, returns OpenAI chunk payloads.
 
     All chunks share one id. The usage chunk is built, not returned, once `message_stop`
@@ -62,15 +60,6 @@ class StreamTranslator:
         "_structured",
         "_tools",
         "_usage",
-        "created",
-        "done",
-        "finish_reason",
-        "model",
-        "provider",
-        "redact",
-        "text_chars",
-        "usage",
-        "usage_chunk",
     )
 
     def __init__(
@@ -81,18 +70,10 @@ class StreamTranslator:
         redact: Redactor = PATTERNS_ONLY,
         structured: str | None = None,
     ) -> None:
-        self.provider = provider
+        super().__init__(model, provider, redact, created)
         # The `response_format` tool (request.structured_tool): its input streams as text.
         self._structured = structured
         self._output: int | None = None  # its Anthropic block index, once started
-        self.redact = redact
-        self.model = model
-        self.created = int(time.time()) if created is None else created
-        self.usage: Usage | None = None
-        self.usage_chunk: dict[str, Raw] | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
-        self.done = False
         self._usage = _AUsage()
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_call index
         self._set_id(_chat_id(""))

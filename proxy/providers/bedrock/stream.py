@@ -10,7 +10,6 @@ The usage arrives last, in `metadata`, after `messageStop`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -18,11 +17,10 @@ import msgspec
 from botocore.eventstream import EventStreamBuffer, ParserError
 from msgspec import Raw
 
-from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..anthropic import usage_payload
-from ..chunks import TranslatedStream, chunk, chunk_head
+from ..chunks import ChunkTranslator, TranslatedStream, chunk, chunk_head
 from ..h1 import H1Error
 from ..http import transport_error
 from ..redact import Redactor
@@ -69,7 +67,7 @@ class _Event(msgspec.Struct, rename="camel"):
 _decode_event = msgspec.json.Decoder(_Event).decode
 
 
-class ConverseTranslator:
+class ConverseTranslator(ChunkTranslator):
     """Feeds on decoded Converse stream frames, returns OpenAI chunk payloads.
 
     All chunks share one id. `messageStop` gives the finish chunk; `metadata` (the last
@@ -80,16 +78,7 @@ class ConverseTranslator:
         "_head",
         "_id",
         "_tools",
-        "created",
-        "done",
-        "finish_reason",
-        "model",
-        "provider",
-        "redact",
         "stopped",
-        "text_chars",
-        "usage",
-        "usage_chunk",
     )
 
     def __init__(
@@ -100,16 +89,9 @@ class ConverseTranslator:
         request_id: str | None = None,
         created: int | None = None,
     ) -> None:
-        self.model = model
-        self.provider = provider
-        self.redact = redact
-        self.created = int(time.time()) if created is None else created
-        self.usage: Usage | None = None
-        self.usage_chunk: dict[str, Raw] | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
+        super().__init__(model, provider, redact, created)
         self.stopped = False  # messageStop came: the answer is whole, usage may follow
-        self.done = False  # metadata came: nothing more
+        # `done` (set by ChunkTranslator): metadata came, nothing more follows.
         self._tools: dict[int, int] = {}  # Converse block index -> OpenAI tool_call index
         self._id = chat_id(request_id)
         # Every chunk starts the same; encode that part once per stream.

@@ -8,17 +8,15 @@ marker: it ends with the body, and only a stream that reached a finish reason is
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from msgspec import Raw
 
-from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
-from ..chunks import TranslatedStream, chunk_head
+from ..chunks import ChunkTranslator, TranslatedStream, chunk_head
 from ..h1 import H1Error, Response
 from ..http import transport_error
 from ..redact import PATTERNS_ONLY, Redactor
@@ -39,7 +37,7 @@ _encode = msgspec.json.encode
 _CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkTranslator):
     """Feeds on Gemini stream events, returns OpenAI chunk payloads (one id for all)."""
 
     __slots__ = (
@@ -49,15 +47,6 @@ class StreamTranslator:
         "_started",
         "_tools",
         "_usage",
-        "created",
-        "done",
-        "finish_reason",
-        "model",
-        "provider",
-        "redact",
-        "text_chars",
-        "usage",
-        "usage_chunk",
     )
 
     def __init__(
@@ -67,15 +56,7 @@ class StreamTranslator:
         created: int | None = None,
         redact: Redactor = PATTERNS_ONLY,
     ) -> None:
-        self.model = model
-        self.provider = provider
-        self.redact = redact
-        self.created = int(time.time()) if created is None else created
-        self.usage: Usage | None = None
-        self.usage_chunk: dict[str, Raw] | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
-        self.done = False
+        super().__init__(model, provider, redact, created)
         self._usage: GUsage | None = None
         self._started: set[int] = set()  # candidates whose role chunk went out
         self._tools: dict[int, int] = {}  # candidate index -> tool calls so far
