@@ -43,3 +43,18 @@ def tool_arguments(arguments: Any, where: str) -> dict[str, Any]:
         where += ".function.arguments"
         raise InvalidRequest(f"`{where}` must be a JSON object.", param=where)
     return value
+
+
+def add_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]],
+             key: str = "content") -> None:
+    """Append one converted message to `turns`, merged into the last turn when that has
+    the same role: Anthropic, Converse and Gemini refuse two turns of one role in a row
+    (so the results of one round of parallel tool calls share a turn) and refuse empty
+    turns, which carry nothing anyway and are dropped. `key` names the turn's list of
+    blocks (Gemini's is `parts`)."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(blocks)
+    else:
+        turns.append({"role": role, key: blocks})

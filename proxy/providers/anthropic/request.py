@@ -9,7 +9,7 @@ import msgspec
 from ...errors import InvalidRequest
 from ...wire import Message, field
 from ..base import ChatCall
-from ..translate import max_tokens, tool_arguments
+from ..translate import add_turn, max_tokens, tool_arguments
 
 MAX_CACHE_BREAKPOINTS: Final = 4  # Anthropic refuses a request with more
 _EPHEMERAL: Final = {"type": "ephemeral"}
@@ -159,12 +159,7 @@ def convert_messages(
                 "use `tool` messages with `tool_call_id`.",
                 param=f"{where}.role",
             )
-        if not blocks:
-            continue  # Anthropic refuses empty turns; an empty one carries nothing anyway
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks)
     return system, turns
 
 

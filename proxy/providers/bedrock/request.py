@@ -17,7 +17,7 @@ import msgspec
 from ...errors import InvalidRequest
 from ...wire import Message, field
 from ..base import ChatCall
-from ..translate import max_tokens, tool_arguments
+from ..translate import add_turn, max_tokens, tool_arguments
 
 _encode = msgspec.json.encode
 _EMPTY_SCHEMA: Final = {"type": "object", "properties": {}}
@@ -99,12 +99,7 @@ def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], lis
                 "use `tool` messages with `tool_call_id`.",
                 param=f"{where}.role",
             )
-        if not blocks:
-            continue  # Converse refuses empty turns; an empty one carries nothing anyway
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks)
     if not turns or turns[0]["role"] != "user":
         raise InvalidRequest(
             "Bedrock models need the conversation to start with a `user` message.",

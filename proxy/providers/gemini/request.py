@@ -16,7 +16,7 @@ import msgspec
 from ...errors import InvalidRequest
 from ...wire import Message, field
 from ..base import ChatCall
-from ..translate import tool_arguments
+from ..translate import add_turn, tool_arguments
 
 _encode = msgspec.json.encode
 
@@ -144,12 +144,7 @@ def convert_messages(
                 "use `tool` messages with `tool_call_id`.",
                 param=f"{where}.role",
             )
-        if not parts:
-            continue  # Gemini refuses a turn without parts
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        add_turn(contents, role, parts, "parts")
     return system, contents
 
 
