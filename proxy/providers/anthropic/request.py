@@ -9,6 +9,7 @@ import msgspec
 from ...errors import InvalidRequest
 from ...wire import Message, field
 from ..base import ChatCall
+from ..translate import add_turn, max_tokens, tool_arguments
 
 MAX_CACHE_BREAKPOINTS: Final = 4  # Anthropic refuses a request with more
 _EPHEMERAL: Final = {"type": "ephemeral"}
@@ -33,7 +34,7 @@ def build_request(call: ChatCall) -> dict[str, Any]:
     req: dict[str, Any] = {
         "model": call.model.upstream,
         "messages": messages,
-        "max_tokens": _max_tokens(call),
+        "max_tokens": max_tokens(call),
     }
     tools = convert_tools(field(f, "tools", list[dict[str, Any]] | None))
     if tools:
@@ -130,17 +131,6 @@ def build_body(call: ChatCall) -> bytes:
     return _encode(build_request(call))
 
 
-def _max_tokens(call: ChatCall) -> int:
-    # Anthropic requires max_tokens; OpenAI makes it optional, so default to the model's.
-    if call.max_tokens:
-        return call.max_tokens
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = field(call.fields, name, int | None)
-        if value:
-            return int(value)
-    return call.model.max_output_tokens
-
-
 def convert_messages(
     messages: list[Message],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -169,12 +159,7 @@ def convert_messages(
                 "use `tool` messages with `tool_call_id`.",
                 param=f"{where}.role",
             )
-        if not blocks:
-            continue  # Anthropic refuses empty turns; an empty one carries nothing anyway
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks)
     return system, turns
 
 
@@ -265,26 +250,10 @@ def _assistant_blocks(m: Message, where: str) -> list[dict[str, Any]]:
                 "type": "tool_use",
                 "id": tc["id"],
                 "name": fn["name"],
-                "input": _tool_input(fn.get("arguments"), at),
+                "input": tool_arguments(fn.get("arguments"), at),
             }
         )
     return blocks
-
-
-def _tool_input(arguments: Any, where: str) -> Any:
-    # OpenAI carries arguments as a JSON string; Anthropic wants the object itself.
-    if arguments in (None, ""):
-        return {}
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        value = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
-    except msgspec.DecodeError:
-        value = None
-    if not isinstance(value, dict):
-        where += ".function.arguments"
-        raise InvalidRequest(f"`{where}` must be a JSON object.", param=where)
-    return value
 
 
 def _tool_result(m: Message, where: str) -> dict[str, Any]:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from msgspec import Raw
 
-from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
-from ..base import ChatStream
+from ..chunks import ChunkTranslator, TranslatedStream, chunk, chunk_head
 from ..faults import event_status, map_error
 from ..h1 import H1Error, Response
 from ..http import transport_error
 from ..redact import PATTERNS_ONLY, Redactor
 from ..sse import SSEParser, frame
 from .response import _AMessage, _AUsage, _Block, _chat_id, finish_reason, to_usage, usage_payload
-
-_encode = msgspec.json.encode
 
 
 class _Delta(msgspec.Struct):
@@ -50,7 +46,7 @@ class _Event(msgspec.Struct):
 _decode_event = msgspec.json.Decoder(_Event).decode
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkTranslator):
     """Feeds on Anthropic stream events, returns OpenAI chunk payloads.
 
     All chunks share one id. The usage chunk is built, not returned, once `message_stop`
@@ -64,15 +60,6 @@ class StreamTranslator:
         "_structured",
         "_tools",
         "_usage",
-        "created",
-        "done",
-        "finish_reason",
-        "model",
-        "provider",
-        "redact",
-        "text_chars",
-        "usage",
-        "usage_chunk",
     )
 
     def __init__(
@@ -83,18 +70,10 @@ class StreamTranslator:
         redact: Redactor = PATTERNS_ONLY,
         structured: str | None = None,
     ) -> None:
-        self.provider = provider
+        super().__init__(model, provider, redact, created)
         # The `response_format` tool (request.structured_tool): its input streams as text.
         self._structured = structured
         self._output: int | None = None  # its Anthropic block index, once started
-        self.redact = redact
-        self.model = model
-        self.created = int(time.time()) if created is None else created
-        self.usage: Usage | None = None
-        self.usage_chunk: dict[str, Raw] | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
-        self.done = False
         self._usage = _AUsage()
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_call index
         self._set_id(_chat_id(""))
@@ -102,28 +81,10 @@ class StreamTranslator:
     def _set_id(self, chat_id: str) -> None:
         self._id = chat_id
         # Every chunk starts the same; encode that part once per stream.
-        self._head = b"".join(
-            (
-                b'{"id":',
-                _encode(chat_id),
-                b',"object":"chat.completion.chunk","created":',
-                str(self.created).encode(),
-                b',"model":',
-                _encode(self.model),
-                b',"choices":[{"index":0,"delta":',
-            )
-        )
+        self._head = chunk_head(chat_id, self.created, self.model) + b'0,"delta":'
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return b"".join(
-            (
-                self._head,
-                _encode(delta),
-                b',"logprobs":null,"finish_reason":',
-                _encode(finish),
-                b"}]}",
-            )
-        )
+        return chunk(self._head, delta, finish)
 
     def feed(self, event: bytes | None, data: bytes) -> list[bytes]:
         """One SSE event in (its `event:` name and `data:`), zero or more chunks out."""
@@ -249,16 +210,15 @@ class StreamTranslator:
 # ---------------------------------------------------------------------------------------
 
 
-class AnthropicStream(ChatStream):
+class AnthropicStream(TranslatedStream[StreamTranslator]):
     def __init__(
         self, provider: str, model: str, resp: Response, redact: Redactor = PATTERNS_ONLY,
         structured: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            StreamTranslator(model, provider, redact=redact, structured=structured), resp
+        )
         self._provider = provider
-        self._resp = resp
-        self._translator = StreamTranslator(model, provider, redact=redact,
-                                            structured=structured)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
@@ -287,12 +247,3 @@ class AnthropicStream(ChatStream):
         finally:
             self._resp.release() if tr.done else self._resp.close()
         tr.end()
-
-    def _sync(self) -> None:
-        tr = self._translator
-        self.usage, self.usage_chunk = tr.usage, tr.usage_chunk
-        self.finish_reason, self.text_chars = tr.finish_reason, tr.text_chars
-        self.finished = tr.done
-
-    async def aclose(self) -> None:
-        self._resp.close()

@@ -17,6 +17,7 @@ import msgspec
 from ...errors import InvalidRequest
 from ...wire import Message, field
 from ..base import ChatCall
+from ..translate import add_turn, max_tokens, tool_arguments
 
 _encode = msgspec.json.encode
 _EMPTY_SCHEMA: Final = {"type": "object", "properties": {}}
@@ -43,7 +44,7 @@ def build_request(call: ChatCall) -> dict[str, Any]:
         raise InvalidRequest("Bedrock models return one choice; `n` must be 1.", param="n")
     system, messages = convert_messages(call.messages)
     req: dict[str, Any] = {"messages": messages}
-    inference: dict[str, Any] = {"maxTokens": _max_tokens(call)}
+    inference: dict[str, Any] = {"maxTokens": max_tokens(call)}
     for name, key in (("temperature", "temperature"), ("top_p", "topP")):
         value = field(f, name, float | None)
         if value is not None:
@@ -77,17 +78,6 @@ def build_body(call: ChatCall) -> bytes:
     return _encode(build_request(call))
 
 
-def _max_tokens(call: ChatCall) -> int:
-    # Sent always, so that what the model may write is what the gateway reserved for.
-    if call.max_tokens:
-        return call.max_tokens
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = field(call.fields, name, int | None)
-        if value:
-            return int(value)
-    return call.model.max_output_tokens
-
-
 def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, alternating turns starting with the user)."""
     system: list[dict[str, Any]] = []
@@ -109,12 +99,7 @@ def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], lis
                 "use `tool` messages with `tool_call_id`.",
                 param=f"{where}.role",
             )
-        if not blocks:
-            continue  # Converse refuses empty turns; an empty one carries nothing anyway
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks)
     if not turns or turns[0]["role"] != "user":
         raise InvalidRequest(
             "Bedrock models need the conversation to start with a `user` message.",
@@ -202,25 +187,9 @@ def _assistant_blocks(m: Message, where: str) -> list[dict[str, Any]]:
             raise InvalidRequest(f"`{at}` needs an `id` and a `function.name`.", param=at)
         blocks.append(
             {"toolUse": {"toolUseId": tc["id"], "name": fn["name"],
-                         "input": _tool_input(fn.get("arguments"), at)}}
+                         "input": tool_arguments(fn.get("arguments"), at)}}
         )
     return blocks
-
-
-def _tool_input(arguments: Any, where: str) -> Any:
-    # OpenAI carries arguments as a JSON string; Converse wants the object itself.
-    if arguments in (None, ""):
-        return {}
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        value = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
-    except msgspec.DecodeError:
-        value = None
-    if not isinstance(value, dict):
-        where += ".function.arguments"
-        raise InvalidRequest(f"`{where}` must be a JSON object.", param=where)
-    return value
 
 
 def _tool_result(m: Message, where: str) -> dict[str, Any]:

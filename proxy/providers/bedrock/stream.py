@@ -10,7 +10,6 @@ The usage arrives last, in `metadata`, after `messageStop`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -18,12 +17,11 @@ import msgspec
 from botocore.eventstream import EventStreamBuffer, ParserError
 from msgspec import Raw
 
-from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..anthropic import usage_payload
-from ..base import ChatStream
-from ..h1 import H1Error, Response
+from ..chunks import ChunkTranslator, TranslatedStream, chunk, chunk_head
+from ..h1 import H1Error
 from ..http import transport_error
 from ..redact import Redactor
 from ..sse import frame
@@ -69,7 +67,7 @@ class _Event(msgspec.Struct, rename="camel"):
 _decode_event = msgspec.json.Decoder(_Event).decode
 
 
-class ConverseTranslator:
+class ConverseTranslator(ChunkTranslator):
     """Feeds on decoded Converse stream frames, returns OpenAI chunk payloads.
 
     All chunks share one id. `messageStop` gives the finish chunk; `metadata` (the last
@@ -80,16 +78,7 @@ class ConverseTranslator:
         "_head",
         "_id",
         "_tools",
-        "created",
-        "done",
-        "finish_reason",
-        "model",
-        "provider",
-        "redact",
         "stopped",
-        "text_chars",
-        "usage",
-        "usage_chunk",
     )
 
     def __init__(
@@ -100,28 +89,16 @@ class ConverseTranslator:
         request_id: str | None = None,
         created: int | None = None,
     ) -> None:
-        self.model = model
-        self.provider = provider
-        self.redact = redact
-        self.created = int(time.time()) if created is None else created
-        self.usage: Usage | None = None
-        self.usage_chunk: dict[str, Raw] | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
+        super().__init__(model, provider, redact, created)
         self.stopped = False  # messageStop came: the answer is whole, usage may follow
-        self.done = False  # metadata came: nothing more
+        # `done` (set by ChunkTranslator): metadata came, nothing more follows.
         self._tools: dict[int, int] = {}  # Converse block index -> OpenAI tool_call index
         self._id = chat_id(request_id)
         # Every chunk starts the same; encode that part once per stream.
-        self._head = b"".join((
-            b'{"id":', _encode(self._id), b',"object":"chat.completion.chunk","created":',
-            str(self.created).encode(), b',"model":', _encode(model),
-            b',"choices":[{"index":0,"delta":',
-        ))
+        self._head = chunk_head(self._id, self.created, model) + b'0,"delta":'
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return b"".join((self._head, _encode(delta), b',"logprobs":null,"finish_reason":',
-                         _encode(finish), b"}]}"))
+        return chunk(self._head, delta, finish)
 
     def feed(self, headers: dict[str, Any], payload: bytes) -> list[bytes]:
         """One frame in (its headers and payload), zero or more chunks out."""
@@ -196,12 +173,7 @@ class ConverseTranslator:
         self.done = True
 
 
-class BedrockStream(ChatStream):
-    def __init__(self, translator: ConverseTranslator, resp: Response) -> None:
-        super().__init__()
-        self._resp = resp
-        self._translator = translator
-
+class BedrockStream(TranslatedStream[ConverseTranslator]):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         frames = EventStreamBuffer()
         tr = self._translator
@@ -238,12 +210,3 @@ class BedrockStream(ChatStream):
             self._resp.release() if tr.done else self._resp.close()
         tr.end()
         self._sync()
-
-    def _sync(self) -> None:
-        tr = self._translator
-        self.usage, self.usage_chunk = tr.usage, tr.usage_chunk
-        self.finish_reason, self.text_chars = tr.finish_reason, tr.text_chars
-        self.finished = tr.done
-
-    async def aclose(self) -> None:
-        self._resp.close()

@@ -16,6 +16,7 @@ import msgspec
 from ...errors import InvalidRequest
 from ...wire import Message, field
 from ..base import ChatCall
+from ..translate import add_turn, tool_arguments
 
 _encode = msgspec.json.encode
 
@@ -143,12 +144,7 @@ def convert_messages(
                 "use `tool` messages with `tool_call_id`.",
                 param=f"{where}.role",
             )
-        if not parts:
-            continue  # Gemini refuses a turn without parts
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        add_turn(contents, role, parts, "parts")
     return system, contents
 
 
@@ -221,29 +217,13 @@ def _model_parts(m: Message, where: str, call_names: dict[str, str]) -> list[dic
             raise InvalidRequest(f"`{at}` needs an `id` and a `function.name`.", param=at)
         call_names[call_id] = fn["name"]
         part: dict[str, Any] = {
-            "functionCall": {"name": fn["name"], "args": _arguments(fn.get("arguments"), at)}
+            "functionCall": {"name": fn["name"], "args": tool_arguments(fn.get("arguments"), at)}
         }
         _, mark, signature = call_id.partition(SIGNATURE_MARK)
         if mark and signature:
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
-
-
-def _arguments(arguments: Any, where: str) -> dict[str, Any]:
-    # OpenAI carries arguments as a JSON string; Gemini wants the object.
-    if arguments in (None, ""):
-        return {}
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        value = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
-    except msgspec.DecodeError:
-        value = None
-    if not isinstance(value, dict):
-        where += ".function.arguments"
-        raise InvalidRequest(f"`{where}` must be a JSON object.", param=where)
-    return value
 
 
 def _function_response(m: Message, where: str, call_names: dict[str, str]) -> dict[str, Any]:

@@ -8,17 +8,15 @@ marker: it ends with the body, and only a stream that reached a finish reason is
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from msgspec import Raw
 
-from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
-from ..base import ChatStream
+from ..chunks import ChunkTranslator, TranslatedStream, chunk_head
 from ..h1 import H1Error, Response
 from ..http import transport_error
 from ..redact import PATTERNS_ONLY, Redactor
@@ -39,7 +37,7 @@ _encode = msgspec.json.encode
 _CONTENT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkTranslator):
     """Feeds on Gemini stream events, returns OpenAI chunk payloads (one id for all)."""
 
     __slots__ = (
@@ -49,15 +47,6 @@ class StreamTranslator:
         "_started",
         "_tools",
         "_usage",
-        "created",
-        "done",
-        "finish_reason",
-        "model",
-        "provider",
-        "redact",
-        "text_chars",
-        "usage",
-        "usage_chunk",
     )
 
     def __init__(
@@ -67,15 +56,7 @@ class StreamTranslator:
         created: int | None = None,
         redact: Redactor = PATTERNS_ONLY,
     ) -> None:
-        self.model = model
-        self.provider = provider
-        self.redact = redact
-        self.created = int(time.time()) if created is None else created
-        self.usage: Usage | None = None
-        self.usage_chunk: dict[str, Raw] | None = None
-        self.finish_reason: str | None = None
-        self.text_chars = 0
-        self.done = False
+        super().__init__(model, provider, redact, created)
         self._usage: GUsage | None = None
         self._started: set[int] = set()  # candidates whose role chunk went out
         self._tools: dict[int, int] = {}  # candidate index -> tool calls so far
@@ -85,12 +66,7 @@ class StreamTranslator:
 
     def _set_id(self, response_id: str | None) -> None:
         self._id = chat_id(response_id)
-        self._head = b"".join((
-            b'{"id":', _encode(self._id),
-            b',"object":"chat.completion.chunk","created":', str(self.created).encode(),
-            b',"model":', _encode(self.model),
-            b',"choices":[{"index":',
-        ))
+        self._head = chunk_head(self._id, self.created, self.model)
         self._content_head = self._head + b'0,"delta":{"content":'
 
     def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -183,7 +159,7 @@ class StreamTranslator:
         }
 
 
-class GeminiStream(ChatStream):
+class GeminiStream(TranslatedStream[StreamTranslator]):
     """Iterated, or pushed (`push`: each read translated and handed to the sink in the
     connection's callback, no task switch a read); both share one parser and translator,
     so iterating carries on where a push stopped. The body's end is the stream's end."""
@@ -191,11 +167,9 @@ class GeminiStream(ChatStream):
     def __init__(
         self, provider: str, model: str, resp: Response, redact: Redactor = PATTERNS_ONLY
     ) -> None:
-        super().__init__()
+        super().__init__(StreamTranslator(model, provider, redact=redact), resp)
         self._provider = provider
-        self._resp = resp
         self._parser = SSEParser()
-        self._translator = StreamTranslator(model, provider, redact=redact)
         self._sink: Callable[[bytes], bool] = _not_pushing
         self._push_error: Exception | None = None
 
@@ -249,15 +223,6 @@ class GeminiStream(ChatStream):
         if batch and not self._sink(frame(batch)):
             return False
         return self._push_error is None
-
-    def _sync(self) -> None:
-        tr = self._translator
-        self.usage, self.usage_chunk = tr.usage, tr.usage_chunk
-        self.finish_reason, self.text_chars = tr.finish_reason, tr.text_chars
-        self.finished = tr.done
-
-    async def aclose(self) -> None:
-        self._resp.close()
 
 
 def _not_pushing(_: bytes) -> bool:
