@@ -22,7 +22,7 @@ from . import periods
 from .admission import Admission, reservation_id
 from .durable import SnapshotWriter, SpendSource
 from .responses import bucket_state, quota_exceeded, rate_headers, rate_limited
-from .tasks import TaskSet
+from .tasks import TaskSet, every
 
 
 class _Reservation:
@@ -234,13 +234,6 @@ class MemoryLimits:
             if counter is not None:
                 counter.local += amount
 
-    async def _every(self, seconds: float, job: Callable[[], object]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            result = job()
-            if asyncio.iscoroutine(result):
-                await result
-
     async def drain(self) -> None:
         """Wait for the settles in flight (tests; shutdown)."""
         await self._tasks.drain()
@@ -248,8 +241,8 @@ class MemoryLimits:
     async def start(self) -> None:
         if self.source.store is not None:
             await self.source.store.start()
-        self._loops.spawn(self._every(self.config.sweep_interval_s, self.sweep))
-        self._loops.spawn(self._every(self.config.snapshot_interval_s, self.snapshots.flush))
+        self._loops.spawn(every(self.config.sweep_interval_s, self.sweep))
+        self._loops.spawn(every(self.config.snapshot_interval_s, self.snapshots.flush))
 
     async def close(self) -> None:
         await self._loops.cancel()

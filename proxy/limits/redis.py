@@ -46,7 +46,7 @@ from .redis_counters import (
 from .redis_leases import RedisLeases
 from .redis_outage import Outage
 from .responses import bucket_state, quota_exceeded, rate_headers, rate_limited
-from .tasks import TaskSet
+from .tasks import TaskSet, every
 
 # REDIS_TIMEOUT_S: for loadtest/bench_limits_transport.py, which imports it from here.
 __all__ = ["REDIS_TIMEOUT_S", "RedisLimits"]
@@ -322,13 +322,6 @@ class RedisLimits:
             return seen
         return [v if v is not None else s for v, s in zip(values, seen, strict=True)]
 
-    async def _every(self, seconds: float, job: Callable[[], Any]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            result = job()
-            if asyncio.iscoroutine(result):
-                await result
-
     async def drain(self) -> None:
         """Wait for the settles in flight (tests; shutdown)."""
         waiting = self._settling | self.leases.waiting()
@@ -342,8 +335,8 @@ class RedisLimits:
         if store is not None:
             await store.start()
         self._loops.spawn(self._sweeper())
-        self._loops.spawn(self._every(self.config.snapshot_interval_s, self.snapshots.flush))
-        self._loops.spawn(self._every(self.config.lease_s, self.leases.expire))
+        self._loops.spawn(every(self.config.snapshot_interval_s, self.snapshots.flush))
+        self._loops.spawn(every(self.config.lease_s, self.leases.expire))
 
     async def close(self) -> None:
         await self._loops.cancel()

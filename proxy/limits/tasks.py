@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("proxy.limits")
+
+
+async def every(seconds: float, job: Callable[[], object]) -> None:
+    """Run `job` (a function, or one returning a coroutine) every `seconds`, until cancelled."""
+    while True:
+        await asyncio.sleep(seconds)
+        result = job()
+        if asyncio.iscoroutine(result):
+            await result
 
 
 class TaskSet:
