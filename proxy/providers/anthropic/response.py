@@ -41,7 +41,8 @@ class _AMessage(msgspec.Struct):
 
 _decode_message = msgspec.json.Decoder(_AMessage).decode
 
-_FINISH: Final = {
+# Anthropic's stop reasons as OpenAI's finish reasons (Bedrock's Converse adds its own).
+FINISH_REASONS: Final = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -55,7 +56,7 @@ _FINISH: Final = {
 def finish_reason(stop_reason: str | None) -> str | None:
     if stop_reason is None:
         return None
-    return _FINISH.get(stop_reason, "stop")
+    return FINISH_REASONS.get(stop_reason, "stop")
 
 
 def to_usage(u: _AUsage) -> Usage:

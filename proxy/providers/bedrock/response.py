@@ -13,6 +13,7 @@ from ...catalog import Usage
 from ...errors import UpstreamError
 from ...wire import encode_raw
 from ..anthropic import usage_payload
+from ..anthropic.response import FINISH_REASONS
 from ..base import Completion
 
 
@@ -59,12 +60,8 @@ class _Response(msgspec.Struct, rename="camel"):
 
 _decode_response = msgspec.json.Decoder(_Response).decode
 
-_FINISH: Final = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
+_FINISH: Final = {  # Converse's stop reasons are Anthropic's, and two of its own
+    **FINISH_REASONS,
     "content_filtered": "content_filter",
     "guardrail_intervened": "content_filter",
 }
