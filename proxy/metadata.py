@@ -61,8 +61,7 @@ def printable(text: str) -> bool:
 def requesty_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """`X-Requesty-<Name>` headers as {name (lower case): value}, within the bounds above."""
     # Most requests send none: one pass in C over the names settles that, where the loop
-    # below would run Python code for every header (twice a request: the handler and the
-    # admission journal ask).
+    # below would run Python code for every header (the admission journal reuses this scan).
     if _PREFIX not in "\n".join(headers.keys()).lower():
         return {}
     found: dict[str, str] = {}

@@ -8,6 +8,7 @@ must reach the client as a 429 with a Retry-After so that SDKs back off.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -36,8 +37,10 @@ def leaks(text: str) -> list[str]:
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_provider_auth_failure_is_502_provider_auth_failed_without_its_text(
-    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession, status: int
+    gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession, status: int,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     fake_openai.script(Fail(status, REFLECTION))
     resp = await chat(http, gateway, {"model": "fake/gpt", "messages": USER})
     raw = await resp.text()
@@ -46,6 +49,8 @@ async def test_provider_auth_failure_is_502_provider_auth_failed_without_its_tex
     assert error["code"] == "provider_auth_failed" and error["type"] == "upstream_error"
     assert leaks(raw) == []
     assert fake_openai.hits == 1  # the client's request is not at fault, but no retry helps
+    # nor does the reflected text reach a log line or the access log
+    assert leaks(caplog.text) == [] and leaks(capsys.readouterr().out) == []
 
 
 async def test_provider_400_passes_with_its_message_and_keys_and_addresses_redacted(

@@ -28,6 +28,7 @@ class EndlessLine:
 
     def __init__(self) -> None:
         self.sent = 0
+        self.gone = False  # the gateway hung up before all was written
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -42,7 +43,7 @@ class EndlessLine:
                 self.sent += len(piece)
                 piece = b"x" * MIB
         except (ConnectionResetError, ConnectionError):
-            pass  # the gateway hung up: what we wanted
+            self.gone = True  # the gateway hung up: what we wanted
         return resp
 
     async def start(self) -> str:
@@ -116,3 +117,4 @@ upstream = "m"
     # The gateway stopped reading at the cap: the upstream could not write all it offered
     # (what the kernel's socket buffers hold on loopback is a few MiB at most).
     assert upstream.sent < MAX_EVENT_BYTES + 16 * MIB < OFFERED
+    assert upstream.gone

@@ -5,8 +5,9 @@ off by default, and stays off: turned on, it would cancel every handler anywhere
 admission's Redis call or a key's database write included). So a non-stream request
 would keep its upstream call, and the provider generating, until the upstream answered
 (up to the provider's `timeout_s`), and a stream whose upstream is silent would notice
-only at its next write. Instead the chat and embeddings handlers are watched from their
-admission to their end: one task looks at the watched connections every
+only at its next write. Instead every inference handler (the dialect pipeline,
+embeddings) is watched from its admission to its end: one task looks at the watched
+connections every
 `WATCH_INTERVAL_S` and cancels the handler of each one that is closed. The handler then
 cancels its upstream call (its connection is aborted, never pooled) and records 499.
 

@@ -138,11 +138,6 @@ class Dialect(abc.ABC, Generic[R]):
         body = answer.stream.body if answer.stream is not None else answer.body
         return await _send(request, body, req.stream, headers)
 
-    def error_response(self, status: int, body: bytes,
-                       headers: dict[str, str]) -> web.Response:
-        return web.Response(body=body, status=status, content_type="application/json",
-                            headers=headers)
-
 
 async def _send(request: web.Request, body: bytes, stream: bool,
                 headers: dict[str, str]) -> web.StreamResponse:
