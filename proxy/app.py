@@ -40,17 +40,15 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, authentication for /v1, and every error as OpenAI's error body."""
     # The gateway's own id is always fresh (the ledger is idempotent on it); the response
     # echoes the client's id when it sent one.
-    request[REQUEST_ID] = request.app[GATEWAY].new_request_id()
+    gw = request.app[GATEWAY]
+    own_id = request[REQUEST_ID] = gw.new_request_id()
     client_id = request[CLIENT_REQUEST_ID] = _client_request_id(request)
-    rid = client_id or request[REQUEST_ID]
+    rid = client_id or own_id
     try:
         if request.path.startswith(_V1):
-            gw = request.app[GATEWAY]
             request[PRINCIPAL] = await gw.auth.authenticate(bearer_token(request))
         if not request.content.is_eof():  # a body still arriving: bound how long it takes
-            late = await read_body_in_time(
-                request, request.app[GATEWAY].settings.edge.body_timeout_s, rid
-            )
+            late = await read_body_in_time(request, gw.settings.edge.body_timeout_s, rid)
             if late is not None:
                 return late
         response = await handler(request)

@@ -387,3 +387,25 @@ async def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection
     text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
                    for e in events[:-1] if json.loads(e)["choices"])
     assert text == "one two three"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}',
+    b'{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32,'
+    b'"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
+    b'"completion_tokens_details":{"reasoning_tokens":4}}  \n',
+    b'{ "total_tokens" : 32 , "prompt_tokens" : 12 , "completion_tokens" : 20 }',
+    # Not for the splice: a count missing, a cost already there.
+    b'{"prompt_tokens":12,"completion_tokens":20}',
+    b'{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32,"cost":9.5}',
+])
+def test_the_cost_added_to_a_providers_usage_bytes_is_what_decoding_it_would_give(
+    raw: bytes,
+) -> None:
+    """`usage_with_cost` adds `cost` to the provider's bytes when they already hold the three
+    counts and no cost; the answer must be the one the decoded path gives, key for key."""
+    usage = relay.Usage(prompt_tokens=12, completion_tokens=20)
+    fast = json.loads(bytes(relay.usage_with_cost(relay.Raw(raw), usage, 1_500)))
+    slow = json.loads(bytes(relay._usage_decoded_with_cost(relay.Raw(raw), usage, 1_500)))
+    assert fast == slow
+    assert fast["cost"] == pytest.approx(1.5e-6)

@@ -114,3 +114,29 @@ def test_only_keys_made_with_the_secret_carry_a_valid_tag() -> None:
     flipped = key[:-1] + ("A" if key[-1] != "A" else "B")
     assert not tags.may_exist(flipped)
     assert not tags.may_exist(key[:-8] + key[6:14])  # the right length, a wrong tag
+
+
+async def test_only_keys_that_matched_are_remembered_and_the_memory_is_bounded(
+    tmp_path: Path, fresh_pg: str, redis_url: str, redis_namespace: str,
+    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The digest memo (no HMAC for a key seen before) keeps made-up keys out, so a flood
+    cannot grow it, and a deleted key it remembers is still refused (the registry says)."""
+    async with two_instances(tmp_path, fresh_pg, redis_url, redis_namespace) as (a, _b):
+        auth = a.app[GATEWAY].auth
+        for key in made_up_keys(auth.tags):
+            assert await status(http, a, key) == 401
+        assert auth.remembered_keys == 0
+        resp = await http.post(a.url + "/v1/api-keys", json={}, headers=a.headers)
+        made = await resp.json()
+        assert await status(http, a, made["key"]) == 200
+        assert auth.remembered_keys == 2  # the admin key that created it, and it
+        resp = await http.delete(f"{a.url}/v1/api-keys/{made['id']}", headers=a.headers)
+        assert resp.status == 200
+        assert await status(http, a, made["key"]) == 401
+        monkeypatch.setattr("proxy.auth.DIGEST_MEMO_SIZE", 2)
+        assert await status(http, a, KEY_PREFIX + "x" * 10) == 401  # refused: not kept
+        other = await (await http.post(a.url + "/v1/api-keys", json={},
+                                       headers=a.headers)).json()
+        assert await status(http, a, other["key"]) == 200
+        assert auth.remembered_keys == 1  # full: emptied, then this one

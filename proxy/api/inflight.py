@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from asyncio import current_task
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -64,15 +65,13 @@ class InFlight:
         """`begin` for a handler that has read the request's ids and X-Requesty-* headers
         already: each `request[...]` is a Python-level call, this saves three a request."""
         journal = self._journal
+        seq = next(self._tickets if journal is None else journal.seqs)
+        task = current_task()
+        if task is not None:  # `ClientWatch.watch`, inline: this runs once a request
+            self.watch.watched[seq] = (task, request)
         if journal is None:
-            ticket = next(self._tickets)
-            self.watch.watch(ticket, request)
-            return ticket
-        seq = journal.next_seq()
-        self.watch.watch(seq, request)
-        if admission.leased:
-            journal.lease_used(admission.reservation_id, admission.key_id, admission.period)
-        journal.admitted(Admitted(
+            return seq
+        journal.admitted(Admitted(  # and the lease, when it is the first draw from it
             seq, request_id, arrived, admission.key_id, model_requested, model.id,
             model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
@@ -83,7 +82,7 @@ class InFlight:
 
     def end(self, ticket: int) -> None:
         """The request's record is with the ledger (and its spend settled)."""
-        self.watch.unwatch(ticket)
+        self.watch.watched.pop(ticket, None)  # `ClientWatch.unwatch`, inline
         if self._journal is not None:
             self._journal.recorded(ticket)
 

@@ -89,8 +89,23 @@ def served_by(request: web.Request, outcome: Outcome) -> dict[str, str]:
     return headers
 
 
+# A provider's usage object that already names the three counts and no cost: `cost` is
+# added to its bytes, not by decoding and encoding it (the common case, once a request).
+_COUNTS: Final = (b'"prompt_tokens"', b'"completion_tokens"', b'"total_tokens"')
+
+
 def usage_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
     """The client-facing `usage` object: the provider's own (details kept) plus `cost`."""
+    if raw and not usage.estimated and not usage.cached_tokens:
+        data = bytes(raw).rstrip()
+        if (data.endswith(b"}") and b'"cost"' not in data
+                and all(name in data for name in _COUNTS)):
+            cost = _encode(nano_to_usd(cost_nusd))
+            return Raw(data[:-1] + b',"cost":' + cost + b"}")
+    return _usage_decoded_with_cost(raw, usage, cost_nusd)
+
+
+def _usage_decoded_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
     body: dict[str, Any] = _decode_dict(raw) if raw else {}
     if usage.estimated:  # the provider's counts were not believed: show what was charged
         body.update(prompt_tokens=usage.prompt_tokens, total_tokens=usage.total_tokens,
@@ -193,7 +208,7 @@ async def pipe(
         raise
     outcome.collect(stream)
     tail = DONE
-    if isinstance(stream, WireStream):
+    if stream.ends_itself:  # a `WireStream`
         tail = b""  # its own events end it (message_stop, response.completed)
     elif include_usage and stream.usage_chunk is not None:
         usage = settle()

@@ -95,7 +95,7 @@ class AdmissionJournal:
         self.directory = directory
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lease_memory_s = lease_memory_s  # past this the sweeper has a lease anyway
-        self._seq = itertools.count(1)
+        self.seqs: Iterator[int] = itertools.count(1)  # `next(journal.seqs)`: no frame
         self._files = itertools.count(1)
         self._open: dict[int, bytes] = {}  # seq -> its admission line, until recorded
         self._leases: dict[str, tuple[bytes, float]] = {}  # id -> (line, first seen)
@@ -113,6 +113,10 @@ class AdmissionJournal:
     # --- the request path ----------------------------------------------------------------
 
     def admitted(self, entry: Admitted) -> None:
+        """Journal an admission (`entry.seq` from `next(journal.seqs)`), and the spend lease
+        it drew from the first time one is drawn from."""
+        if entry.leased and entry.reservation_id not in self._leases:
+            self.lease_used(entry.reservation_id, entry.key_id, entry.period)
         line = _encode(entry) + b"\n"
         alone = not self._open and not self._drain_scheduled and self._fd >= 0
         self._open[entry.seq] = line
@@ -123,9 +127,6 @@ class AdmissionJournal:
         if not self._drain_scheduled:  # inline, not `_schedule()`: this runs per request
             self._drain_scheduled = True
             (self._loop or self._bind_loop()).call_soon(self.drain)
-
-    def next_seq(self) -> int:
-        return next(self._seq)
 
     def lease_used(self, lease_id: str, key_id: str, period: str) -> None:
         """A leased admission: the lease is journaled once, the first time it is drawn."""

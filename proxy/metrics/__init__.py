@@ -16,6 +16,7 @@ scrape answers every worker's values added up; otherwise this process's registry
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from prometheus_client import generate_latest
 
@@ -40,6 +41,18 @@ class Metrics:
                                     fold_at_once=self.multiprocess_dir is not None)
         self._sampling = Sampling(self.collectors, sources)
         self.access_log = AccessLog() if settings.access_log else None
+        # The request path's calls that only pass on to `Recording` are its own methods,
+        # bound here: a Python call less each, several a request.
+        recording = self._recording
+        self.attempts_done: Callable[[AttemptLogView], None] = recording.attempts_done
+        """Count a routing loop's failures once it is over (`Recording.attempts_done`)."""
+        self.cache_lookup: Callable[[str, bool], None] = recording.cache_lookup
+        self.in_flight: Callable[[str], InFlight] = recording.in_flight
+        """`with metrics.in_flight(route):` counts the request while it runs."""
+        self.stream_opened: Callable[[], None] = recording.stream_opened
+        self.stream_closed: Callable[[], None] = recording.stream_closed
+        self.dependency_error: Callable[[str, str], None] = recording.dependency_error
+        """A Redis or database operation failed (`dependency`: "redis" or "database")."""
 
     # --- the request path -------------------------------------------------------------------
 
@@ -55,27 +68,6 @@ class Metrics:
             self.access_log.write(route, record, upstream_s)
         if self.multiprocess_dir is not None and not self._sampling.ticking:
             self._sampling.start_ticking(self.sample)
-
-    def attempts_done(self, log: AttemptLogView) -> None:
-        """Count a routing loop's failures once it is over (`Recording.attempts_done`)."""
-        self._recording.attempts_done(log)
-
-    def cache_lookup(self, route: str, hit: bool) -> None:
-        self._recording.cache_lookup(route, hit)
-
-    def in_flight(self, route: str) -> InFlight:
-        """`with metrics.in_flight(route):` counts the request while it runs."""
-        return self._recording.in_flight(route)
-
-    def stream_opened(self) -> None:
-        self._recording.stream_opened()
-
-    def stream_closed(self) -> None:
-        self._recording.stream_closed()
-
-    def dependency_error(self, dependency: str, component: str) -> None:
-        """A Redis or database operation failed (`dependency`: "redis" or "database")."""
-        self._recording.dependency_error(dependency, component)
 
     # --- scrape and lifecycle ---------------------------------------------------------------
 

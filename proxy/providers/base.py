@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
 from msgspec import Raw
 
@@ -82,6 +83,11 @@ class ChatStream(abc.ABC):
     `usage_chunk` so the caller can add the cost and send it only if the client asked.
     A failure after the first chunk is raised from the iterator as `UpstreamError`.
     """
+
+    # Its events are the client dialect's own (`WireStream`) and end the stream themselves:
+    # the relay adds no usage chunk and no `[DONE]`. A class attribute, read once a stream:
+    # `isinstance` against an ABC is a Python-level call.
+    ends_itself: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.usage: Usage | None = None

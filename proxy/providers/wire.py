@@ -22,6 +22,8 @@ class WireCompletion(Completion):
 class WireStream(ChatStream):
     """A stream whose events are the client dialect's (passed through or translated)."""
 
+    ends_itself = True
+
     @abc.abstractmethod
     def error_event(self, error: UpstreamError) -> bytes:
         """The event(s) that tell the client the stream failed after its 200."""
