@@ -26,11 +26,11 @@ WATCH_INTERVAL_S: Final = 0.25
 
 
 class ClientWatch:
-    __slots__ = ("_interval", "_loop", "watched")
+    __slots__ = ("_interval", "loop", "watched")
 
     def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         self._interval = interval_s
-        self._loop: asyncio.AbstractEventLoop | None = None  # known once `run` starts
+        self.loop: asyncio.AbstractEventLoop | None = None  # known once `run` starts
         # ticket -> (handler task, its request): the request's transport is read by the scan,
         # not here (a property call a request; the scan reads it four times a second).
         # `InFlight` adds and removes its requests here itself: no call a request.
@@ -42,7 +42,7 @@ class ClientWatch:
     def watch(self, ticket: int, request: web.Request) -> None:
         """Watch the current task's client under `ticket` (unique among those watched) until
         `unwatch(ticket)`: keyed by the caller's ticket, the end needs no task lookup."""
-        task = asyncio.current_task(self._loop)
+        task = asyncio.current_task(self.loop)
         if task is not None:
             self.watched[ticket] = (task, request)
 
@@ -59,7 +59,7 @@ class ClientWatch:
         return len(gone)
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._interval)
             self.scan()

@@ -66,8 +66,10 @@ class InFlight:
         already: each `request[...]` is a Python-level call, this saves three a request."""
         journal = self._journal
         seq = next(self._tickets if journal is None else journal.seqs)
-        task = current_task()
-        if task is not None:  # `ClientWatch.watch`, inline: this runs once a request
+        # `ClientWatch.watch`, inline (this runs once a request); with the loop given, as
+        # without it asyncio asks `getpid()` (a system call) to find the running one.
+        task = current_task(self.watch.loop)
+        if task is not None:
             self.watch.watched[seq] = (task, request)
         if journal is None:
             return seq

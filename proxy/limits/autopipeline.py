@@ -29,8 +29,8 @@ from .resp import Address, Call, RespConnection, fail
 
 
 class AutoPipeline:
-    __slots__ = ("_address", "_client", "_connecting", "_connection", "_gathering", "_queue",
-                 "_sending", "_timeout_s", "_unsent")
+    __slots__ = ("_address", "_client", "_connecting", "_connection", "_gathering", "_loop",
+                 "_queue", "_sending", "_timeout_s", "_unsent")
 
     def __init__(self, client: redis.Redis, timeout_s: float, lean: bool = True) -> None:
         self._client = client
@@ -38,6 +38,9 @@ class AutoPipeline:
         self._address = Address.of(*settings) if settings is not None else None
         self._timeout_s = timeout_s  # for connecting, and for each batch's replies
         self._queue: list[Call] = []  # this iteration's calls
+        # The loop of the first call: `asyncio.get_running_loop()` asks `getpid()` (a system
+        # call) each time, and this runs once or twice a request.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._gathering = False
         self._connection: RespConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -52,7 +55,9 @@ class AutoPipeline:
     def call(
         self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
     ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((future, script, keys, args))
         if not self._gathering:  # the first of this iteration: out now, gather what follows
