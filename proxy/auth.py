@@ -153,19 +153,18 @@ class Authenticator:
             except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
                 raise Unauthorized("Invalid API key: the `Authorization` header is not "
                                    "valid UTF-8.") from None
+        principal: Principal | None = None
         if hmac.compare_digest(digest, self._admin_digest):
-            principal: Principal | None = self._admin
-        else:
-            principal = None
-            if self.keys is not None:
-                principal = self.keys.cached(digest)
-                # A miss is either a wrong key or one created a moment ago on another
-                # instance whose pub/sub message has not arrived; only a key this gateway
-                # could have made may cost a lookup.
-                if principal is None and self.tags.may_exist(token):
-                    principal = await self.keys.lookup(digest)
-            if principal is None:
-                raise Unauthorized("Invalid API key.")
+            principal = self._admin
+        elif self.keys is not None:
+            principal = self.keys.cached(digest)
+            # A miss is either a wrong key or one created a moment ago on another instance
+            # whose pub/sub message has not arrived; only a key this gateway could have
+            # made may cost a lookup.
+            if principal is None and self.tags.may_exist(token):
+                principal = await self.keys.lookup(digest)
+        if principal is None:
+            raise Unauthorized("Invalid API key.")
         if not remembered:  # it matched a key
             if len(self._digests) >= DIGEST_MEMO_SIZE:
                 self._digests.clear()

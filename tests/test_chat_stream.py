@@ -16,9 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import UPSTREAM_SECRET, fake_provider_toml
 from fakes import Cut, ErrorEvent, FakeAnthropic, FakeOpenAI, Gate, Hang, Reply
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
+from msgspec import Raw
 
 from proxy.api import relay
 from proxy.api.relay import _pusher
+from proxy.catalog import Usage
 from proxy.compat.aiohttp_stream import EventStreamResponse
 
 USER = [{"role": "user", "content": "Tell me a story"}]
@@ -404,8 +406,8 @@ def test_the_cost_added_to_a_providers_usage_bytes_is_what_decoding_it_would_giv
 ) -> None:
     """`usage_with_cost` adds `cost` to the provider's bytes when they already hold the three
     counts and no cost; the answer must be the one the decoded path gives, key for key."""
-    usage = relay.Usage(prompt_tokens=12, completion_tokens=20)
-    fast = json.loads(bytes(relay.usage_with_cost(relay.Raw(raw), usage, 1_500)))
-    slow = json.loads(bytes(relay._usage_decoded_with_cost(relay.Raw(raw), usage, 1_500)))
+    usage = Usage(prompt_tokens=12, completion_tokens=20)
+    fast = json.loads(bytes(relay.usage_with_cost(Raw(raw), usage, 1_500)))
+    slow = json.loads(bytes(relay._usage_decoded_with_cost(Raw(raw), usage, 1_500)))
     assert fast == slow
     assert fast["cost"] == pytest.approx(1.5e-6)
