@@ -69,7 +69,7 @@ def bench_inflight(directory: Path, n: int, per_write: int) -> float:
     t0 = time.process_time()
     for i in range(1, n + 1):
         ticket = flight.begin(request, admission, model, "openai/gpt-4o-mini", 42, True, meta,
-                              TS)
+                              TS, "chat")
         flight.end(ticket)
         if i % per_write == 0:
             journal.drain()

@@ -48,7 +48,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_V1):
             request[PRINCIPAL] = await gw.auth.authenticate(bearer_token(request))
         if not request.content.is_eof():  # a body still arriving: bound how long it takes
-            late = await read_body_in_time(request, gw.settings.edge.body_timeout_s, rid)
+            late = await read_body_in_time(request, gw.settings.edge.body_timeout_s, rid,
+                                           error_response)
             if late is not None:
                 return late
         response = await handler(request)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
@@ -69,12 +70,13 @@ def connection_cap(configured: int, fds: int) -> int:
 
 
 async def read_body_in_time(
-    request: web.Request, timeout_s: float, request_id: str
+    request: web.Request, timeout_s: float, request_id: str,
+    render: Callable[[web.Request, ApiError], web.Response],
 ) -> web.StreamResponse | None:
     """Read a body that has not fully arrived with the headers, within `timeout_s`; the
-    handler's own read then returns it from memory. Too late: the 408, already sent on a
-    connection now closed, so that neither aiohttp's lingering read (10 s) nor keep-alive
-    leaves the slow client its connection."""
+    handler's own read then returns it from memory. Too late: the 408 (`render`: in the
+    route's dialect), already sent on a connection now closed, so that neither aiohttp's
+    lingering read (10 s) nor keep-alive leaves the slow client its connection."""
     try:
         async with asyncio.timeout(timeout_s):
             await request.read()
@@ -89,8 +91,9 @@ async def read_body_in_time(
         # aiohttp's message quotes the offending bytes: name the problem, not the input.
         raise InvalidRequest("The request body is not valid HTTP/1.1 framing (chunked "
                              "encoding or length).", code="malformed_request") from None
-    response = RequestTimeout(f"The request body did not arrive within {timeout_s:g} s.",
-                              headers={"x-request-id": request_id}).response()
+    response = render(request, RequestTimeout(
+        f"The request body did not arrive within {timeout_s:g} s.",
+        headers={"x-request-id": request_id}))
     response.force_close()
     await response.prepare(request)
     await response.write_eof()

@@ -149,23 +149,43 @@ async def test_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
     assert 0.4 <= took < 2.5
 
 
-async def test_slow_body_gets_408(tmp_path: Path) -> None:
+async def send_slow_body(
+    tmp_path: Path, head: bytes, start: bytes
+) -> tuple[int, dict[str, str], bytes, float]:
+    """A request whose 100-byte body stops after `start`, to a gateway whose body deadline
+    is 0.5 s: (status, headers, body, seconds to the answer); the connection must close."""
     async with edge_gateway(tmp_path, "body_timeout_s = 0.5\nkeepalive_timeout_s = 30") as gw:
         reader, writer = await gw.connect()
-        writer.write(
-            b"POST /v1/api-keys HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
-            b"Content-Length: 100\r\n\r\n{\"name\": \"sl"
-        )
+        writer.write(head + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     + start)
         started = time.monotonic()
         status, headers, body = await read_response(reader)
         took = time.monotonic() - started
         assert await read_until_closed(reader) == b""  # and the connection is not kept
         writer.close()
+    return status, headers, body, took
+
+
+async def test_slow_body_gets_408(tmp_path: Path) -> None:
+    status, headers, body, took = await send_slow_body(
+        tmp_path, b"POST /v1/api-keys HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer "
+        + ADMIN_KEY.encode() + b"\r\n", b'{"name": "sl')
     assert status == 408
     assert msgspec.json.decode(body)["error"]["code"] == "request_timeout"
     assert "x-request-id" in headers
     assert 0.4 <= took < 2.0
+
+
+async def test_slow_body_on_the_messages_route_gets_anthropics_408(tmp_path: Path) -> None:
+    """Anthropic's SDKs read `{"type": "error", "error": {...}}`: the body deadline's 408 on
+    /v1/messages has that shape, as every other refusal there does."""
+    status, headers, body, _ = await send_slow_body(
+        tmp_path, b"POST /v1/messages HTTP/1.1\r\nHost: gw\r\nx-api-key: "
+        + ADMIN_KEY.encode() + b"\r\n", b'{"model": "cl')
+    assert status == 408
+    answer = msgspec.json.decode(body)
+    assert answer["type"] == "error" and "did not arrive" in answer["error"]["message"]
+    assert "x-request-id" in headers
 
 
 async def test_connections_past_the_cap_get_503_and_a_freed_slot_is_reused(

@@ -41,7 +41,7 @@ def begin(flight: InFlight, req: web.Request) -> int:
     model = Catalog(load_settings(None, env={})).get("openai/gpt-4o-mini")
     admission = Admission("k1", "r:1", 50_000, period="2026-06")
     return flight.begin(req, admission, model, model.id, 10, False,
-                        RequestyMeta(), TS)
+                        RequestyMeta(), TS, "chat")
 
 
 async def test_the_journal_reuses_the_handlers_requesty_headers_without_a_second_scan(

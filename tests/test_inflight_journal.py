@@ -13,13 +13,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from proxy.auth import Principal
 from proxy.config import LimitsConfig
 from proxy.ledger import MemoryLedger
 from proxy.ledger.inflight import AdmissionJournal, Admitted, claim_orphans
-from proxy.ledger.inflight_recovery import recover
+from proxy.ledger.inflight_recovery import lost_record, recover
 from proxy.limits import Admission
 from proxy.limits.durable import SpendSource
 from proxy.limits.memory import MemoryLimits
@@ -181,3 +182,16 @@ async def test_a_recovery_cut_short_does_not_charge_again_what_it_charged(tmp_pa
     assert second.settled == ["r:3", "r:4", "r:5"]
     assert sorted(r.request_id for r in ledger.records) == [f"req-{i}" for i in range(1, 6)]
     assert files(tmp_path) == []
+
+
+def test_a_recovered_record_keeps_its_route_and_a_line_without_one_is_chat() -> None:
+    """The record of a lost `/v1/messages` request says `messages` (the usage API groups by
+    route); a line journaled before admissions carried their route decodes as chat."""
+    died = datetime.now(UTC)
+    admitted = entry(1)
+    admitted.route = "messages"
+    line = msgspec.json.encode(admitted)
+    assert lost_record(msgspec.json.decode(line, type=Admitted), 5, died).route == "messages"
+    older = msgspec.json.encode(entry(2))[: -len(b',"chat"]')] + b"]"
+    assert not older.endswith(b'"chat"]')
+    assert lost_record(msgspec.json.decode(older, type=Admitted), 5, died).route == "chat"

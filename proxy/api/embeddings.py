@@ -52,7 +52,8 @@ async def embeddings(request: web.Request) -> web.Response:
             await once.close()
         raise
     flight = request.app[INFLIGHT]
-    ticket = flight.begin(request, admission, model, model_id, estimate, False, meta, arrived)
+    ticket = flight.begin(request, admission, model, model_id, estimate, False, meta, arrived,
+                          "embeddings")
     usage = Usage()
     status, code = 200, None
     began = time.monotonic()

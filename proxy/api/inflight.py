@@ -50,16 +50,18 @@ class InFlight:
 
     def begin(
         self, request: web.Request, admission: Admission, model: Model, model_requested: str,
-        prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime,
+        prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime, route: str,
     ) -> int:
-        """Journal the admission and watch the client; returns the ticket for `end`."""
+        """Journal the admission and watch the client; returns the ticket for `end`.
+        `route`: the record's (chat, messages, responses, completions, embeddings)."""
         return self.begin_known(
             request, admission, model, model_requested, prompt_tokens, stream, meta, arrived,
-            request[REQUEST_ID], request[CLIENT_REQUEST_ID], known_requesty_headers(request))
+            route, request[REQUEST_ID], request[CLIENT_REQUEST_ID],
+            known_requesty_headers(request))
 
     def begin_known(
         self, request: web.Request, admission: Admission, model: Model, model_requested: str,
-        prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime,
+        prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime, route: str,
         request_id: str, client_request_id: str | None, headers: dict[str, str],
     ) -> int:
         """`begin` for a handler that has read the request's ids and X-Requesty-* headers
@@ -78,7 +80,7 @@ class InFlight:
             model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
             admission.leased, meta.user_id, meta.trace_id, meta.tags, meta.extra,
-            headers, client_request_id,
+            headers, client_request_id, route,
         ))
         return seq
 

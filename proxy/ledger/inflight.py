@@ -76,6 +76,7 @@ class Admitted(msgspec.Struct, array_like=True, tag="A"):
     extra: dict[str, str] = {}
     headers: dict[str, str] = {}
     client_request_id: str | None = None
+    route: str = "chat"  # the client dialect's (a line written before it had none: chat)
 
 
 class LeaseUsed(msgspec.Struct, array_like=True, tag="L"):

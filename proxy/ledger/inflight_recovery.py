@@ -58,6 +58,7 @@ def lost_record(entry: Admitted, cost_nusd: int, died: datetime) -> UsageRecord:
         extra=entry.extra,
         headers=entry.headers,
         client_request_id=entry.client_request_id,
+        route=entry.route,
     )
 
 
