@@ -166,7 +166,8 @@ async def _stream(
 ) -> web.StreamResponse:
     async def attempt(model: Model) -> OpenStream:
         provider = gw.provider(model.provider)
-        return await open_stream(lambda: dialect.open(gw, req, model), model,
+        # A partial, not a lambda: calling it makes no Python frame of its own.
+        return await open_stream(functools.partial(dialect.open, gw, req, model), model,
                                  provider.config.first_byte_timeout_s)
 
     tried = AttemptLog()
@@ -180,9 +181,9 @@ async def _stream(
     outcome.ttft_ms = (time.monotonic() - outcome.started) * 1000
     keep: list[bytes] | None = [] if cache_key is not None or once is not None else None
     gw.metrics.stream_opened()
+    settle = functools.partial(settle_usage, outcome, req)
     try:
-        response = await pipe(request, opened, outcome, req.include_usage,
-                              lambda: settle_usage(outcome, req), keep)
+        response = await pipe(request, opened, outcome, req.include_usage, settle, keep)
     except StreamBroke as broke:
         gw.routing.stream_failed(tried, broke.error)
         raise
@@ -192,8 +193,7 @@ async def _stream(
         settle_usage(outcome, req)
     gw.routing.observe(tried, (outcome.usage or Usage()).completion_tokens, stream=True)
     if keep is not None:
-        await dialect.keep_stream(keep, opened[0], outcome, cache_key, once, gw,
-                                  lambda: settle_usage(outcome, req))
+        await dialect.keep_stream(keep, opened[0], outcome, cache_key, once, gw, settle)
     return response
 
 
