@@ -91,17 +91,21 @@ def served_by(request: web.Request, outcome: Outcome) -> dict[str, str]:
 
 # A provider's usage object that already names the three counts and no cost: `cost` is
 # added to its bytes, not by decoding and encoding it (the common case, once a request).
+# Looked for with `find`, not `in`: `bytes in bytes` first tries its argument as an int and
+# formats and drops a TypeError (~1,800 instructions) before it searches.
 _PROMPT: Final = b'"prompt_tokens"'
 _COMPLETION: Final = b'"completion_tokens"'
 _TOTAL: Final = b'"total_tokens"'
+_COST: Final = b'"cost"'
 
 
 def usage_with_cost(raw: Raw | None, usage: Usage, cost_nusd: int) -> Raw:
     """The client-facing `usage` object: the provider's own (details kept) plus `cost`."""
     if raw and not usage.estimated and not usage.cached_tokens:
         data = bytes(raw).rstrip()
-        if (data.endswith(b"}") and b'"cost"' not in data and _PROMPT in data
-                and _COMPLETION in data and _TOTAL in data):
+        find = data.find
+        if (data.endswith(b"}") and find(_COST) < 0 and find(_PROMPT) >= 0
+                and find(_COMPLETION) >= 0 and find(_TOTAL) >= 0):
             cost = _encode(nano_to_usd(cost_nusd))
             return Raw(data[:-1] + b',"cost":' + cost + b"}")
     return _usage_decoded_with_cost(raw, usage, cost_nusd)
