@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from asyncio import current_task
 import logging
+from asyncio import current_task
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Final
