@@ -11,13 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openai
 import pytest
 from cloud_ledger import FAST_LEDGER, ledger_row
 from fakes import Fail, FakeAzure, Gate, Reply
 from fakes.azure_server import API_KEY
-from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
+from harness import Gateway, gateway_settings, running_gateway
 from openai.types.chat import ChatCompletionMessageParam
+from sse_reading import (
+    contents_released_one_by_one,
+    json_events,
+    sdk_stream,
+    sdk_text,
+    streamed_text,
+)
 
 from proxy.config import ConfigError
 
@@ -100,10 +106,6 @@ async def chat(http: aiohttp.ClientSession, gw: Gateway, **body: Any) -> aiohttp
                            json={"model": "azure-se/gpt-4o", "messages": USER, **body})
 
 
-def events(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(b[6:]) for b in raw.decode().split("\n\n") if b.startswith("data: {")]
-
-
 async def test_chat_goes_to_the_deployment_with_api_key_and_version_and_tool_calls_return(
     azure: Pair, http: aiohttp.ClientSession
 ) -> None:
@@ -145,12 +147,12 @@ async def test_stream_drops_the_filter_preamble_and_keeps_tool_deltas_and_usage(
     resp = await chat(http, azure.gw, tools=TOOLS, stream=True,
                       stream_options={"include_usage": True})
     assert resp.status == 200
-    chunks = events(await resp.read())
+    chunks = json_events(await resp.read())
     assert azure.se.last.json["stream_options"] == {"include_usage": True}
     assert all(c["object"] == "chat.completion.chunk" and c["id"] for c in chunks)
     assert not any("prompt_filter_results" in c for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    text = streamed_text(chunks)
     args = "".join(tc["function"].get("arguments") or "" for c in chunks if c["choices"]
                    for tc in c["choices"][0]["delta"].get("tool_calls") or ())
     assert (text, json.loads(args)) == ("Cold.", {"city": "Stockholm"})
@@ -166,10 +168,10 @@ async def test_a_cached_azure_stream_replays_with_the_completion_id_not_the_prea
 ) -> None:
     azure.se.script(Reply(text="Same again."))
     body = {"stream": True, "requesty": {"cache": True}}
-    first = events(await (await chat(http, azure.gw, **body)).read())
+    first = json_events(await (await chat(http, azure.gw, **body)).read())
     again = await chat(http, azure.gw, **body)
     assert again.headers["x-cache"] == "HIT"
-    replayed = events(await again.read())
+    replayed = json_events(await again.read())
     assert {c["id"] for c in replayed} == {first[0]["id"]}
     assert first[0]["id"].startswith("chatcmpl-")
     assert azure.se.hits == 1
@@ -177,15 +179,8 @@ async def test_a_cached_azure_stream_replays_with_the_completion_id_not_the_prea
 
 async def test_openai_sdk_streams_azure_through_the_gateway(azure: Pair) -> None:
     azure.se.script(Reply(text="one two three four", prompt_tokens=7, completion_tokens=4))
-    async with openai.AsyncOpenAI(
-        base_url=azure.gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0
-    ) as sdk:
-        stream = await sdk.chat.completions.create(
-            model="azure-se/gpt-4o", messages=SDK_USER, stream=True,
-            stream_options={"include_usage": True})
-        chunks = [c async for c in stream]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "one two three four"
+    chunks = await sdk_stream(azure.gw, "azure-se/gpt-4o", SDK_USER)
+    assert sdk_text(chunks) == "one two three four"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 11
 
 
@@ -197,25 +192,7 @@ async def test_each_azure_event_reaches_the_client_before_the_next_is_sent(
     request = asyncio.ensure_future(chat(http, azure.gw, stream=True))
     assert await gate.release()  # the filter preamble: nothing for the client yet
     assert await gate.release()  # the role chunk: the gateway's first event
-    resp = await request
-    buf = bytearray()
-
-    async def next_event() -> dict[str, Any]:
-        while b"\n\n" not in buf:
-            piece = await resp.content.readany()
-            assert piece, "the stream ended early"
-            buf.extend(piece)
-        end = buf.index(b"\n\n")
-        event = bytes(buf[:end])
-        del buf[: end + 2]
-        return dict(json.loads(event[6:]))
-
-    assert (await next_event())["choices"][0]["delta"]["role"] == "assistant"
-    seen = []
-    for _ in range(3):
-        assert await gate.release()
-        chunk = await asyncio.wait_for(next_event(), timeout=5)
-        seen.append(chunk["choices"][0]["delta"]["content"])
+    seen = await contents_released_one_by_one(request, gate, 3)
     assert seen == ["alpha", " beta", " gamma"]
     await gate.release_all()
 
@@ -242,7 +219,7 @@ async def test_max_tokens_cut_and_filtered_answers_keep_azure_s_finish_reason(
     plain = await (await chat(http, azure.gw, max_tokens=5)).json()
     assert plain["choices"][0]["finish_reason"] == finish
     assert azure.se.last.json["max_tokens"] == 5
-    streamed = events(await (await chat(http, azure.gw, max_tokens=5, stream=True)).read())
+    streamed = json_events(await (await chat(http, azure.gw, max_tokens=5, stream=True)).read())
     assert [c["choices"][0]["finish_reason"] for c in streamed if c["choices"]][-1] == finish
 
 
@@ -349,8 +326,8 @@ async def test_a_whole_azure_stream_in_one_read_loses_only_the_preamble(
     azure.se.script(Reply(text="all at once", burst=True, prompt_tokens=3, completion_tokens=3))
     resp = await chat(http, azure.gw, stream=True, stream_options={"include_usage": True})
     raw = await resp.read()
-    chunks = events(raw)
+    chunks = json_events(raw)
     assert b"prompt_filter_results" not in raw and raw.endswith(b"data: [DONE]\n\n")
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    text = streamed_text(chunks)
     assert text == "all at once"
     assert chunks[-1]["usage"]["total_tokens"] == 6 and chunks[-1]["usage"]["cost"] > 0

@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openai
 import pytest
 from cloud_ledger import FAST_LEDGER, ledger_row
 from conftest import UPSTREAM_SECRET
 from fakes import Cut, ErrorEvent, Fail, FakeAnthropic, FakeBedrock, Gate, Reply
 from fakes.bedrock_server import ACCESS_KEY, SECRET_KEY
-from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
+from harness import Gateway, gateway_settings, running_gateway
 from openai.types.chat import ChatCompletionMessageParam
+from sse_reading import (
+    contents_released_one_by_one,
+    json_events,
+    sdk_stream,
+    sdk_text,
+    streamed_text,
+)
 
 MODEL_ID = "eu.anthropic.claude-sonnet-4-5-20250929-v1:0"
 CONVERSATION = [
@@ -107,10 +113,6 @@ async def chat(http: aiohttp.ClientSession, gw: Gateway, **body: Any) -> aiohttp
         json={"model": "bedrock/claude-sonnet-4-5", "messages": CONVERSATION, **body})
 
 
-def events(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(b[6:]) for b in raw.decode().split("\n\n") if b.startswith("data: {")]
-
-
 def cost(prompt: int, cached: int, written: int, out: int) -> float:
     return (prompt * PRICES["input"] + cached * PRICES["cached"] + written * PRICES["write"]
             + out * PRICES["output"]) / 1e6
@@ -173,11 +175,11 @@ async def test_stream_is_translated_from_eventstream_frames_with_usage_and_cost(
     resp = await chat(http, stack.gw, tools=TOOLS, stream=True,
                       stream_options={"include_usage": True})
     assert resp.status == 200
-    chunks = events(await resp.read())
+    chunks = json_events(await resp.read())
     assert stack.bedrock.last.path == f"/model/{MODEL_ID}/converse-stream"
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert len({c["id"] for c in chunks}) == 1
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    text = streamed_text(chunks)
     calls = [tc for c in chunks if c["choices"]
              for tc in c["choices"][0]["delta"].get("tool_calls") or ()]
     assert calls[0]["id"] == "tooluse_fake000001x0"
@@ -197,15 +199,8 @@ async def test_stream_is_translated_from_eventstream_frames_with_usage_and_cost(
 async def test_openai_sdk_streams_bedrock_through_the_gateway(stack: Stack) -> None:
     stack.bedrock.script(Reply(text="It is sunny in Frankfurt.", prompt_tokens=9,
                                completion_tokens=6))
-    async with openai.AsyncOpenAI(
-        base_url=stack.gw.url + "/v1", api_key=ADMIN_KEY, max_retries=0
-    ) as sdk:
-        stream = await sdk.chat.completions.create(
-            model="bedrock/claude-sonnet-4-5", messages=SDK_CONVERSATION,
-            stream=True, stream_options={"include_usage": True})
-        chunks = [c async for c in stream]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "It is sunny in Frankfurt."
+    chunks = await sdk_stream(stack.gw, "bedrock/claude-sonnet-4-5", SDK_CONVERSATION)
+    assert sdk_text(chunks) == "It is sunny in Frankfurt."
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 15
 
 
@@ -216,25 +211,7 @@ async def test_each_bedrock_frame_reaches_the_client_before_the_next_is_sent(
     stack.bedrock.script(Reply(text="alpha beta gamma", gate=gate))
     request = asyncio.ensure_future(chat(http, stack.gw, stream=True))
     assert await gate.release()  # messageStart: the gateway's first event
-    resp = await request
-    buf = bytearray()
-
-    async def next_event() -> dict[str, Any]:
-        while b"\n\n" not in buf:
-            piece = await resp.content.readany()
-            assert piece, "the stream ended early"
-            buf.extend(piece)
-        end = buf.index(b"\n\n")
-        event = bytes(buf[:end])
-        del buf[: end + 2]
-        return dict(json.loads(event[6:]))
-
-    assert (await next_event())["choices"][0]["delta"]["role"] == "assistant"
-    seen = []
-    for _ in range(3):
-        assert await gate.release()
-        chunk = await asyncio.wait_for(next_event(), timeout=5)
-        seen.append(chunk["choices"][0]["delta"]["content"])
+    seen = await contents_released_one_by_one(request, gate, 3)
     assert seen == ["alpha", " beta", " gamma"]
     await gate.release_all()
 
@@ -252,8 +229,8 @@ async def test_structured_output_goes_as_converse_output_config_and_comes_back_a
     assert sent["structure"]["jsonSchema"]["name"] == "weather"
     assert json.loads(sent["structure"]["jsonSchema"]["schema"]) == schema
     assert json.loads((await resp.json())["choices"][0]["message"]["content"]) == {"t": 4}
-    streamed = events(await (await chat(http, stack.gw, response_format=fmt, stream=True)).read())
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed if c["choices"])
+    streamed = await (await chat(http, stack.gw, response_format=fmt, stream=True)).read()
+    text = streamed_text(json_events(streamed))
     assert json.loads(text) == {"t": 4}
 
 
@@ -269,7 +246,7 @@ async def test_converse_stop_reasons_become_openai_finish_reasons(
     plain = await (await chat(http, stack.gw, max_tokens=5)).json()
     assert plain["choices"][0]["finish_reason"] == finish
     assert stack.bedrock.last.json["inferenceConfig"]["maxTokens"] == 5
-    streamed = events(await (await chat(http, stack.gw, max_tokens=5, stream=True)).read())
+    streamed = json_events(await (await chat(http, stack.gw, max_tokens=5, stream=True)).read())
     assert [c["choices"][0]["finish_reason"] for c in streamed if c["choices"]][-1] == finish
 
 
@@ -335,7 +312,7 @@ async def test_a_mid_stream_exception_frame_becomes_an_sse_error_after_the_text_
     last = json.loads(blocks[-1][6:])
     assert "Too many tokens" in last["error"]["message"]
     text = "".join(c["choices"][0]["delta"].get("content") or ""
-                   for c in events(raw.encode()) if c.get("choices"))
+                   for c in json_events(raw.encode()) if c.get("choices"))
     assert text == "one two"
     row = await ledger_row(stack.pg, resp.headers["x-request-id"])
     # What flowed is charged, estimated: the usage never came.
@@ -416,11 +393,11 @@ async def test_a_bedrock_stream_is_cached_and_replayed_with_the_same_chunks(
 ) -> None:
     stack.bedrock.script(Reply(text="Same answer twice."))
     body = {"stream": True, "requesty": {"cache": True}}
-    first = events(await (await chat(http, stack.gw, **body)).read())
+    first = json_events(await (await chat(http, stack.gw, **body)).read())
     again = await chat(http, stack.gw, **body)
     assert again.headers["x-cache"] == "HIT"
-    replayed = events(await again.read())
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in replayed if c["choices"])
+    replayed = json_events(await again.read())
+    text = streamed_text(replayed)
     assert text == "Same answer twice." and replayed[0]["id"] == first[0]["id"]
     assert stack.bedrock.hits == 1
 
@@ -433,6 +410,5 @@ async def test_an_exception_frame_before_any_text_falls_back_to_anthropic(
     stack.anthropic.script(Reply(text="Fallback answer."))
     resp = await chat(http, stack.gw, model="policy/claude", stream=True)
     assert resp.status == 200 and resp.headers["x-provider"] == "direct"
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events(await resp.read())
-                   if c["choices"])
+    text = streamed_text(json_events(await resp.read()))
     assert text == "Fallback answer."

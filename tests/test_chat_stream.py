@@ -17,6 +17,7 @@ from conftest import UPSTREAM_SECRET, fake_provider_toml
 from fakes import Cut, ErrorEvent, FakeAnthropic, FakeOpenAI, Gate, Hang, Reply
 from harness import ADMIN_KEY, Gateway, gateway_settings, running_gateway
 from msgspec import Raw
+from sse_reading import read_event
 
 from proxy.api import relay
 from proxy.api.relay import _pusher
@@ -36,20 +37,6 @@ async def stream(
     return await http.post(
         gw.url + "/v1/chat/completions", json={"stream": True, **body}, headers=gw.headers
     )
-
-
-async def read_event(resp: aiohttp.ClientResponse, buf: bytearray) -> str:
-    """Read until one whole SSE event is in hand; returns its data."""
-    while b"\n\n" not in buf:
-        chunk = await resp.content.readany()
-        if not chunk:
-            raise EOFError
-        buf.extend(chunk)
-    end = buf.index(b"\n\n")
-    event = bytes(buf[:end]).decode()
-    del buf[: end + 2]
-    assert event.startswith("data: ")
-    return event[6:]
 
 
 async def test_each_event_reaches_the_client_before_the_next_is_sent(
