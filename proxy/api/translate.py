@@ -22,7 +22,8 @@ _encode = msgspec.json.encode
 class Translator(Protocol):
     """What `MessagesStream` and `ResponsesStream` share: chunks in, events out."""
 
-    done: bool
+    @property
+    def done(self) -> bool: ...
 
     def feed(self, chunk: bytes) -> bytes: ...
 

@@ -11,12 +11,13 @@ how Anthropic's SDKs assemble blocks.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
 
-from ...errors import UpstreamError
-from ..chat import ChatChoice, ChatToolCall, Tokens, completion
+from ..chat import ChatChoice, ChatMessage, ChatToolCall, Tokens
+from ..stream import ChunkReader
 from .response import message_id, stop_reason, usage
 
 _encode = msgspec.json.encode
@@ -35,26 +36,16 @@ class MessagesStream:
     """Fed decoded Chat chunks (`feed`) and the end of the upstream stream (`finish`);
     each returns the Anthropic events it makes, as SSE bytes, at once.
 
-    The stop reason comes with the finish chunk and the usage after it (the request
-    asks for `include_usage`), so `message_delta` goes out when both are in, or at
-    `finish` for a provider that sends no usage.
+    A `ChunkReader` keeps the chat stream's order (`message_delta` goes out when the
+    stop reason and the usage are both in, or at `finish` for a provider that sends no
+    usage); `_Events` writes the Anthropic events at each point of it. `feed` and
+    `finish` are the reader's own bound methods: no call of this class's in between.
     """
 
-    __slots__ = (
-        "_blocks",
-        "_finish",
-        "_open",
-        "_open_kind",
-        "_pinged",
-        "_started",
-        "_stop_sequences",
-        "_tokens",
-        "_tools",
-        "done",
-        "input_tokens",
-        "model",
-        "provider",
-    )
+    __slots__ = ("_reader", "feed", "finish")
+
+    feed: Callable[[bytes | dict[str, Any]], bytes]
+    finish: Callable[[], bytes]
 
     def __init__(
         self,
@@ -63,52 +54,45 @@ class MessagesStream:
         input_tokens: int = 0,
         provider: str = "upstream",
     ) -> None:
+        self._reader = reader = ChunkReader(_Events(model, stop_sequences, input_tokens),
+                                            provider)
+        self.feed = reader.feed
+        self.finish = reader.finish
+
+    @property
+    def done(self) -> bool:
+        return self._reader.done
+
+
+class _Events:
+    """The Anthropic events at each point of the chat stream (`EventWriter`)."""
+
+    __slots__ = (
+        "_blocks",
+        "_open",
+        "_open_kind",
+        "_pinged",
+        "_stop_sequences",
+        "_tools",
+        "input_tokens",
+        "model",
+    )
+
+    def __init__(
+        self, model: str, stop_sequences: list[str] | None, input_tokens: int
+    ) -> None:
         self.model = model
         # What message_start says before the usage chunk brings the count (an estimate).
         self.input_tokens = input_tokens
-        self.provider = provider
-        self.done = False
         self._stop_sequences = stop_sequences
-        self._started = False
         self._pinged = False
         self._blocks = 0  # content blocks started so far
         self._open: int | None = None  # index of the block still open
         self._open_kind: Kind | None = None
         # Chat tool_call index -> (Anthropic block index, call id)
         self._tools: dict[int, tuple[int, str]] = {}
-        self._finish: ChatChoice | None = None
-        self._tokens: Tokens | None = None
 
-    def feed(self, chunk: bytes | dict[str, Any]) -> bytes:
-        c = completion(chunk, self.provider)
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        if not self._started:
-            self._started = True
-            out.append(self._message_start(c.id))
-        if c.choices:
-            self._choice(c.choices[0], out)
-        if c.usage is not None:
-            self._tokens = Tokens.of(c.usage)
-        if self._finish is not None and self._tokens is not None:
-            self._close(out)
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """The upstream stream ended (`[DONE]` or a clean close)."""
-        if self.done:
-            return b""
-        if self._finish is None:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self.provider}` ended early.",
-                reason="cut",
-            )
-        out: list[bytes] = []
-        self._close(out)
-        return b"".join(out)
-
-    def _message_start(self, chat_id: str) -> bytes:
+    def start(self, chat_id: str, out: list[bytes]) -> None:
         message: dict[str, Any] = {
             "id": message_id(chat_id),
             "type": "message",
@@ -119,24 +103,22 @@ class MessagesStream:
             "stop_sequence": None,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
         }
-        return event("message_start", {"type": "message_start", "message": message})
+        out.append(event("message_start", {"type": "message_start", "message": message}))
 
-    def _choice(self, choice: ChatChoice, out: list[bytes]) -> None:
-        d = choice.delta
-        if d is not None:
-            thinking = d.thinking
-            if thinking:
-                self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""},
-                            b'"thinking_delta","thinking":', thinking, out)
-            text = d.content or d.refusal
-            if text:
-                self._delta("text", {"type": "text", "text": ""}, b'"text_delta","text":',
-                            text, out)
-            for call in d.tool_calls or ():
-                self._tool_call(call, out)
-        if choice.finish_reason is not None and self._finish is None:
-            self._finish = choice
-            self._stop_block(out)
+    def delta(self, d: ChatMessage, out: list[bytes]) -> None:
+        thinking = d.thinking
+        if thinking:
+            self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""},
+                        b'"thinking_delta","thinking":', thinking, out)
+        text = d.content or d.refusal
+        if text:
+            self._delta("text", {"type": "text", "text": ""}, b'"text_delta","text":',
+                        text, out)
+        for call in d.tool_calls or ():
+            self._tool_call(call, out)
+
+    def stop(self, finish: ChatChoice, out: list[bytes]) -> None:
+        self._stop_block(out)
 
     def _delta(
         self, kind: Kind, start: dict[str, Any], head: bytes, text: str, out: list[bytes]
@@ -195,12 +177,10 @@ class MessagesStream:
              b"}}\n\n")
         )
 
-    def _close(self, out: list[bytes]) -> None:
-        self.done = True
+    def close(self, finish: ChatChoice, tokens: Tokens | None, out: list[bytes]) -> None:
         self._stop_block(out)
-        assert self._finish is not None
-        reason, sequence = stop_reason(self._finish, self._stop_sequences)
-        counts = usage(self._tokens) if self._tokens is not None else {"output_tokens": 0}
+        reason, sequence = stop_reason(finish, self._stop_sequences)
+        counts = usage(tokens) if tokens is not None else {"output_tokens": 0}
         out.append(
             event(
                 "message_delta",

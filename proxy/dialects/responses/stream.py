@@ -13,12 +13,14 @@ item's text is kept until it closes; nothing else is held back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
 
-from ...errors import ApiError, UpstreamError
-from ..chat import ChatChoice, ChatToolCall, Tokens, completion
+from ...errors import ApiError
+from ..chat import ChatChoice, ChatMessage, ChatToolCall, Tokens
+from ..stream import ChunkReader
 from .request import ResponsesRequest
 from .response import (
     envelope,
@@ -83,23 +85,17 @@ class _Item:
 
 class ResponsesStream:
     """Fed decoded Chat chunks (`feed`) and the end of the upstream stream (`finish`);
-    each returns the Responses events it makes, as SSE bytes, at once."""
+    each returns the Responses events it makes, as SSE bytes, at once.
 
-    __slots__ = (
-        "_finish",
-        "_open",
-        "_output",
-        "_req",
-        "_seq",
-        "_started",
-        "_tokens",
-        "_tools",
-        "created_at",
-        "done",
-        "id",
-        "model",
-        "provider",
-    )
+    A `ChunkReader` keeps the chat stream's order; `_Events` writes the Responses events
+    at each point of it. `feed` and `finish` are the reader's own bound methods: no call
+    of this class's in between.
+    """
+
+    __slots__ = ("_events", "_reader", "feed", "finish")
+
+    feed: Callable[[bytes | dict[str, Any]], bytes]
+    finish: Callable[[], bytes]
 
     def __init__(
         self,
@@ -108,53 +104,52 @@ class ResponsesStream:
         provider: str = "upstream",
         created_at: int | None = None,
     ) -> None:
+        self._events = events = _Events(req, model, created_at)
+        self._reader = reader = ChunkReader(events, provider)
+        self.feed = reader.feed
+        self.finish = reader.finish
+
+    @property
+    def done(self) -> bool:
+        return self._reader.done
+
+    def error(self, err: ApiError) -> bytes:
+        """`error` then `response.failed`, for a stream that fails after its 200."""
+        self._reader.done = True
+        return self._events.error(err)
+
+
+class _Events:
+    """The Responses events at each point of the chat stream (`EventWriter`)."""
+
+    __slots__ = (
+        "_finish",
+        "_open",
+        "_output",
+        "_req",
+        "_seq",
+        "_tools",
+        "created_at",
+        "id",
+        "model",
+    )
+
+    def __init__(self, req: ResponsesRequest, model: str, created_at: int | None) -> None:
         self._req = req
         self.model = model
-        self.provider = provider
         self.id = new_id("resp")
         self.created_at = int(time.time()) if created_at is None else created_at
-        self.done = False
         self._seq = 0
-        self._started = False
         self._output: list[_Item] = []
         self._open: _Item | None = None
         self._tools: dict[int, _Item] = {}  # Chat tool_call index -> its item
         self._finish: ChatChoice | None = None
-        self._tokens: Tokens | None = None
 
-    def feed(self, chunk: bytes | dict[str, Any]) -> bytes:
-        c = completion(chunk, self.provider)
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        if not self._started:
-            self._started = True
-            self._lifecycle("response.created", "in_progress", out)
-            self._lifecycle("response.in_progress", "in_progress", out)
-        if c.choices:
-            self._choice(c.choices[0], out)
-        if c.usage is not None:
-            self._tokens = Tokens.of(c.usage)
-        if self._finish is not None and self._tokens is not None:
-            self._complete(out)
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """The upstream stream ended (`[DONE]` or a clean close)."""
-        if self.done:
-            return b""
-        if self._finish is None:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self.provider}` ended early.",
-                reason="cut",
-            )
-        out: list[bytes] = []
-        self._complete(out)
-        return b"".join(out)
+    def start(self, chat_id: str, out: list[bytes]) -> None:
+        self._lifecycle("response.created", "in_progress", out)
+        self._lifecycle("response.in_progress", "in_progress", out)
 
     def error(self, err: ApiError) -> bytes:
-        """`error` then `response.failed`, for a stream that fails after its 200."""
-        self.done = True
         out = [self._event("error", {"code": err.code, "message": err.message,
                                      "param": err.param})]
         code = "rate_limit_exceeded" if err.status == 429 else "server_error"
@@ -165,20 +160,19 @@ class ResponsesStream:
 
     # -- items ----------------------------------------------------------------------
 
-    def _choice(self, choice: ChatChoice, out: list[bytes]) -> None:
-        d = choice.delta
-        if d is not None:
-            if d.thinking:
-                self._text("reasoning", d.thinking, out)
-            if d.content:
-                self._text("message", d.content, out)
-            if d.refusal:
-                self._text("refusal", d.refusal, out)
-            for call in d.tool_calls or ():
-                self._tool_call(call, out)
-        if choice.finish_reason is not None and self._finish is None:
-            self._finish = choice
-            self._close(out)
+    def delta(self, d: ChatMessage, out: list[bytes]) -> None:
+        if d.thinking:
+            self._text("reasoning", d.thinking, out)
+        if d.content:
+            self._text("message", d.content, out)
+        if d.refusal:
+            self._text("refusal", d.refusal, out)
+        for call in d.tool_calls or ():
+            self._tool_call(call, out)
+
+    def stop(self, finish: ChatChoice, out: list[bytes]) -> None:
+        self._finish = finish
+        self._close_item(out)
 
     def _text(self, kind: Kind, text: str, out: list[bytes]) -> None:
         item = self._open
@@ -208,7 +202,7 @@ class ResponsesStream:
         return item
 
     def _start_item(self, item: _Item, out: list[bytes]) -> None:
-        self._close(out)
+        self._close_item(out)
         item.index = len(self._output)
         self._output.append(item)
         self._open = item
@@ -218,7 +212,7 @@ class ResponsesStream:
             part = item.as_dict()["content"][0]  # its empty part
             out.append(self._event("response.content_part.added", self._part(item, part)))
 
-    def _close(self, out: list[bytes]) -> None:
+    def _close_item(self, out: list[bytes]) -> None:
         item = self._open
         if item is None:
             return
@@ -242,12 +236,11 @@ class ResponsesStream:
 
     # -- the response ---------------------------------------------------------------
 
-    def _complete(self, out: list[bytes]) -> None:
-        self.done = True
-        self._close(out)
-        status, incomplete = status_of(self._finish)
+    def close(self, finish: ChatChoice, tokens: Tokens | None, out: list[bytes]) -> None:
+        self._close_item(out)
+        status, incomplete = status_of(finish)
         snapshot = self._snapshot(status, incomplete)
-        snapshot["usage"] = usage(self._tokens or Tokens())
+        snapshot["usage"] = usage(tokens or Tokens())
         name = "response.completed" if status == "completed" else "response.incomplete"
         out.append(self._event(name, {"response": snapshot}))
 
