@@ -117,6 +117,10 @@ class RateLimited(ApiError):
 UPSTREAM_RETRY_AFTER_S: Final = 1.0
 
 
+# A provider refused the gateway's credentials (a 401 or 403, an expired token): 502.
+PROVIDER_AUTH_FAILED: Final = "provider_auth_failed"
+
+
 class UpstreamError(ApiError):
     """The provider answered with an error, could not be reached, or timed out.
 
@@ -160,6 +164,12 @@ class UpstreamError(ApiError):
         """Could this succeed on another attempt or another model?"""
         return self.upstream_status not in (400, 401, 403, 404, 413, 422)
 
+    @property
+    def falls_back(self) -> bool:
+        """Could another model answer? Whatever is retryable, and a provider refusing the
+        gateway's own credentials: no retry fixes that, another provider has its own."""
+        return self.retryable or self.code == PROVIDER_AUTH_FAILED
+
     def after_attempts(self, message: str) -> UpstreamError:
         """The client's answer when every attempt failed and this one came last: a 502,
         except a provider's rate limit, which stays a 429 with its Retry-After."""
@@ -168,7 +178,7 @@ class UpstreamError(ApiError):
             message,
             status=429 if limited else 502,
             upstream_status=self.upstream_status,
-            code=self.code if limited else None,
+            code=self.code if limited or self.code == PROVIDER_AUTH_FAILED else None,
             type_=self.type if limited else None,
             retry_after=self.retry_after,
             reason=self.reason,

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.catalog import Model, _model
 from proxy.config import ModelConfig
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import PROVIDER_AUTH_FAILED, UpstreamError, UpstreamTimeout
 from proxy.routing import AttemptLog, CircuitBreakers, Routing, Step, run_attempts
 
 
@@ -106,6 +106,30 @@ async def test_non_retryable_error_is_raised_at_once_as_it_is() -> None:
         await w.run([Step(A, 5), Step(B, 5)])
     assert info.value.status == 400
     assert w.calls == ["a"] and w.waits == []
+
+
+def auth_failed() -> UpstreamError:
+    """A provider refusing the gateway's key, as `providers/faults.py` maps it."""
+    return UpstreamError("refused the gateway's credentials", status=502,
+                         upstream_status=401, code=PROVIDER_AUTH_FAILED, reason="401")
+
+
+async def test_a_provider_refusing_the_gateways_key_falls_back_without_a_retry() -> None:
+    """Another provider has its own key: the next step answers, and the refused model is
+    not tried again (its retries would meet the same key)."""
+    w = World({"a": [auth_failed()], "b": []})
+    log = AttemptLog()
+    assert await w.run([Step(A, 3), Step(B, 0)], log) == "ok-b"
+    assert w.calls == ["a", "b"] and w.waits == []
+    assert [(f.model.id, f.action) for f in log.failures] == [("a", "fallback")]
+
+
+async def test_when_every_provider_refuses_the_gateways_key_the_client_is_told_so() -> None:
+    w = World({"a": [auth_failed()], "b": [auth_failed()]})
+    with pytest.raises(UpstreamError) as info:
+        await w.run([Step(A, 2), Step(B, 2)])
+    assert w.calls == ["a", "b"]
+    assert (info.value.status, info.value.code) == (502, PROVIDER_AUTH_FAILED)
 
 
 @pytest.mark.parametrize("status", [401, 413])

@@ -25,7 +25,7 @@ from typing import Final
 
 import msgspec
 
-from ..errors import UpstreamError
+from ..errors import PROVIDER_AUTH_FAILED, UpstreamError
 from .redact import PATTERNS_ONLY, Redactor
 
 _MAX_RETRY_AFTER_S: Final = 3600.0
@@ -134,7 +134,7 @@ def map_error(
             f"(status {status}); the gateway's operator must check its provider key.",
             status=502,
             upstream_status=status,
-            code="provider_auth_failed",
+            code=PROVIDER_AUTH_FAILED,
             reason=reason,
         )
     text = redact(message) if message else f"status {status}"

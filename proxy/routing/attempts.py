@@ -3,8 +3,10 @@
 For each step in order it calls `attempt(model)`; the attempt raises
 `errors.UpstreamError` when the model failed. Then:
 
-- an error another model cannot fix (`not error.retryable`: 400, 401, 403, 404, 413, 422
+- an error another model cannot fix (`not error.falls_back`: 400, 401, 403, 404, 413, 422
   from the provider: the request itself is at fault) is raised at once, as it is;
+- a provider refusing the gateway's own credentials (`provider_auth_failed`) is not
+  retried on that model, but the next step is tried: another provider has its own key;
 - any other error (429, 5xx, 529, connect errors, timeouts) is retried on the same model
   while the step has retries left, after `backoff.retry_wait` (the provider's Retry-After
   when it fits in the time left, else 0.5 s, 1 s, 2 s, 4 s with jitter); when the wait
@@ -146,7 +148,7 @@ async def run_attempts(
                     on_failure(model, e, action)
                 if cut:
                     raise _deadline_error(deadline_s, log, last) from None
-                if not e.retryable:
+                if not e.falls_back:
                     raise
                 last = e
                 if wait is None:
@@ -167,7 +169,7 @@ async def run_attempts(
 def _action(e: UpstreamError, cut: bool, wait: float | None, *, more_steps: bool) -> Action:
     if wait is not None:
         return "retry"
-    if e.retryable and not cut and more_steps:
+    if e.falls_back and not cut and more_steps:
         return "fallback"  # the next step may still be skipped (circuit) or be too late
     return "stop"
 

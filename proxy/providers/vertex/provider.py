@@ -11,7 +11,7 @@ import msgspec
 
 from ...catalog import Model
 from ...config import ProviderConfig
-from ...errors import UpstreamError
+from ...errors import PROVIDER_AUTH_FAILED, UpstreamError
 from ..anthropic import AnthropicStream, build_request
 from ..anthropic import to_completion as anthropic_completion
 from ..base import ChatCall, ChatStream, Completion, Provider
@@ -91,7 +91,7 @@ class VertexProvider(Provider):
             raise UpstreamError(
                 f"Upstream provider `{self.name}`: the gateway could not get a Google access "
                 "token; the gateway's operator must check its credentials.",
-                status=502, upstream_status=503, code="provider_auth_failed", reason="token",
+                status=502, upstream_status=503, code=PROVIDER_AUTH_FAILED, reason="token",
             ) from None
 
     def _project(self) -> str:
