@@ -185,6 +185,13 @@ class UpstreamError(ApiError):
         )
 
 
+def malformed_response(provider: str) -> UpstreamError:
+    """A provider's answer the gateway cannot read: a 502 that falls back to another model."""
+    return UpstreamError(
+        f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
+    )
+
+
 class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str, *, reason: str = "timeout") -> None:
         super().__init__(message, status=504, code="upstream_timeout", reason=reason)

@@ -12,7 +12,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from ..errors import InvalidRequest, UpstreamError
+from ..errors import InvalidRequest, malformed_response
 
 T = TypeVar("T")
 
@@ -108,9 +108,7 @@ def completion(data: bytes | dict[str, Any], provider: str = "upstream") -> Chat
             return _decode_completion(data)
         return msgspec.convert(data, ChatCompletion)
     except msgspec.MsgspecError:
-        raise UpstreamError(
-            f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
-        ) from None
+        raise malformed_response(provider) from None
 
 
 _LOC: Final = re.compile(r" - at `\$(.*)`")

@@ -14,7 +14,7 @@ from msgspec import Raw
 
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
-from ..errors import InvalidRequest, UpstreamError
+from ..errors import InvalidRequest, UpstreamError, malformed_response
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .faults import error_event
@@ -355,9 +355,7 @@ class OpenAIProvider(Provider):
             payload = _decode_fields(body)
             lite = _decode_lite(body)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
-            ) from None
+            raise malformed_response(self.name) from None
         finish = next((c.finish_reason for c in lite.choices if c.finish_reason), None)
         chars = sum(_text_chars(c) for c in lite.choices)
         return Completion(payload, to_usage(lite.usage), finish, chars)
@@ -384,9 +382,7 @@ class OpenAIProvider(Provider):
             payload = _decode_fields(body)
             lite = _decode_lite(body)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
-            ) from None
+            raise malformed_response(self.name) from None
         finish = next((c.finish_reason for c in lite.choices if c.finish_reason), None)
         return Completion(payload, to_usage(lite.usage), finish, 0)
 
@@ -415,7 +411,5 @@ class OpenAIProvider(Provider):
             payload = _decode_fields(body)
             usage = _decode_usage(payload["usage"]) if "usage" in payload else None
         except (msgspec.MsgspecError, KeyError):
-            raise UpstreamError(
-                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
-            ) from None
+            raise malformed_response(self.name) from None
         return Embedding(payload, to_usage(usage))

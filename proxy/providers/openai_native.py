@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Raw
 
 from ..catalog import Usage
-from ..errors import UpstreamError
+from ..errors import UpstreamError, malformed_response
 from .base import Completion
 from .faults import error_event, event_status, map_error
 from .h1 import H1Error, Response
@@ -88,9 +88,7 @@ def to_wire_completion(body: bytes, provider: str) -> Completion:
         payload = _decode_fields(body)
         r = _decode_response(body)
     except msgspec.MsgspecError:
-        raise UpstreamError(
-            f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
-        ) from None
+        raise malformed_response(provider) from None
     return WireCompletion(payload, usage_of(r.usage), finish_of(r), 0)
 
 

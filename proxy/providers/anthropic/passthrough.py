@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Raw
 
 from ...dialects.messages import error_event
-from ...errors import UpstreamError
+from ...errors import UpstreamError, malformed_response
 from ..base import Completion
 from ..h1 import H1Error, Response
 from ..http import transport_error
@@ -32,9 +32,7 @@ def to_wire_completion(body: bytes, provider: str) -> Completion:
         payload = _decode_fields(body)
         msg = _decode_message(body)
     except msgspec.MsgspecError:
-        raise UpstreamError(
-            f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
-        ) from None
+        raise malformed_response(provider) from None
     chars = 0
     for block in msg.content:
         if block.type == "tool_use":

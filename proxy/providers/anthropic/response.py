@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Raw
 
 from ...catalog import Usage
-from ...errors import UpstreamError
+from ...errors import malformed_response
 from ...wire import encode_raw
 from ..base import Completion
 
@@ -101,9 +101,7 @@ def to_completion(
     try:
         msg = _decode_message(body)
     except msgspec.MsgspecError:
-        raise UpstreamError(
-            f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
-        ) from None
+        raise malformed_response(provider) from None
     texts: list[str] = []
     reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []

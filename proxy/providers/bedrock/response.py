@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Raw
 
 from ...catalog import Usage
-from ...errors import UpstreamError
+from ...errors import malformed_response
 from ...wire import encode_raw
 from ..anthropic import usage_payload
 from ..anthropic.response import FINISH_REASONS
@@ -102,9 +102,7 @@ def to_completion(
     try:
         resp = _decode_response(body)
     except msgspec.MsgspecError:
-        raise UpstreamError(
-            f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
-        ) from None
+        raise malformed_response(provider) from None
     texts: list[str] = []
     reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ from msgspec import Raw
 
 from ...catalog import Model
 from ...config import ProviderConfig
-from ...errors import UpstreamError
+from ...errors import malformed_response
 from ..base import ChatCall, ChatStream, Completion, Embedding, Provider
 from ..h1 import Endpoint
 from ..http import read_all
@@ -69,7 +69,5 @@ class GeminiProvider(Provider):
         resp = await post(self.pool, self.name, endpoint, body, self._redact)
         payload = to_embeddings(await read_all(self.name, resp), model.upstream, fields)
         if payload is None:
-            raise UpstreamError(
-                f"Upstream provider `{self.name}` sent a malformed response.", reason="malformed"
-            )
+            raise malformed_response(self.name)
         return Embedding(payload, None)  # Gemini reports no usage: the gateway estimates it

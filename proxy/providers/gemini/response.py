@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Raw
 
 from ...catalog import Usage
-from ...errors import UpstreamError
+from ...errors import malformed_response
 from ...wire import encode_raw
 from ..base import Completion
 from .request import SIGNATURE_MARK
@@ -114,12 +114,6 @@ def chat_id(response_id: str | None) -> str:
     return "chatcmpl-" + (response_id or uuid.uuid4().hex)
 
 
-def malformed(provider: str) -> UpstreamError:
-    return UpstreamError(
-        f"Upstream provider `{provider}` sent a malformed response.", reason="malformed"
-    )
-
-
 def _choice(candidate: GCandidate, blocked: bool) -> tuple[dict[str, Any], int, str | None]:
     texts: list[str] = []
     thoughts: list[str] = []
@@ -164,12 +158,12 @@ def to_completion(
     try:
         resp = decode_response(body)
     except msgspec.MsgspecError:
-        raise malformed(provider) from None
+        raise malformed_response(provider) from None
     candidates = resp.candidates
     blocked = resp.prompt_feedback is not None and resp.prompt_feedback.block_reason is not None
     if not candidates:
         if not blocked:
-            raise malformed(provider)
+            raise malformed_response(provider)
         candidates = [GCandidate()]
     choices: list[dict[str, Any]] = []
     chars = 0
