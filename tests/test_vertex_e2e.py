@@ -212,6 +212,31 @@ async def test_claude_stream_on_vertex_with_a_tool_call(
     assert chunks[-1]["usage"]["cost"] == pytest.approx((20 * 3.0 + 12 * 15.0) / 1e6)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_claude_on_vertex_answers_a_json_schema_request_as_content(
+    gw: Gateway, vertex: FakeGemini, http: aiohttp.ClientSession, stream: bool
+) -> None:
+    """`response_format` goes to Claude as the answer tool; its input comes back as the
+    message's content with finish "stop", as on Anthropic's own API, plain and streamed."""
+    vertex.script(Reply(tool_calls=[("json_output", '{"t": 4}')]))
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": {
+        "type": "object", "properties": {"t": {"type": "number"}}, "required": ["t"]}}}
+    resp = await chat(http, gw, "vx/claude", response_format=fmt, stream=stream)
+    assert resp.status == 200, await resp.text()
+    assert vertex.last.json["tool_choice"] == {"type": "tool", "name": "json_output"}
+    if stream:
+        chunks = [json.loads(e) for e in sse_data(await resp.read())[:-1]]
+        deltas = [c["choices"][0] for c in chunks if c["choices"]]
+        text = "".join(d["delta"].get("content") or "" for d in deltas)
+        assert not any(d["delta"].get("tool_calls") for d in deltas)
+        finish = next(d["finish_reason"] for d in deltas if d["finish_reason"])
+    else:
+        choice = (await resp.json())["choices"][0]
+        text, finish = choice["message"]["content"], choice["finish_reason"]
+        assert not choice["message"].get("tool_calls")
+    assert json.loads(text) == {"t": 4} and finish == "stop"
+
+
 async def test_gemini_stream_on_vertex_is_translated(
     gw: Gateway, vertex: FakeGemini, http: aiohttp.ClientSession
 ) -> None:

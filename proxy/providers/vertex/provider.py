@@ -12,7 +12,7 @@ import msgspec
 from ...catalog import Model
 from ...config import ProviderConfig
 from ...errors import PROVIDER_AUTH_FAILED, UpstreamError
-from ..anthropic import AnthropicStream, build_request
+from ..anthropic import AnthropicStream, build_request, structured_tool
 from ..anthropic import to_completion as anthropic_completion
 from ..base import ChatCall, ChatStream, Completion, Provider
 from ..gemini import GeminiStream
@@ -133,7 +133,7 @@ class VertexProvider(Provider):
         if pub == "anthropic":
             resp = await self._post(call, pub, anthropic_body(call))
             return anthropic_completion(await read_all(self.name, resp), call.model.upstream,
-                                        self.name)
+                                        self.name, structured=structured_tool(call))
         resp = await self._post(call, pub, gemini_body(call))
         return gemini_completion(await read_all(self.name, resp), call.model.upstream, self.name)
 
@@ -141,6 +141,7 @@ class VertexProvider(Provider):
         pub = publisher(call.model)
         if pub == "anthropic":
             resp = await self._post(call, pub, anthropic_body(call))
-            return AnthropicStream(self.name, call.model.upstream, resp, self._redact)
+            return AnthropicStream(self.name, call.model.upstream, resp, self._redact,
+                                   structured=structured_tool(call))
         resp = await self._post(call, pub, gemini_body(call))
         return GeminiStream(self.name, call.model.upstream, resp, self._redact)
