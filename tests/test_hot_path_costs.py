@@ -135,14 +135,18 @@ def _admitted(seq: int) -> Admitted:
                     10, f"r:{seq}", 50_000, "2026-06", 0, 0, False)
 
 
-async def test_a_lone_requests_admission_and_done_mark_are_on_disk_without_waiting_a_turn(
+async def test_a_lone_admission_is_on_disk_at_once_and_its_done_mark_at_the_turns_end(
     tmp_path: Path,
 ) -> None:
+    """The admission needs no batch; the done mark waits for the end of the turn, where
+    the ledger writes the record it stands for first."""
     journal = AdmissionJournal(tmp_path, 900.0)
     journal.open()
     journal.admitted(_admitted(1))
     assert len(_journal_lines(tmp_path)) == 1  # before the loop turns
     journal.recorded(1)
+    assert len(_journal_lines(tmp_path)) == 1
+    await asyncio.sleep(0)
     assert _journal_lines(tmp_path)[1] == b"1"
     journal.close()
 

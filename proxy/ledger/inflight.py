@@ -17,8 +17,9 @@ worker). Lines, all JSON:
 
 Cost on the request path: one msgspec encode and a list append at admission, an int's
 bytes at the end; the lines of one event-loop iteration go out in one `write`, never
-fsynced (a line with no other request in flight goes out at once: a batch would hold
-only it, and the `call_soon` of a drain costs more than the `write`). A `write` lands in
+fsynced (an admission with no other request in flight goes out at once: a batch would
+hold only it). A done mark always waits for the end of the iteration, after the ledger
+has written the record it stands for (`recorded`). A `write` lands in
 the OS page cache, which outlives the process: enough for a killed worker, not for a
 machine that loses power (then the limits' sweeper charges the reservations after
 `limits.reservation_ttl_s`, as without this journal). The file is rotated at
@@ -102,6 +103,8 @@ class AdmissionJournal:
         self._leases: dict[str, tuple[bytes, float]] = {}  # id -> (line, first seen)
         self._pending: list[bytes] = []
         self._drain_scheduled = False
+        self._done: list[bytes] = []  # done marks, written after the ledger's lines
+        self._done_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
         self._path: Path | None = None
@@ -127,7 +130,7 @@ class AdmissionJournal:
         self._pending.append(line)
         if not self._drain_scheduled:  # inline, not `_schedule()`: this runs per request
             self._drain_scheduled = True
-            (self._loop or self._bind_loop()).call_soon(self.drain)
+            (self._loop or self._bind_loop()).call_soon(self._drain_admitted)
 
     def lease_used(self, lease_id: str, key_id: str, period: str) -> None:
         """A leased admission: the lease is journaled once, the first time it is drawn."""
@@ -140,26 +143,35 @@ class AdmissionJournal:
             self._schedule()
 
     def recorded(self, seq: int) -> None:
+        """The request's record went to the ledger (`Ledger.enqueue`, just before): its done
+        mark is written by a drain scheduled now, so after the ledger's own drain of this
+        iteration, which `enqueue` scheduled first. Written earlier, a worker killed in
+        between would leave a done mark and no record: recovery would skip the request."""
         if self._open.pop(seq, None) is None:
             return
-        if not self._open and not self._drain_scheduled and self._fd >= 0:  # as in `admitted`
-            self._write(b"%d\n" % seq)
-            return
-        self._pending.append(b"%d\n" % seq)
-        if not self._drain_scheduled:  # inline, as in `admitted`
-            self._drain_scheduled = True
+        self._done.append(b"%d\n" % seq)
+        if not self._done_scheduled:
+            self._done_scheduled = True
             (self._loop or self._bind_loop()).call_soon(self.drain)
 
     def _schedule(self) -> None:
         self._drain_scheduled = True
-        (self._loop or self._bind_loop()).call_soon(self.drain)
+        (self._loop or self._bind_loop()).call_soon(self._drain_admitted)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
     def drain(self) -> None:
-        """Write this iteration's lines in one system call."""
+        """Write this iteration's lines, done marks included, in one system call."""
+        self._done_scheduled = False
+        if self._done:
+            self._pending += self._done
+            self._done.clear()
+        self._drain_admitted()
+
+    def _drain_admitted(self) -> None:
+        """Write this iteration's admission (and lease) lines; done marks wait for `drain`."""
         self._drain_scheduled = False
         pending = self._pending
         if not pending:
