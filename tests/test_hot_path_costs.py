@@ -13,15 +13,17 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from ledger_support import usage_record
 
 from proxy import metadata
 from proxy.api import common
 from proxy.api.common import CLIENT_REQUEST_ID, REQUEST_ID, requesty_headers
 from proxy.api.inflight import InFlight
 from proxy.catalog import Catalog
-from proxy.config import load_settings
+from proxy.config import LedgerConfig, load_settings
 from proxy.idempotency import Idempotency, MemoryStore
 from proxy.ledger.inflight import AdmissionJournal, Admitted
+from proxy.ledger.sqlite import sqlite_ledger
 from proxy.limits import Admission
 from proxy.wire import RequestyMeta
 
@@ -170,3 +172,38 @@ async def test_with_requests_in_flight_the_lines_of_one_turn_go_out_together(
     await asyncio.sleep(0)
     assert _journal_lines(tmp_path)[4:] == [b"2", b"3"]
     journal.close()
+
+
+async def test_a_done_mark_never_reaches_the_disk_before_the_record_it_stands_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed between the two writes must not leave "recorded" without the record:
+    recovery would skip the request and its record would be lost. Here the journal's drain
+    is already scheduled (another admission) when the record goes to the ledger, the order
+    in which a mark written by that drain would come first."""
+    ledger = sqlite_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", LedgerConfig(),
+                           tmp_path / "spool")
+    await ledger.start()
+    journal = AdmissionJournal(tmp_path / "spool", 900.0)
+    journal.open()
+    seen: list[bool] = []  # at each done mark's write: was the record in a ledger file?
+    write = AdmissionJournal._write
+
+    def watched(self: AdmissionJournal, data: bytes) -> None:
+        if b"\n2\n" in b"\n" + data:
+            seen.append(any(b'"req-2"' in p.read_bytes()
+                            for p in (tmp_path / "spool").glob("ledger-*")))
+        write(self, data)
+
+    monkeypatch.setattr(AdmissionJournal, "_write", watched)
+    try:
+        journal.admitted(_admitted(1))  # alone: written at once
+        journal.admitted(_admitted(2))  # batched: the journal's drain is scheduled now
+        ledger.enqueue(usage_record(request_id="req-2"))  # the ledger's drain after it
+        journal.recorded(2)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert seen == [True]
+    finally:
+        journal.close()
+        await ledger.close()

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from ledger_support import usage_record
 
 from proxy.auth import Principal
-from proxy.config import LedgerConfig, LimitsConfig
+from proxy.config import LimitsConfig
 from proxy.ledger import MemoryLedger
 from proxy.ledger.inflight import AdmissionJournal, Admitted, claim_orphans
 from proxy.ledger.inflight_recovery import lost_record, recover
-from proxy.ledger.sqlite import sqlite_ledger
 from proxy.limits import Admission
 from proxy.limits.durable import SpendSource
 from proxy.limits.memory import MemoryLimits
@@ -197,38 +195,3 @@ def test_a_recovered_record_keeps_its_route_and_a_line_without_one_is_chat() -> 
     older = msgspec.json.encode(entry(2))[: -len(b',"chat"]')] + b"]"
     assert not older.endswith(b'"chat"]')
     assert lost_record(msgspec.json.decode(older, type=Admitted), 5, died).route == "chat"
-
-
-async def test_a_done_mark_never_reaches_the_disk_before_the_record_it_stands_for(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A worker killed between the two writes must not leave "recorded" without the record:
-    recovery would skip the request and its record would be lost. Here the journal's drain
-    is already scheduled (another admission) when the record goes to the ledger, the order
-    in which a mark written by that drain would come first."""
-    ledger = sqlite_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", LedgerConfig(),
-                           tmp_path / "spool")
-    await ledger.start()
-    journal = AdmissionJournal(tmp_path / "spool", 900.0)
-    journal.open()
-    seen: list[bool] = []  # at each done mark's write: was the record in a ledger file?
-    write = AdmissionJournal._write
-
-    def watched(self: AdmissionJournal, data: bytes) -> None:
-        if b"\n2\n" in b"\n" + data:
-            seen.append(any(b'"req-2"' in p.read_bytes()
-                            for p in (tmp_path / "spool").glob("ledger-*")))
-        write(self, data)
-
-    monkeypatch.setattr(AdmissionJournal, "_write", watched)
-    try:
-        journal.admitted(entry(1))  # alone: written at once
-        journal.admitted(entry(2))  # batched: the journal's drain is scheduled now
-        ledger.enqueue(usage_record(request_id="req-2"))  # the ledger's drain after it
-        journal.recorded(2)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert seen == [True]
-    finally:
-        journal.close()
-        await ledger.close()

@@ -307,12 +307,14 @@ async def test_token_is_refreshed_before_it_expires_off_the_request_path(
     tmp_path: Path, vertex: FakeGemini, tokens: FakeGoogleToken, key_file: Path,
     http: aiohttp.ClientSession,
 ) -> None:
-    tokens.expires_in = 4  # refreshed a quarter of its life before the end: after ~3 s
+    # Refreshed a quarter of its life before the end: after ~6 s, the next one ~6 s after
+    # that (4 s left a loaded host no margin between the second refresh and a third).
+    tokens.expires_in = 8
     settings = gateway_settings(tmp_path, vertex_toml(vertex.root_url))
     async with running_gateway(settings) as gw:
         assert (await chat(http, gw, "vx/gemini")).status == 200
         first = tokens.last_issued
-        await wait_for(lambda: tokens.hits == 2, timeout=10)  # no request asked for it
+        await wait_for(lambda: tokens.hits == 2, timeout=15)  # no request asked for it
         assert (await chat(http, gw, "vx/gemini")).status == 200
         assert vertex.last.headers["authorization"] == "Bearer " + tokens.last_issued != first
         assert tokens.hits == 2
