@@ -41,13 +41,10 @@ class ClientWatch:
 
     def watch(self, ticket: int, request: web.Request) -> None:
         """Watch the current task's client under `ticket` (unique among those watched) until
-        `unwatch(ticket)`: keyed by the caller's ticket, the end needs no task lookup."""
+        the ticket is popped from `watched` (`InFlight.begin_known` does the same inline)."""
         task = asyncio.current_task(self.loop)
         if task is not None:
             self.watched[ticket] = (task, request)
-
-    def unwatch(self, ticket: int) -> None:
-        self.watched.pop(ticket, None)
 
     def scan(self) -> int:
         """Cancel the handlers whose client is gone; returns how many."""

@@ -143,7 +143,7 @@ class EdgeHandler(web_protocol.RequestHandler):
         self._slots.open += 1
         self._holds_slot = True
         super().connection_made(transport)
-        self._arm_header_deadline(started=False)
+        self._arm_header_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._holds_slot:
@@ -173,9 +173,10 @@ class EdgeHandler(web_protocol.RequestHandler):
         # The base class by name, not `super()`: no proxy object a packet.
         web_protocol.RequestHandler.data_received(self, data)
 
-    def _arm_header_deadline(self, *, started: bool) -> None:
+    def _arm_header_deadline(self) -> None:
+        """At the connection's start: the deadline of its first request's headers."""
         self._header_count = self._request_count
-        self._header_bytes = started
+        self._header_bytes = False
         self._header_deadline = self._loop.time() + self._header_timeout
         if self._header_handle is None:
             self._header_handle = self._loop.call_at(self._header_deadline, self._on_deadline)
@@ -245,7 +246,6 @@ class EdgeProtocolFactory:
                  loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self._slots = slots
-        self._holds_slot = False
         self._header_timeout = header_timeout
         self._loop = loop
         self._kwargs: dict[str, Any] = dict(server._kwargs)  # fenced: see the module doc

@@ -55,7 +55,7 @@ class Batches:
 
     async def write_all(self, records: Sequence[UsageRecord]) -> None:
         """One segment's records, split over the sink's connections (the spool path)."""
-        size, lanes = self.max_batch, self._sink.concurrency
+        size, lanes = self.max_batch, self.lanes
         parts: list[Sequence[UsageRecord]] = [records]
         if lanes > 1 and len(records) >= 2 * self._flush_rows:
             parts = [p for p in self.partition(records) if p]

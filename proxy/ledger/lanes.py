@@ -1,7 +1,7 @@
 """Lanes: the writer's concurrent transactions while the database is up.
 
 One worker and one one-slot queue per connection of the sink. The writer puts each chunk
-on the lane of its keys (see BatchWriter._partition), so one key's records are never in
+on the lane of its keys (see `Batches.partition`), so one key's records are never in
 two transactions at once, and a full queue holds the writer back (it then lets the current
 segment grow instead of cutting small batches).
 """
