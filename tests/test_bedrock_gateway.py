@@ -333,18 +333,25 @@ async def test_a_cut_stream_ends_with_an_error_event(
 
 
 async def test_a_wrong_aws_secret_is_502_provider_auth_failed_and_leaks_nothing(
-    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    aws_env(monkeypatch, secret="wrong/secret/0123456789abcdefghijklmnopq")
+    secret = "wrong/secret/0123456789abcdefghijklmnopq"
+    aws_env(monkeypatch, secret=secret)
     async with FakeBedrock() as bedrock, FakeAnthropic() as anthropic:
         settings = gateway_settings(tmp_path, bedrock_toml(bedrock.base_url, anthropic.base_url))
         async with running_gateway(settings) as gw:
             resp = await chat(http, gw)
             assert resp.status == 502
-            error = (await resp.json())["error"]
+            text = await resp.text()
+            error = json.loads(text)["error"]
             assert error["code"] == "provider_auth_failed"
-            assert "signature" not in error["message"] and ACCESS_KEY not in error["message"]
+            assert "signature" not in error["message"]
             assert bedrock.hits == 0  # refused at the signature check
+    # Neither the key id nor the secret anywhere the client or an operator reads.
+    headers = " ".join(f"{k}: {v}" for k, v in resp.headers.items())
+    for where in (text, headers, caplog.text):
+        assert ACCESS_KEY not in where and secret not in where
 
 
 async def test_temporary_credentials_send_the_session_token(

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from harness import gateway_settings, running_gateway
+from polling import wait_for
 from proxy.errors import UpstreamError
 from proxy.providers.sse import MAX_EVENT_BYTES, SSEParser
 
@@ -117,4 +118,5 @@ upstream = "m"
     # The gateway stopped reading at the cap: the upstream could not write all it offered
     # (what the kernel's socket buffers hold on loopback is a few MiB at most).
     assert upstream.sent < MAX_EVENT_BYTES + 16 * MIB < OFFERED
+    await wait_for(lambda: upstream.gone)  # it sees the hang-up after the client's read
     assert upstream.gone
