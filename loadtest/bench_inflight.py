@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import make_mocked_request
 
-from proxy.api.common import CLIENT_REQUEST_ID, REQUEST_ID
+from proxy.api.common import CLIENT_REQUEST_ID, REQUEST_ID, requesty_headers
 from proxy.api.inflight import InFlight
 from proxy.catalog import Catalog
 from proxy.config import load_settings
@@ -69,7 +69,8 @@ def bench_inflight(directory: Path, n: int, per_write: int) -> float:
     t0 = time.process_time()
     for i in range(1, n + 1):
         ticket = flight.begin(request, admission, model, "openai/gpt-4o-mini", 42, True, meta,
-                              TS, "chat")
+                              TS, "chat", request[REQUEST_ID], request[CLIENT_REQUEST_ID],
+                              requesty_headers(request))
         flight.end(ticket)
         if i % per_write == 0:
             journal.drain()

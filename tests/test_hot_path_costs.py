@@ -39,11 +39,13 @@ def request(headers: dict[str, str], rid: str = "req-1") -> web.Request:
     return req
 
 
-def begin(flight: InFlight, req: web.Request) -> int:
+def begin(flight: InFlight, req: web.Request, headers: dict[str, str] | None = None) -> int:
+    """`InFlight.begin` as a handler calls it: with the X-Requesty-* headers it read."""
     model = Catalog(load_settings(None, env={})).get("openai/gpt-4o-mini")
     admission = Admission("k1", "r:1", 50_000, period="2026-06")
-    return flight.begin(req, admission, model, model.id, 10, False,
-                        RequestyMeta(), TS, "chat")
+    found = requesty_headers(req) if headers is None else headers
+    return flight.begin(req, admission, model, model.id, 10, False, RequestyMeta(), TS, "chat",
+                        req[REQUEST_ID], req[CLIENT_REQUEST_ID], found)
 
 
 async def test_the_journal_reuses_the_handlers_requesty_headers_without_a_second_scan(
@@ -61,8 +63,9 @@ async def test_the_journal_reuses_the_handlers_requesty_headers_without_a_second
     journal.open()
     flight = InFlight(journal, "global")
     req = request({**PLAIN, "X-Requesty-Team": "search"})
-    assert requesty_headers(req) == {"team": "search"}  # the handler, before routing
-    ticket = begin(flight, req)
+    found = requesty_headers(req)  # the handler, before routing
+    assert found == {"team": "search"}
+    ticket = begin(flight, req, found)
     journal.drain()
     line = next(tmp_path.glob("inflight-*.jsonl")).read_bytes().splitlines()[0]
     assert msgspec.json.decode(line, type=Admitted).headers == {"team": "search"}
@@ -71,7 +74,7 @@ async def test_the_journal_reuses_the_handlers_requesty_headers_without_a_second
     journal.close()
 
 
-async def test_a_handler_that_never_asked_still_journals_the_bounded_headers(
+async def test_the_admission_line_carries_the_bounded_headers(
     tmp_path: Path,
 ) -> None:
     journal = AdmissionJournal(tmp_path, 900.0)

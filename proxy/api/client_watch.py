@@ -41,7 +41,7 @@ class ClientWatch:
 
     def watch(self, ticket: int, request: web.Request) -> None:
         """Watch the current task's client under `ticket` (unique among those watched) until
-        the ticket is popped from `watched` (`InFlight.begin_known` does the same inline)."""
+        the ticket is popped from `watched` (`InFlight.begin` does the same inline)."""
         task = asyncio.current_task(self.loop)
         if task is not None:
             self.watched[ticket] = (task, request)

@@ -11,7 +11,6 @@ from ..errors import BodyTooLarge
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)  # the gateway's, unique
 CLIENT_REQUEST_ID: Final = web.RequestKey[str | None]("client_request_id")  # X-Request-Id sent
-REQUESTY_HEADERS: Final = web.RequestKey[dict[str, str]]("requesty_headers")  # bounded
 
 
 def echo_request_id(request: web.Request) -> str:
@@ -31,15 +30,4 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 def requesty_headers(request: web.Request) -> dict[str, str]:
     """`X-Requesty-<Name>` headers as analytics dimensions: {name (lower case): value}.
     Call it before routing: headers out of bounds (metadata.py) are a 400."""
-    found = metadata.requesty_headers(request.headers)
-    request[REQUESTY_HEADERS] = found  # for `known_requesty_headers`: one scan a request
-    return found
-
-
-def known_requesty_headers(request: web.Request) -> dict[str, str]:
-    """`requesty_headers`, as the handler found them before routing (no second scan of
-    every header), or found now if it did not ask."""
-    try:
-        return request[REQUESTY_HEADERS]
-    except KeyError:
-        return requesty_headers(request)
+    return metadata.requesty_headers(request.headers)

@@ -53,7 +53,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise
     flight = request.app[INFLIGHT]
     ticket = flight.begin(request, admission, model, model_id, estimate, False, meta, arrived,
-                          "embeddings")
+                          "embeddings", request[REQUEST_ID], request[CLIENT_REQUEST_ID], headers)
     usage = Usage()
     status, code = 200, None
     began = time.monotonic()

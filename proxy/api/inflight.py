@@ -28,7 +28,6 @@ from ..ledger.inflight_recovery import recover
 from ..limits import Admission
 from ..wire import RequestyMeta
 from .client_watch import ClientWatch
-from .common import CLIENT_REQUEST_ID, REQUEST_ID, known_requesty_headers
 
 log = logging.getLogger("proxy")
 
@@ -51,21 +50,11 @@ class InFlight:
     def begin(
         self, request: web.Request, admission: Admission, model: Model, model_requested: str,
         prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime, route: str,
-    ) -> int:
-        """Journal the admission and watch the client; returns the ticket for `end`.
-        `route`: the record's (chat, messages, responses, completions, embeddings)."""
-        return self.begin_known(
-            request, admission, model, model_requested, prompt_tokens, stream, meta, arrived,
-            route, request[REQUEST_ID], request[CLIENT_REQUEST_ID],
-            known_requesty_headers(request))
-
-    def begin_known(
-        self, request: web.Request, admission: Admission, model: Model, model_requested: str,
-        prompt_tokens: int, stream: bool, meta: RequestyMeta, arrived: datetime, route: str,
         request_id: str, client_request_id: str | None, headers: dict[str, str],
     ) -> int:
-        """`begin` for a handler that has read the request's ids and X-Requesty-* headers
-        already: each `request[...]` is a Python-level call, this saves three a request."""
+        """Journal the admission and watch the client; returns the ticket for `end`.
+        `route`: the record's (chat, messages, responses, completions, embeddings); the
+        ids and X-Requesty-* headers as the handler read them (no second read here)."""
         journal = self._journal
         seq = next(self._tickets if journal is None else journal.seqs)
         # `ClientWatch.watch`, inline (this runs once a request); with the loop given, as

@@ -85,9 +85,8 @@ async def serve(request: web.Request, dialect: Dialect[R]) -> web.StreamResponse
         raise
     flight = app[INFLIGHT]
     client_rid = request[CLIENT_REQUEST_ID]
-    ticket = flight.begin_known(request, admission, route.models[0], req.model_id,
-                                prompt_estimate, req.stream, req.meta, arrived, label, rid,
-                                client_rid, req.headers)
+    ticket = flight.begin(request, admission, route.models[0], req.model_id, prompt_estimate,
+                          req.stream, req.meta, arrived, label, rid, client_rid, req.headers)
     outcome = Outcome(route.models[0], started)
     outcome.headers = admission.headers
     with gw.metrics.in_flight(label):
