@@ -9,6 +9,7 @@ that name no host.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from ..errors import UpstreamError, UpstreamTimeout
@@ -44,14 +45,21 @@ def transport_error(provider: str, exc: BaseException) -> UpstreamError:
     )
 
 
+# (provider, status, error body, headers, redactor) -> the client's error: each protocol
+# reads its own error bodies (`faults.upstream_error` OpenAI's and Anthropic's).
+ErrorMapper = Callable[[str, int, bytes, Mapping[str, str], Redactor], UpstreamError]
+
+
 async def post(
     pool: Pool | None,
     provider: str,
     endpoint: Endpoint,
     body: bytes,
     redact: Redactor = PATTERNS_ONLY,
+    error: ErrorMapper = upstream_error,
 ) -> Response:
-    """POST and check the status: a 200 response (body unread) or an `UpstreamError`."""
+    """POST and check the status: a 200 response (body unread) or an `UpstreamError`
+    (`error` maps a non-200 answer)."""
     assert pool is not None, "start() the provider first"
     try:
         resp = await pool.post(endpoint, body)
@@ -64,7 +72,7 @@ async def post(
             err_body = b""
         finally:
             resp.release()
-        raise upstream_error(provider, resp.status, err_body, resp.headers, redact)
+        raise error(provider, resp.status, err_body, resp.headers, redact)
     return resp
 
 

@@ -10,8 +10,8 @@ from urllib.parse import quote, urlsplit
 from ...config import ProviderConfig
 from ...errors import UpstreamError
 from ..base import ChatCall, ChatStream, Completion, Provider
-from ..h1 import Endpoint, H1Error, Response
-from ..http import read_all, transport_error
+from ..h1 import Endpoint, Response
+from ..http import post, read_all
 from ..redact import ADDRESS, SECRET, Redactor
 from .faults import bedrock_error
 from .request import build_body
@@ -19,7 +19,6 @@ from .response import to_completion
 from .signing import Signer
 from .stream import BedrockStream, ConverseTranslator
 
-_MAX_ERROR_BODY: Final = 64 * 1024
 _JSON: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 _EVENTS: Final = {"Content-Type": "application/json",
                   "Accept": "application/vnd.amazon.eventstream"}
@@ -70,19 +69,7 @@ class BedrockProvider(Provider):
         # Signed per request (the signature covers the body and the time); the pool keeps
         # connections per host, so a new Endpoint reuses them.
         endpoint = Endpoint(url, self._signer.headers(url, body, headers))
-        try:
-            resp = await self.pool.post(endpoint, body)
-        except (TimeoutError, H1Error) as e:
-            raise transport_error(self.name, e) from None
-        if resp.status != 200:
-            try:
-                err_body = await resp.read(_MAX_ERROR_BODY)
-            except (TimeoutError, H1Error):
-                err_body = b""
-            finally:
-                resp.release()
-            raise bedrock_error(self.name, resp.status, err_body, resp.headers, self._redact)
-        return resp
+        return await post(self.pool, self.name, endpoint, body, self._redact, bedrock_error)
 
     async def chat(self, call: ChatCall) -> Completion:
         resp = await self._post(self._url(call.model.upstream, "converse"), build_body(call), _JSON)

@@ -11,13 +11,13 @@ from ...config import ProviderConfig
 from ...errors import malformed_response
 from ..base import ChatCall, ChatStream, Completion, Embedding, Provider
 from ..h1 import Endpoint
-from ..http import read_all
+from ..http import post, read_all
 from ..redact import Redactor
 from .embed import embed_request, to_embeddings
+from .errors import google_error
 from .request import build_body
 from .response import to_completion
 from .stream import GeminiStream
-from .transport import post
 
 
 def method_path(upstream: str, stream: bool) -> str:
@@ -55,18 +55,20 @@ class GeminiProvider(Provider):
 
     async def chat(self, call: ChatCall) -> Completion:
         endpoint = self._endpoint(call.model.upstream, False)
-        resp = await post(self.pool, self.name, endpoint, build_body(call), self._redact)
+        resp = await post(self.pool, self.name, endpoint, build_body(call), self._redact,
+                          google_error)
         return to_completion(await read_all(self.name, resp), call.model.upstream, self.name)
 
     async def stream(self, call: ChatCall) -> ChatStream:
         endpoint = self._endpoint(call.model.upstream, True)
-        resp = await post(self.pool, self.name, endpoint, build_body(call), self._redact)
+        resp = await post(self.pool, self.name, endpoint, build_body(call), self._redact,
+                          google_error)
         return GeminiStream(self.name, call.model.upstream, resp, self._redact)
 
     async def embed(self, model: Model, fields: dict[str, Raw]) -> Embedding:
         endpoint = self._endpoint(model.upstream, False, _EMBED)
         body = embed_request(model.upstream, fields)
-        resp = await post(self.pool, self.name, endpoint, body, self._redact)
+        resp = await post(self.pool, self.name, endpoint, body, self._redact, google_error)
         payload = to_embeddings(await read_all(self.name, resp), model.upstream, fields)
         if payload is None:
             raise malformed_response(self.name)

@@ -18,9 +18,9 @@ from ..base import ChatCall, ChatStream, Completion, Provider
 from ..gemini import GeminiStream
 from ..gemini import build_body as gemini_body
 from ..gemini import to_completion as gemini_completion
-from ..gemini.transport import post
+from ..gemini.errors import google_error
 from ..h1 import Endpoint, Response
-from ..http import read_all
+from ..http import post, read_all
 from ..redact import Redactor
 from .auth import AccessTokens, TokenError
 
@@ -122,7 +122,7 @@ class VertexProvider(Provider):
         header = await self._authorization()
         endpoint = self._endpoint(header, pub, call.model.upstream, call.stream)
         try:
-            return await post(self.pool, self.name, endpoint, body, self._redact)
+            return await post(self.pool, self.name, endpoint, body, self._redact, google_error)
         except UpstreamError as e:
             if e.upstream_status == 401:
                 self._tokens.invalidate(header)  # revoked early: the next call gets a new one
