@@ -192,6 +192,18 @@ def malformed_response(provider: str) -> UpstreamError:
     )
 
 
+
+def malformed_event(provider: str) -> UpstreamError:
+    """A stream event a provider sent that the gateway cannot read."""
+    return UpstreamError(f"Upstream provider `{provider}` sent a malformed event.",
+                         reason="malformed")
+
+
+def stream_cut(provider: str) -> UpstreamError:
+    """A provider's stream that ended before its end (no finish, no `[DONE]`)."""
+    return UpstreamError(f"The stream from upstream provider `{provider}` ended early.",
+                         reason="cut")
+
 class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str, *, reason: str = "timeout") -> None:
         super().__init__(message, status=504, code="upstream_timeout", reason=reason)

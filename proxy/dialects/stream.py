@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..errors import UpstreamError
+from ..errors import stream_cut
 from .chat import ChatChoice, ChatMessage, Tokens, completion
 
 
@@ -76,10 +76,7 @@ class ChunkReader:
         if self.done:
             return b""
         if self._finish is None:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self.provider}` ended early.",
-                reason="cut",
-            )
+            raise stream_cut(self.provider)
         out: list[bytes] = []
         self.done = True
         self.writer.close(self._finish, self._tokens, out)

@@ -14,7 +14,7 @@ from msgspec import Raw
 
 from ..catalog import Model, Usage
 from ..config import ProviderConfig
-from ..errors import InvalidRequest, UpstreamError, malformed_response
+from ..errors import InvalidRequest, UpstreamError, malformed_event, malformed_response, stream_cut
 from ..wire import encode_raw
 from .base import ChatCall, ChatStream, Completion, Embedding, Provider
 from .faults import error_event
@@ -144,10 +144,7 @@ class OpenAIStream(ChatStream):
         finally:
             resp.release() if self.finished else resp.close()
         if not self.finished and self.finish_reason is None:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self._provider}` ended early.",
-                reason="cut",
-            )
+            raise stream_cut(self._provider)
 
     async def push(self, sink: Callable[[bytes], bool]) -> None:
         """Each read parsed, accounted and handed to `sink` in the connection's callback.
@@ -254,10 +251,7 @@ class OpenAIStream(ChatStream):
         try:
             lite = _decode_lite(data)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self._provider}` sent a malformed event.",
-                reason="malformed",
-            ) from None
+            raise malformed_event(self._provider) from None
         self._account((lite,))
         if not lite.choices:
             if lite.usage is not None:

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Raw
 
 from ..catalog import Usage
-from ..errors import UpstreamError, malformed_response
+from ..errors import UpstreamError, malformed_event, malformed_response, stream_cut
 from .base import Completion
 from .faults import error_event, event_status, map_error
 from .h1 import H1Error, Response
@@ -126,10 +126,7 @@ class ResponsesWireStream(WireStream):
         finally:
             self._resp.release() if self.finished else self._resp.close()
         if not self.finished:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self._provider}` ended early.",
-                reason="cut",
-            )
+            raise stream_cut(self._provider)
 
     def _read(self, payload: bytes) -> None:
         if payload.startswith(b'{"error"'):
@@ -138,10 +135,7 @@ class ResponsesWireStream(WireStream):
         try:
             ev = _decode_event(payload)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self._provider}` sent a malformed event.",
-                reason="malformed",
-            ) from None
+            raise malformed_event(self._provider) from None
         self._seq += 1
         if ev.type in _TEXT_DELTAS and isinstance(ev.delta, str):
             self.text_chars += len(ev.delta)

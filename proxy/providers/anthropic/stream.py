@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
-from ...errors import UpstreamError
+from ...errors import UpstreamError, malformed_event, stream_cut
 from ...wire import encode_raw
 from ..chunks import ChunkTranslator, TranslatedStream, chunk, chunk_head
 from ..faults import event_status, map_error
@@ -91,9 +91,7 @@ class StreamTranslator(ChunkTranslator):
         try:
             ev = _decode_event(data)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self.provider}` sent a malformed event.", reason="malformed"
-            ) from None
+            raise malformed_event(self.provider) from None
         kind = ev.type or (event or b"").decode()
         if kind == "content_block_delta" and ev.delta is not None:
             return self._block_delta(ev.index, ev.delta)
@@ -113,10 +111,7 @@ class StreamTranslator(ChunkTranslator):
     def end(self) -> None:
         """The upstream stream closed; a stream without `message_stop` was cut short."""
         if not self.done:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self.provider}` ended early.",
-                reason="cut",
-            )
+            raise stream_cut(self.provider)
 
     def _message_start(self, msg: _AMessage) -> list[bytes]:
         if msg.id:

@@ -17,7 +17,7 @@ import msgspec
 from botocore.eventstream import EventStreamBuffer, ParserError
 from msgspec import Raw
 
-from ...errors import UpstreamError
+from ...errors import UpstreamError, malformed_event, stream_cut
 from ...wire import encode_raw
 from ..anthropic import usage_payload
 from ..chunks import ChunkTranslator, TranslatedStream, chunk, chunk_head
@@ -111,9 +111,7 @@ class ConverseTranslator(ChunkTranslator):
         try:
             ev = _decode_event(payload)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self.provider}` sent a malformed event.", reason="malformed"
-            ) from None
+            raise malformed_event(self.provider) from None
         kind = headers.get(":event-type")
         if kind == "contentBlockDelta" and ev.delta is not None:
             return self._delta(ev.content_block_index, ev.delta)
@@ -166,10 +164,7 @@ class ConverseTranslator(ChunkTranslator):
     def end(self) -> None:
         """The upstream stream closed: without `messageStop` it was cut short."""
         if not self.stopped:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self.provider}` ended early.",
-                reason="cut",
-            )
+            raise stream_cut(self.provider)
         self.done = True
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
-from ...errors import UpstreamError
+from ...errors import UpstreamError, malformed_event, stream_cut
 from ...wire import encode_raw
 from ..chunks import ChunkTranslator, TranslatedStream, chunk_head
 from ..h1 import H1Error, Response
@@ -82,9 +82,7 @@ class StreamTranslator(ChunkTranslator):
         try:
             resp = decode_response(data)
         except msgspec.MsgspecError:
-            raise UpstreamError(
-                f"Upstream provider `{self.provider}` sent a malformed event.", reason="malformed"
-            ) from None
+            raise malformed_event(self.provider) from None
         if not self._head:
             self._set_id(resp.response_id)
         if resp.usage_metadata is not None:
@@ -141,10 +139,7 @@ class StreamTranslator(ChunkTranslator):
     def end(self) -> None:
         """The body ended: whole if a finish reason came, else cut short."""
         if self.finish_reason is None:
-            raise UpstreamError(
-                f"The stream from upstream provider `{self.provider}` ended early.",
-                reason="cut",
-            )
+            raise stream_cut(self.provider)
         self.done = True
         if self._usage is None:
             return  # no usage reported: the gateway estimates it
