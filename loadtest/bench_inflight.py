@@ -36,7 +36,8 @@ TS = datetime.now(UTC)
 def _entry(seq: int) -> Admitted:
     return Admitted(seq, f"5f0c2a9e8b1d{seq:010x}", TS, "key_0123456789abcdef0123",
                     "openai/gpt-4o-mini", "openai/gpt-4o-mini", "openai", "global", True, 42,
-                    "r:5f0c2a9e8b1d:1a2b", 1_234_567, "2026-12", 0, 0, True)
+                    "r:5f0c2a9e8b1d:1a2c", 1_234_567, "2026-12", 0, 0, True,
+                    lease_id="r:5f0c2a9e8b1d:1a2b")
 
 
 def bench_journal(directory: Path, n: int, per_write: int) -> float:
@@ -63,8 +64,8 @@ def bench_inflight(directory: Path, n: int, per_write: int) -> float:
     request[REQUEST_ID] = "5f0c2a9e8b1d0000000001"
     request[CLIENT_REQUEST_ID] = None
     model = Catalog(load_settings(None, env={})).get("openai/gpt-4o-mini")
-    admission = Admission("key_0123456789abcdef0123", "r:5f0c2a9e8b1d:1a2b", 1_234_567,
-                          period="2026-12", leased=True)
+    admission = Admission("key_0123456789abcdef0123", "r:5f0c2a9e8b1d:1a2c", 1_234_567,
+                          period="2026-12", lease_id="r:5f0c2a9e8b1d:1a2b")
     meta = RequestyMeta(user_id="alice", tags=["prod"])
     t0 = time.process_time()
     for i in range(1, n + 1):

@@ -20,7 +20,7 @@ from proxy.auth import Principal
 from proxy.config import LimitsConfig
 from proxy.ledger import MemoryLedger
 from proxy.ledger.inflight import AdmissionJournal, Admitted, claim_orphans
-from proxy.ledger.inflight_recovery import lost_record, recover
+from proxy.ledger.inflight_recovery import admission_of, lost_record, recover
 from proxy.limits import Admission
 from proxy.limits.durable import SpendSource
 from proxy.limits.memory import MemoryLimits
@@ -45,13 +45,14 @@ def files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("inflight-*.jsonl"))
 
 
-async def run_and_kill(directory: Path, body: str) -> None:
+async def run_and_kill(directory: Path, body: str, imports: str = "") -> None:
     """Run `body` (with a journal `j` open on `directory`) in a process, then SIGKILL it."""
     script = textwrap.dedent("""
         import asyncio, shutil, sys, time
         from pathlib import Path
         from tests.test_inflight_journal import entry
         from proxy.ledger.inflight import AdmissionJournal
+        {imports}
 
         async def main():
             j = AdmissionJournal(Path(sys.argv[1]), 900.0)
@@ -62,7 +63,8 @@ async def run_and_kill(directory: Path, body: str) -> None:
             time.sleep(60)
 
         asyncio.run(main())
-    """).replace("{body}", textwrap.indent(textwrap.dedent(body), "    "))
+    """).replace("{body}", textwrap.indent(textwrap.dedent(body), "    ")
+                 ).replace("{imports}", imports)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, str(directory), cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE)
@@ -192,6 +194,19 @@ def test_a_recovered_record_keeps_its_route_and_a_line_without_one_is_chat() -> 
     admitted.route = "messages"
     line = msgspec.json.encode(admitted)
     assert lost_record(msgspec.json.decode(line, type=Admitted), 5, died).route == "messages"
-    older = msgspec.json.encode(entry(2))[: -len(b',"chat"]')] + b"]"
+    older = msgspec.json.encode(entry(2))[: -len(b',"chat",""]')] + b"]"
     assert not older.endswith(b'"chat"]')
     assert lost_record(msgspec.json.decode(older, type=Admitted), 5, died).route == "chat"
+
+
+def test_a_leased_line_from_before_draws_had_ids_is_settled_against_its_lease() -> None:
+    """A line journaled when a draw's `reservation_id` was its lease's (no `lease_id`):
+    recovery settles it against that lease, under an id of its own."""
+    leased = entry(1)
+    leased.reservation_id, leased.leased = "r:lease", True
+    older = msgspec.json.encode(leased)[: -len(b',""]')] + b"]"
+    admission = admission_of(msgspec.json.decode(older, type=Admitted))
+    assert admission.lease_id == "r:lease" and admission.reservation_id not in ("", "r:lease")
+    leased.lease_id, leased.reservation_id = "r:lease", "r:draw"
+    admission = admission_of(msgspec.json.decode(msgspec.json.encode(leased), type=Admitted))
+    assert (admission.lease_id, admission.reservation_id) == ("r:lease", "r:draw")

@@ -166,6 +166,8 @@ async def redis_state(ns: str, key_id: str) -> tuple[int, int, dict[Any, Any], i
         fields: dict[Any, Any] = {}  # bytes: the client does not decode
         async for name in client.scan_iter(match=f"{ns}:lim:{{{key_id}}}:*"):
             text = name.decode()
+            if ":d:" in text:  # a settle's mark (whose id may end in ":c" too)
+                continue
             if text.endswith(":c"):
                 counter = await client.hgetall(name)
                 settled += int(counter.get(b"s", 0))

@@ -118,11 +118,12 @@ async def test_one_call_reserves_a_lease_and_the_next_requests_draw_without_one(
     before = len(calls)
     rest = [await limits.admit(p, "r", WC, 10) for _ in range(LEASE_REQUESTS - 1)]
     assert len(calls) == before, "a draw from the lease went to Redis"
-    assert {a.reservation_id for a in rest} == {first.reservation_id}
+    assert {a.lease_id for a in rest} == {first.lease_id}
+    assert len({a.reservation_id for a in [first, *rest]}) == LEASE_REQUESTS  # each its own
     assert workers.counter() == (0, LEASE_REQUESTS * WC)
     # The lease is used up: the next request hands nothing back and asks for a new one.
     nxt = await limits.admit(p, "r", WC, 10)
-    assert nxt.leased and nxt.reservation_id != first.reservation_id
+    assert nxt.leased and nxt.lease_id != first.lease_id
     assert calls[before:] == ["admit"]
     assert workers.counter() == (0, 2 * LEASE_REQUESTS * WC)
 
@@ -163,7 +164,7 @@ async def test_a_lease_handed_back_with_requests_in_flight_ends_with_their_settl
     workers: Workers,
 ) -> None:
     limits, a, b = await two_draws_then_handed_back(workers)
-    assert workers.reservations() == {a.reservation_id: 2 * WC}
+    assert workers.reservations() == {a.lease_id: 2 * WC}
     limits.settle(a, 70_000, 10)
     limits.settle(b, 90_000, 10)
     await limits.drain()
@@ -283,7 +284,7 @@ async def test_a_return_replayed_after_a_timeout_releases_nothing_twice(
 ) -> None:
     limits, a, b = await two_draws_then_handed_back(workers)
     # Redis ran the return but its reply came too late: the outage replay sends it again.
-    rest = Lease(a.reservation_id, "k1", a.period, (LEASE_REQUESTS - 2) * WC, 0.0)
+    rest = Lease(a.lease_id, "k1", a.period, (LEASE_REQUESTS - 2) * WC, 0.0)
     await limits.counters.give_back(rest)
     assert workers.counter() == (0, 2 * WC)
     limits.settle(a, WC, 10)

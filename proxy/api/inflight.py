@@ -69,7 +69,7 @@ class InFlight:
             model.provider, self._region, stream, prompt_tokens, admission.reservation_id,
             admission.reserved_nusd, admission.period, admission.tokens, admission.tpm,
             admission.leased, meta.user_id, meta.trace_id, meta.tags, meta.extra,
-            headers, client_request_id, route,
+            headers, client_request_id, route, admission.lease_id,
         ))
         return seq
 

@@ -65,7 +65,7 @@ class Admitted(msgspec.Struct, array_like=True, tag="A"):
     region: str
     stream: bool
     prompt_tokens: int  # the gateway's estimate of the prompt (priced at recovery)
-    reservation_id: str
+    reservation_id: str  # the admission's own (its settle's mark); see `lease_id`
     reserved_nusd: int
     period: str
     tokens: int  # taken from the tpm bucket
@@ -78,6 +78,9 @@ class Admitted(msgspec.Struct, array_like=True, tag="A"):
     headers: dict[str, str] = {}
     client_request_id: str | None = None
     route: str = "chat"  # the client dialect's (a line written before it had none: chat)
+    # The lease drawn from. A leased line written before it had one has "": its
+    # `reservation_id` is then the lease's, and its settle has no mark of its own.
+    lease_id: str = ""
 
 
 class LeaseUsed(msgspec.Struct, array_like=True, tag="L"):
@@ -119,8 +122,8 @@ class AdmissionJournal:
     def admitted(self, entry: Admitted) -> None:
         """Journal an admission (`entry.seq` from `next(journal.seqs)`), and the spend lease
         it drew from the first time one is drawn from."""
-        if entry.leased and entry.reservation_id not in self._leases:
-            self.lease_used(entry.reservation_id, entry.key_id, entry.period)
+        if entry.lease_id and entry.lease_id not in self._leases:
+            self.lease_used(entry.lease_id, entry.key_id, entry.period)
         line = _encode(entry) + b"\n"
         alone = not self._open and not self._drain_scheduled and self._fd >= 0
         self._open[entry.seq] = line

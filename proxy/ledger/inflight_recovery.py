@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from ..limits import Admission, Limits
+from ..limits.admission import reservation_id
 from . import Ledger
 from .inflight import Admitted, Orphans, claim_orphans
 from .record import UsageRecord
@@ -84,11 +85,8 @@ async def _settle(orphans: Orphans, ledger: Ledger, limits: Limits, price: Prici
     died = _last_write(orphans)
     for owner, entry in orphans.admissions:
         cost = _priced(price, entry)
-        admission = Admission(entry.key_id, entry.reservation_id, entry.reserved_nusd,
-                              period=entry.period, tokens=entry.tokens, tpm=entry.tpm,
-                              leased=entry.leased)
         try:
-            await limits.settle_orphan(admission, cost, entry.prompt_tokens)
+            await limits.settle_orphan(admission_of(entry), cost, entry.prompt_tokens)
         except Exception as e:  # noqa: BLE001 - the record still goes: the ledger is the truth
             log.error("ledger: could not settle the reservation of lost request %s (%s)",
                       entry.request_id, type(e).__name__)
@@ -107,6 +105,16 @@ async def _settle(orphans: Orphans, ledger: Ledger, limits: Limits, price: Prici
                     len(orphans.admissions), STATUS_WORKER_LOST, len(orphans.leases),
                     orphans.bad_lines)
     return len(orphans.admissions)
+
+
+def admission_of(entry: Admitted) -> Admission:
+    """The admission as the dead worker held it: its settle carries the same mark, so one
+    the worker had already made before it died charges nothing twice."""
+    rid, lease_id = entry.reservation_id, entry.lease_id
+    if entry.leased and not lease_id:  # a line from before draws had ids of their own
+        rid, lease_id = reservation_id(), rid
+    return Admission(entry.key_id, rid, entry.reserved_nusd, period=entry.period,
+                     tokens=entry.tokens, tpm=entry.tpm, lease_id=lease_id)
 
 
 def _priced(price: Pricing, entry: Admitted) -> int:

@@ -38,7 +38,7 @@ class Admission:
     __slots__ = (
         "headers",
         "key_id",
-        "leased",
+        "lease_id",
         "local",
         "period",
         "reservation_id",
@@ -58,9 +58,12 @@ class Admission:
         tokens: int = 0,
         tpm: int = 0,
         local: bool = False,
-        leased: bool = False,
+        lease_id: str = "",
     ) -> None:
         self.key_id = key_id
+        # This admission's own id, never another's (a lease's draws each have one): its
+        # settle leaves a mark under it, so a settle replayed after a lost reply or a
+        # crash is recognised and charges nothing twice (`scripts.SETTLE`).
         self.reservation_id = reservation_id
         self.reserved_nusd = reserved_nusd
         self.headers = headers or {}
@@ -68,6 +71,9 @@ class Admission:
         self.tokens = tokens  # tokens taken from the tpm bucket (the estimate), refunded on settle
         self.tpm = tpm
         self.local = local  # admitted by the in-process stand-in while Redis was away
-        # Drawn from a lease (`leases.py`): `reservation_id` is the lease's, `reserved_nusd`
-        # the draw.
-        self.leased = leased
+        # Drawn from a lease (`leases.py`): the lease's id; `reserved_nusd` is the draw.
+        self.lease_id = lease_id
+
+    @property
+    def leased(self) -> bool:
+        return bool(self.lease_id)

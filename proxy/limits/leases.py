@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from .admission import Admission
+from .admission import Admission, reservation_id
 
 # A lease's `left` when its grant's reply was lost: hand back all Redis holds of it.
 ALL: Final = -1
@@ -54,7 +54,7 @@ class Leases:
         if lease is None or lease.left < amount or now >= lease.until:
             return None
         lease.left -= amount
-        return Admission(key_id, lease.id, amount, period=period, leased=True)
+        return Admission(key_id, reservation_id(), amount, period=period, lease_id=lease.id)
 
     def ask(self, key_id: str, period: str) -> bool:
         """Whether this request may ask for a lease (one grant in flight per key); if so,

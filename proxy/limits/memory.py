@@ -228,12 +228,6 @@ class MemoryLimits:
                 counter.local = 0
         return items
 
-    def give_back(self, items: Sequence[tuple[str, str, int]]) -> None:
-        for key_id, period, amount in items:
-            counter = self._counters.get((key_id, period))
-            if counter is not None:
-                counter.local += amount
-
     async def drain(self) -> None:
         """Wait for the settles in flight (tests; shutdown)."""
         await self._tasks.drain()

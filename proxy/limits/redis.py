@@ -88,7 +88,7 @@ class RedisLimits:
     ) -> RedisLimits:
         """The limits on the Redis at `redis_url`, under `namespace` (connected lazily)."""
         counters = RedisCounters(redis_url, namespace, source, SnapshotWriter(source.store),
-                                 clock)
+                                 clock, int(config.reservation_ttl_s * 1000))
         held = Leases()
         outage = Outage(config, counters, held, clock)
         return cls(config, counters, RedisLeases(config, held, counters, outage, clock),
@@ -168,7 +168,7 @@ class RedisLimits:
                                                        args)
                 answered = True
                 if result[0] == 0 and result[6]:
-                    return leases.granted(principal.key_id, period, lid, result,
+                    return leases.granted(principal.key_id, period, lid, rid, result,
                                           worst_case_nusd)
                 if result[0] != -1:
                     return self._admitted(principal, period, rid, estimated_tokens, result)
@@ -176,10 +176,16 @@ class RedisLimits:
                     break
         except ScriptRefused:
             why = "the limits store refused the check"
+            answered = True  # with an error: it reserved nothing
         except REDIS_FAILURES as e:
             self.outage.failed(e)
             return await self.outage.admit(principal, worst_case_nusd, estimated_tokens)
         finally:
+            if not answered:
+                # No reply (a timeout, the client gone): Redis may have reserved the worst
+                # case all the same, and nobody would settle it. Release it now, or when
+                # Redis answers again, rather than have the sweeper charge it in full.
+                self.settle(Admission(principal.key_id, rid, 0, period=period), 0, 0)
             if lease:
                 leases.asked(principal.key_id, period)
                 if not answered:

@@ -84,11 +84,13 @@ class RedisCounters:
         source: SpendSource,
         snapshots: SnapshotWriter,
         clock: Callable[[], float],
+        mark_ms: int,
     ) -> None:
         self.namespace = namespace
         self.source = source
         self.snapshots = snapshots
         self._clock = clock
+        self._mark_ms = mark_ms  # how long a settle's mark lives (`scripts.mark_of`)
         # No retries inside redis-py: an error must reach us at once so we can degrade.
         # A pool large enough for every request in flight: at 1,000 concurrent streams the
         # default (100) ran out, and "too many connections" looked like an outage. (A
@@ -179,8 +181,9 @@ class RedisCounters:
         self.saw(key_id, period, int(settled))
         return True
 
-    async def push(self, key_id: str, period: str, delta: int) -> None:
-        """Add spend counted in-process (an outage's) onto the counter, creating it if lost."""
+    async def push(self, key_id: str, period: str, delta: int, push_id: str) -> None:
+        """Add spend counted in-process (an outage's) onto the counter, creating it if lost;
+        a push replayed under the same `push_id` adds nothing twice."""
         # The floor excludes the ledger: it already holds the requests counted in `delta`.
         floor = self.settled(key_id, period) or 0
         try:
@@ -189,9 +192,11 @@ class RedisCounters:
             self.load_errors += 1
             log.warning("limits: no spend snapshot for key %s (%s)", key_id, type(e).__name__)
         ttl = periods.counter_ttl_s(period, self._clock())
+        keys = [*self._counter_keys(key_id, period),
+                scripts.mark_of(self.namespace, key_id, push_id)]
         try:
-            settled = await self.run("rebuild", self._rebuild, self._counter_keys(key_id, period),
-                                     [floor, delta, ttl])
+            settled = await self.run("rebuild", self._rebuild, keys,
+                                     [floor, delta, ttl, self._mark_ms])
         except ScriptRefused:
             log.error("limits: could not push %d nano-USD counted in-process to key %s; the "
                       "ledger still has it", delta, key_id)
@@ -214,13 +219,15 @@ class RedisCounters:
         return self._pipeline.call(*self._settle_call(admission, cost, tokens))
 
     def _settle_call(self, admission: Admission, cost: int, tokens: int) -> ScriptCall:
-        k = scripts.keys_of(self.namespace, admission.key_id, admission.period)
-        if admission.leased:
-            return self._lease_settle, k[:3], [admission.reservation_id, cost,
-                                               admission.reserved_nusd]
-        args: list[str | int] = [admission.reservation_id, cost,
-                                 max(0, admission.tokens - tokens), admission.tpm]
-        return self._settle, [k[0], k[1], k[2], k[4]], args
+        key_id, rid = admission.key_id, admission.reservation_id
+        k = scripts.keys_of(self.namespace, key_id, admission.period)
+        mark = scripts.mark_of(self.namespace, key_id, rid)
+        if admission.lease_id:
+            return self._lease_settle, [k[0], k[1], k[2], mark], [
+                admission.lease_id, cost, admission.reserved_nusd, self._mark_ms]
+        args: list[str | int] = [rid, cost, max(0, admission.tokens - tokens), admission.tpm,
+                                 self._mark_ms]
+        return self._settle, [k[0], k[1], k[2], k[4], mark], args
 
     async def settle(self, admission: Admission, cost: int, tokens: int) -> None:
         """Charge a settle, rebuilding a missing counter first; raises `REDIS_FAILURES`."""

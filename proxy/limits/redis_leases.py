@@ -69,7 +69,7 @@ class RedisLeases:
         self._held.asked(key_id, period)
 
     def granted(
-        self, key_id: str, period: str, lease_id: str, result: list[int], worst: int
+        self, key_id: str, period: str, lease_id: str, rid: str, result: list[int], worst: int
     ) -> Admission:
         """A lease came with the admission: this request draws from it first. (Drawing
         stops well before the sweep could charge the lease as abandoned.)"""
@@ -77,7 +77,7 @@ class RedisLeases:
         lease_s = min(self._config.lease_s, self._config.reservation_ttl_s / 4)
         self._held.hold(Lease(lease_id, key_id, period, result[5] - worst,
                               self._clock() + lease_s))
-        return Admission(key_id, lease_id, worst, period=period, leased=True)
+        return Admission(key_id, rid, worst, period=period, lease_id=lease_id)
 
     def grant_lost(self, key_id: str, period: str, lease_id: str) -> None:
         """An admit that asked for a lease got no answer (a timeout, a cancelled request):

@@ -18,7 +18,7 @@ from typing import Final
 from ..config import LimitsConfig
 from ..errors import ServiceUnavailable
 from ..principal import Principal
-from .admission import Admission
+from .admission import Admission, reservation_id
 from .durable import SpendSource
 from .leases import Lease, Leases
 from .memory import MemoryLimits
@@ -60,6 +60,10 @@ class Outage:
         self._clock = clock
         self.active = False  # for metrics: counting in-process, Redis unreachable
         self._fallback: MemoryLimits | None = None
+        # Spend counted in-process, taken from the stand-in and not yet on Redis: (key,
+        # period, amount, push id). A push keeps its id until Redis answered it, so one
+        # whose reply was lost is replayed under the same mark and added once.
+        self._pushes: list[tuple[str, str, int, str]] = []
         self._pending: list[tuple[Admission, int, int]] = []  # settles for Redis to replay
         self._returns: list[Lease] = []  # leases' rests for Redis to take back, likewise
         self._tasks = TaskSet()
@@ -134,23 +138,25 @@ class Outage:
         counters = self._counters
         pushed = 0
         while True:  # settles can land while we push: loop until nothing is left
-            local = fallback.take_local()
+            pushes = self._pushes + [(k, p, amount, reservation_id())
+                                     for k, p, amount in fallback.take_local()]
+            self._pushes = []
             pending, self._pending = self._pending, []
             returns, self._returns = self._returns, []
-            if not local and not pending and not returns:
+            if not pushes and not pending and not returns:
                 break
             # Counters that only queued settles touch get their floor too, before the replay:
             # a replay onto a missing counter would rebuild it from the ledger, which
             # already holds those requests.
-            known = {(k, p) for k, p, _ in local}
+            known = {(k, p) for k, p, _, _ in pushes}
             for admission, _, _ in pending:
                 if (admission.key_id, admission.period) not in known:
                     known.add((admission.key_id, admission.period))
-                    local.append((admission.key_id, admission.period, 0))
+                    pushes.append((admission.key_id, admission.period, 0, reservation_id()))
             try:  # each list shrinks as its items land: what is left on a failure is kept
-                while local:
-                    await counters.push(*local[0])
-                    del local[0]
+                while pushes:
+                    await counters.push(*pushes[0])
+                    del pushes[0]
                     pushed += 1
                 while pending:
                     await counters.settle(*pending[0])
@@ -159,7 +165,7 @@ class Outage:
                     await counters.give_back(returns[0])
                     del returns[0]
             except BaseException:
-                fallback.give_back(local)
+                self._pushes[:0] = pushes
                 self._pending[:0] = pending
                 self._returns[:0] = returns
                 raise

@@ -22,6 +22,14 @@ cases in flight plus the leases' unused rest, and admission sees both.
 
 A reservation can be 0 (a model without prices, an empty input): releasing one must not
 send Redis "-0", which it refuses as not an integer (`_RELEASE`).
+
+Settle marks `d:<id>` (string keys, `mark_of`): every settle, and every push of spend
+counted in-process during an outage, sets one under its own id (`SET NX PX`) before it
+charges, and charges nothing when the mark is already there. A call whose reply was lost
+(a timeout: Redis ran it, the gateway did not hear) is replayed when Redis answers again,
+and a dead worker's admissions are settled again at recovery although it may have settled
+some just before it died; the mark makes both charge once. A mark lives as long as a
+reservation (`limits.reservation_ttl_s`): a replay later than that charges again.
 """
 
 from __future__ import annotations
@@ -38,6 +46,19 @@ def keys_of(namespace: str, key_id: str, period: str) -> list[str]:
     base = f"{namespace}:lim:{{{key_id}}}"
     return [f"{base}:{period}:c", f"{base}:{period}:res", f"{base}:{period}:due",
             f"{base}:rpm", f"{base}:tpm"]
+
+
+def mark_of(namespace: str, key_id: str, settle_id: str) -> str:
+    """The settle mark of one settle (or push) of the key: in the key's slot."""
+    return f"{namespace}:lim:{{{key_id}}}:d:{settle_id}"
+
+
+# Set the call's settle mark (the last key, for ARGV[n] ms); false when it was there: a replay.
+_MARK: Final = """
+local function first_time(mark, ms)
+  return redis.call('SET', mark, '1', 'NX', 'PX', ms) ~= false
+end
+"""
 
 
 _BUCKET: Final = """
@@ -128,11 +149,13 @@ local function shrink(counter, res, due, id, amount)
 end
 """
 
-# KEYS: counter, reservations, due. ARGV: lease id, cost, the request's draw.
-# -> settled after, or -1 when the counter is missing (the caller rebuilds it, retries).
-# A lease the sweeper charged (x:) was charged every draw: only a cost above it is added.
-LEASE_SETTLE: Final = _SHRINK + """
+# KEYS: counter, reservations, due, the draw's mark. ARGV: lease id, cost, the request's
+# draw, mark ms. -> settled after, or -1 when the counter is missing (the caller rebuilds
+# it, retries). A lease the sweeper charged (x:) was charged every draw: only a cost above
+# it is added. A replayed settle (its mark is there) changes nothing.
+LEASE_SETTLE: Final = _SHRINK + _MARK + """
 if redis.call('HEXISTS', KEYS[1], 's') == 0 then return -1 end
+if not first_time(KEYS[4], ARGV[4]) then return tonumber(redis.call('HGET', KEYS[1], 's')) end
 local id = ARGV[1]
 local cost = ARGV[2]
 if redis.call('HEXISTS', KEYS[2], 'a:' .. id) == 1 then
@@ -160,10 +183,12 @@ shrink(KEYS[1], KEYS[2], KEYS[3], ARGV[1], rest)
 return 1
 """
 
-# KEYS: counter, reservations, due, tpm bucket. ARGV: rid, cost, token refund, tpm.
-# -> settled after, or -1 when the counter is missing (the caller rebuilds it, retries).
-SETTLE: Final = _RELEASE + """
+# KEYS: counter, reservations, due, tpm bucket, the settle's mark. ARGV: rid, cost, token
+# refund, tpm, mark ms. -> settled after, or -1 when the counter is missing (the caller
+# rebuilds it, retries). A replayed settle (its mark is there) changes nothing.
+SETTLE: Final = _RELEASE + _MARK + """
 if redis.call('HEXISTS', KEYS[1], 's') == 0 then return -1 end
+if not first_time(KEYS[5], ARGV[5]) then return tonumber(redis.call('HGET', KEYS[1], 's')) end
 local rid = ARGV[1]
 local cost = ARGV[2]
 local a = redis.call('HGET', KEYS[2], 'a:' .. rid)
@@ -211,17 +236,20 @@ local s = redis.call('HGET', KEYS[1], 's')
 return {n, tonumber(s or '-1')}
 """
 
-# KEYS: counter, reservations, due. ARGV: base, delta, ttl_s (0: keep). Creates the counter
-# at `base` when it is missing (Redis lost it), then adds `delta` (spend counted in-process
-# meanwhile). -> settled after. A new counter has nothing reserved, so reservations that
+# KEYS: counter, reservations, due[, the push's mark]. ARGV: base, delta, ttl_s (0: keep)[,
+# mark ms]. Creates the counter at `base` when it is missing (Redis lost it), then adds
+# `delta` (spend counted in-process meanwhile) unless the push's mark is there (a replayed
+# push). -> settled after. A new counter has nothing reserved, so reservations that
 # outlived the old one go too: their settles and returns would take them off the new `r`
 # (their settles now charge in full).
-REBUILD: Final = """
+REBUILD: Final = _MARK + """
 if redis.call('HSETNX', KEYS[1], 's', ARGV[1]) == 1 then
   redis.call('HSETNX', KEYS[1], 'r', '0')
   redis.call('DEL', KEYS[2], KEYS[3])
   if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 end
-if ARGV[2] ~= '0' then return redis.call('HINCRBY', KEYS[1], 's', ARGV[2]) end
+if ARGV[2] ~= '0' and (KEYS[4] == nil or first_time(KEYS[4], ARGV[4])) then
+  return redis.call('HINCRBY', KEYS[1], 's', ARGV[2])
+end
 return tonumber(redis.call('HGET', KEYS[1], 's'))
 """
