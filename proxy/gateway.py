@@ -6,6 +6,7 @@ typed getters of each component's `stats()` (`proxy/stats.py`), never the gatewa
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from .auth import Authenticator
 from .cache import ResponseCache
 from .catalog import Catalog
 from .config import ProviderConfig, Settings
+from .deadline import Deadlines
 from .edge import connection_cap, fd_limit
 from .compat.aiohttp_edge import ConnectionSlots
 from .errors import ServiceUnavailable, UpstreamError
@@ -110,6 +112,7 @@ class Gateway:
         # Request ids: a random per-process prefix and a counter (os.urandom per request
         # was a measurable syscall); unique across workers and restarts.
         self._rid_prefix = os.urandom(6).hex()
+        self._deadlines: Deadlines | None = None
         self._rid_counter = itertools.count(1)
 
     def new_request_id(self) -> str:
@@ -130,6 +133,14 @@ class Gateway:
                 reason="not_configured",
             )
         return provider
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The worker's coarse deadlines (`deadline.py`), made on the first use."""
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(asyncio.get_running_loop())
+        return deadlines
 
     async def start(self) -> None:
         for provider in self.providers.values():

@@ -166,8 +166,9 @@ async def _stream(
     async def attempt(model: Model) -> OpenStream:
         provider = gw.provider(model.provider)
         # A partial, not a lambda: calling it makes no Python frame of its own.
+        first_byte = gw.deadlines.after(provider.config.first_byte_timeout_s)
         return await open_stream(functools.partial(dialect.open, gw, req, model), model,
-                                 provider.config.first_byte_timeout_s)
+                                 first_byte)
 
     tried = AttemptLog()
     began = time.monotonic()

@@ -6,7 +6,6 @@ token); the chat handler turns it into spend, metrics and the usage record.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
@@ -18,6 +17,7 @@ from msgspec import Raw
 from ..cache import CachedCompletion, replay_chunks, response_body
 from ..catalog import Model, Usage, nano_to_usd
 from ..compat.aiohttp_stream import EventStreamResponse, RawChunks
+from ..deadline import Deadline
 from ..errors import UpstreamError, UpstreamTimeout
 from ..providers.base import ChatStream, Completion
 from ..providers.sse import frame, payloads
@@ -140,7 +140,7 @@ def completion_response(
 
 
 async def open_stream(
-    open_: Callable[[], Awaitable[ChatStream]], model: Model, first_byte_s: float
+    open_: Callable[[], Awaitable[ChatStream]], model: Model, first_byte: Deadline,
 ) -> OpenStream:
     """Open the upstream stream and wait for its first events, within the first-byte timeout.
 
@@ -148,7 +148,7 @@ async def open_stream(
     """
     stream: ChatStream | None = None
     try:
-        async with asyncio.timeout(first_byte_s):
+        async with first_byte:
             stream = await open_()
             events = aiter(stream)
             first = await anext(events, None)
@@ -156,7 +156,7 @@ async def open_stream(
         if stream is not None:
             await stream.aclose()
         raise UpstreamTimeout(
-            f"Upstream model `{model.id}` sent no first token within {first_byte_s:g} s.",
+            f"Upstream model `{model.id}` sent no first token within {first_byte.delay:g} s.",
             reason="first_byte_timeout",
         ) from None
     except BaseException:  # a failed or cancelled attempt must not leak its connection

@@ -15,10 +15,10 @@ worker). Lines, all JSON:
 - `["L", lease_id, key_id, period]`: a spend lease this worker drew from (`limits/leases.py`);
   its unused rest goes back at recovery.
 
-Cost on the request path: one msgspec encode and a list append at admission, an int's
-bytes at the end; the lines of one event-loop iteration go out in one `write`, never
-fsynced (an admission with no other request in flight goes out at once: a batch would
-hold only it). A done mark always waits for the end of the iteration, after the ledger
+Cost on the request path: two list appends and a dict entry (the lines of one event-loop
+iteration are encoded together, in one msgspec call, and go out in one `write`, never
+fsynced); an admission with no other request in flight goes out at once: a batch would
+hold only it. A done mark always waits for the end of the iteration, after the ledger
 has written the record it stands for (`recorded`). A `write` lands in
 the OS page cache, which outlives the process: enough for a killed worker, not for a
 machine that loses power (then the limits' sweeper charges the reservations after
@@ -89,7 +89,9 @@ class LeaseUsed(msgspec.Struct, array_like=True, tag="L"):
     period: str
 
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
+_encode_lines = _encoder.encode_lines  # a list of lines in one call: `[...]\n[...]\n3\n`
 _decode_line = msgspec.json.Decoder(Admitted | LeaseUsed | int).decode
 
 
@@ -102,11 +104,13 @@ class AdmissionJournal:
         self._lease_memory_s = lease_memory_s  # past this the sweeper has a lease anyway
         self.seqs: Iterator[int] = itertools.count(1)  # `next(journal.seqs)`: no frame
         self._files = itertools.count(1)
-        self._open: dict[int, bytes] = {}  # seq -> its admission line, until recorded
-        self._leases: dict[str, tuple[bytes, float]] = {}  # id -> (line, first seen)
-        self._pending: list[bytes] = []
+        self._open: dict[int, Admitted] = {}  # seq -> its admission, until recorded
+        self._leases: dict[str, tuple[LeaseUsed, float]] = {}  # id -> (line, first seen)
+        # This iteration's lines, encoded together when they are written (a done mark is
+        # its seq: an int encodes as the line `seq`).
+        self._pending: list[Admitted | LeaseUsed | int] = []
         self._drain_scheduled = False
-        self._done: list[bytes] = []  # done marks, written after the ledger's lines
+        self._done: list[int] = []  # done marks, written after the ledger's lines
         self._done_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -124,13 +128,12 @@ class AdmissionJournal:
         it drew from the first time one is drawn from."""
         if entry.lease_id and entry.lease_id not in self._leases:
             self.lease_used(entry.lease_id, entry.key_id, entry.period)
-        line = _encode(entry) + b"\n"
         alone = not self._open and not self._drain_scheduled and self._fd >= 0
-        self._open[entry.seq] = line
+        self._open[entry.seq] = entry
         if alone:  # nothing else in flight, so no batch to wait for: written now
-            self._write(line)
+            self._write(_encode(entry) + b"\n")
             return
-        self._pending.append(line)
+        self._pending.append(entry)
         if not self._drain_scheduled:  # inline, not `_schedule()`: this runs per request
             self._drain_scheduled = True
             (self._loop or self._bind_loop()).call_soon(self._drain_admitted)
@@ -139,7 +142,7 @@ class AdmissionJournal:
         """A leased admission: the lease is journaled once, the first time it is drawn."""
         if lease_id in self._leases:
             return
-        line = _encode(LeaseUsed(lease_id, key_id, period)) + b"\n"
+        line = LeaseUsed(lease_id, key_id, period)
         self._leases[lease_id] = (line, time.monotonic())
         self._pending.append(line)
         if not self._drain_scheduled:
@@ -152,7 +155,7 @@ class AdmissionJournal:
         between would leave a done mark and no record: recovery would skip the request."""
         if self._open.pop(seq, None) is None:
             return
-        self._done.append(b"%d\n" % seq)
+        self._done.append(seq)
         if not self._done_scheduled:
             self._done_scheduled = True
             (self._loop or self._bind_loop()).call_soon(self.drain)
@@ -182,7 +185,7 @@ class AdmissionJournal:
         if self._fd < 0:  # not open (an app never started) or closed: nothing to keep
             pending.clear()
             return
-        data = b"".join(pending)
+        data = _encode_lines(pending)
         pending.clear()
         self._write(data)
 
@@ -213,7 +216,8 @@ class AdmissionJournal:
         now = time.monotonic()
         self._leases = {k: v for k, v in self._leases.items()
                         if now - v[1] < self._lease_memory_s}
-        data = b"".join([*(line for line, _ in self._leases.values()), *self._open.values()])
+        data = _encode_lines([*(line for line, _ in self._leases.values()),
+                              *self._open.values()])
         old_fd, old_path = self._fd, self._path
         try:
             self._fd, self._path = self._create(data)

@@ -6,7 +6,8 @@ a burst of events is parsed and relayed once, not once a chunk), and reading pau
 while more than `_HIGH_WATER` bytes wait unread, so a slow reader slows the upstream
 instead of filling memory. A reader that can take each piece where it lands (a relay
 writing to its client) is handed it from `data_received` itself instead (`push_body`): no
-task switch per piece. A single timer per request enforces the call's deadline.
+task switch per piece. The call's deadline is armed on the pool's `Deadlines` (`deadline.py`):
+no loop timer per request; it fires up to `deadline.RESOLUTION_S` late.
 
 Interim responses (100 Continue, 103 Early Hints) are skipped: the caller sees the final
 one. What the upstream may make the gateway hold is capped: a response's head (interim
@@ -26,6 +27,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
+from ...deadline import Deadlines
 from .endpoint import Key
 from .errors import BadResponse, ConnectionLost, ResponseTooLarge
 
@@ -60,6 +62,7 @@ class Connection(asyncio.Protocol):
         "_busy",
         "_chunks",
         "_closed",
+        "_deadlines",
         "_exc",
         "_framed",
         "_got_data",
@@ -78,7 +81,6 @@ class Connection(asyncio.Protocol):
         "_queued",
         "_receiver",
         "_then",
-        "_timer",
         "_waiter",
         "complete",
         "idle_since",
@@ -87,9 +89,11 @@ class Connection(asyncio.Protocol):
         "reused",
         "status",
         "transport",
+        "when",
     )
 
-    def __init__(self, key: Key, on_close: Callable[[Connection], None]) -> None:
+    def __init__(self, key: Key, on_close: Callable[[Connection], None],
+                 deadlines: Deadlines) -> None:
         self.key = key
         self.reused = False  # served a response before: a failure may be a stale keep-alive
         self.idle_since = 0.0  # loop time it went idle in the pool; 0 while in use
@@ -115,7 +119,8 @@ class Connection(asyncio.Protocol):
         self._got_data = False
         self._inflate: Inflater | None = None
         self._exc: BaseException | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = deadlines  # the exchange's deadline is armed there (`expire`)
+        self.when = 0.0  # the exchange's deadline, loop time
         self._waiter: asyncio.Future[None] | None = None
         self._then: Callable[[Connection], None] | None = None
         self._receiver: Callable[[bytes], bool] | None = None
@@ -154,7 +159,8 @@ class Connection(asyncio.Protocol):
         self._busy, self._head_done, self._framed, self._got_data = True, False, False, False
         self._inflate, self._length, self._interim = None, -1, False
         self._head_bytes = self._head_read = 0
-        self._timer = self._loop.call_at(deadline, self._time_out)
+        self.when = deadline
+        self._deadlines.arm(self)
         self.transport.write(request)
         try:
             while not self._head_done:
@@ -371,7 +377,7 @@ class Connection(asyncio.Protocol):
                 self._queue(tail)
         self.complete = True
         self._keep_alive = keep_alive
-        self._cancel_timer()
+        self._deadlines.disarm(self)
         self._wake()
         then, self._then = self._then, None
         if then is not None:
@@ -382,8 +388,8 @@ class Connection(asyncio.Protocol):
             self._exc = exc
         self._wake()
 
-    def _time_out(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """The exchange's deadline passed (`Deadlines` calls this)."""
         self._fail(TimeoutError())
         self.abort()
 
@@ -391,15 +397,10 @@ class Connection(asyncio.Protocol):
         """Close once (`how`: the transport's close or abort; None when already closed)."""
         self._closed = True
         self._then = None
-        self._cancel_timer()
+        self._deadlines.disarm(self)
         if how is not None:
             how()
         self._on_close(self)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _discard_body(self) -> None:
         self._chunks.clear()

@@ -22,6 +22,7 @@ import ssl
 from collections import deque
 from typing import Final
 
+from ...deadline import Deadlines
 from ...stats import PoolStats
 from .connection import Connection
 from .endpoint import Endpoint, Key
@@ -40,6 +41,7 @@ class Pool:
         "_closed",
         "_connect_timeout",
         "_conns",
+        "_deadlines",
         "_failures",
         "_idle",
         "_keepalive",
@@ -67,6 +69,7 @@ class Pool:
         proxies: Proxies | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)  # each exchange's, armed by its connection
         self._limit = limit
         self._timeout = timeout  # the whole call, from the start of `post` to the body's end
         self._connect_timeout = connect_timeout  # TCP and TLS
@@ -231,7 +234,7 @@ class Pool:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
                 if proxy is None:
                     _, conn = await loop.create_connection(
-                        lambda: Connection(key, self._forget),
+                        lambda: Connection(key, self._forget, self._deadlines),
                         endpoint.host,
                         endpoint.port,
                         ssl=self._tls() if endpoint.tls else None,
@@ -241,7 +244,7 @@ class Pool:
                     sock = await open_tunnel(proxy, endpoint.host, endpoint.port)
                     try:
                         _, conn = await loop.create_connection(
-                            lambda: Connection(key, self._forget),
+                            lambda: Connection(key, self._forget, self._deadlines),
                             sock=sock,
                             ssl=self._tls(),
                             server_hostname=endpoint.host,
@@ -251,7 +254,8 @@ class Pool:
                         raise
                 else:  # plain http through a forwarding proxy
                     _, conn = await loop.create_connection(
-                        lambda: Connection(key, self._forget), proxy.host, proxy.port
+                        lambda: Connection(key, self._forget, self._deadlines), proxy.host,
+                        proxy.port,
                     )
         except BaseException as e:
             self._free_slot()
