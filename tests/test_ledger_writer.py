@@ -191,6 +191,60 @@ async def test_past_the_queue_limit_records_go_to_the_spool_not_memory(
     assert spool_files(spool) == []
 
 
+def break_spool(spool: Path) -> None:
+    """The spool directory turns into a plain file: creating a segment in it fails with
+    ENOTDIR, as it would with ENOSPC or EMFILE."""
+    for f in spool.iterdir():
+        f.unlink()
+    spool.rmdir()
+    spool.write_bytes(b"")
+
+
+async def test_records_whose_segment_file_cannot_be_created_still_reach_the_database(
+        fresh_pg: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ledger = make("postgres", fresh_pg, tmp_path, spool, flush_rows=100_000,
+                  flush_interval_ms=60_000, queue_limit=10)
+    await ledger.start()
+    break_spool(spool)
+    for r in known_records(BASE, n=50):  # past the queue limit: no file to spool them to
+        ledger.enqueue(r)
+    assert ledger.stats().queue_depth == 50 and ledger.stats().records_spooled == 0
+    await ledger.close()
+    assert await count_records(fresh_pg) == (50, 50, 50)
+
+
+async def thirty_records_without_a_file(tmp_path: Path) -> tuple[LedgerWriter, Path]:
+    """A writer whose database is away, holding 30 records whose segment got no file."""
+    spool = tmp_path / "spool"
+    away = f"postgresql://127.0.0.1:{closed_port()}/ledger"
+    ledger = make("postgres", away, tmp_path, spool, flush_rows=100_000,
+                  flush_interval_ms=60_000)
+    await ledger.start()
+    break_spool(spool)
+    for r in known_records(BASE, n=30):
+        ledger.enqueue(r)
+    return ledger, spool
+
+
+async def test_records_held_in_memory_go_to_disk_at_close_when_the_database_is_away(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ledger, spool = await thirty_records_without_a_file(tmp_path)
+    spool.unlink()  # the disk is back before the worker stops
+    await ledger.close()
+    lines = [line for f in spool_files(spool) for line in f.read_bytes().splitlines()]
+    assert sorted(json.loads(line)["request_id"] for line in lines) == sorted(
+        r.request_id for r in known_records(BASE, n=30))
+    assert "they are lost" not in caplog.text
+
+
+async def test_records_that_reach_neither_the_database_nor_the_disk_are_reported_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ledger, _ = await thirty_records_without_a_file(tmp_path)
+    await ledger.close()
+    assert "30 record(s) reached neither the database nor the disk" in caplog.text
+
+
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
 async def test_close_flushes_everything(engine: str, fresh_pg: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"

@@ -79,6 +79,9 @@ class Flusher:
                 break
         self._rotate()
         for segment in self._backlog:
+            if not segment.has_file:
+                self._journal.keep_late(segment.records)
+                continue
             if segment.count or not segment.in_memory:
                 self._journal.sync(segment)
             self._journal.release(segment)
@@ -236,9 +239,9 @@ class Flusher:
 
     def _claim_orphans(self) -> None:
         self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_S
-        held = {s.path for s in self._backlog}
+        held = {s.path for s in self._backlog if s.path is not None}
         current = self._intake.current
-        if current is not None:
+        if current is not None and current.path is not None:
             held.add(current.path)
         try:
             orphans = self._journal.claim_orphans(held)

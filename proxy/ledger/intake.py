@@ -78,10 +78,11 @@ class Intake:
         segment = self._current
         if segment is None:
             try:
-                segment = self._current = self._journal.open_segment(self._backoff.up)
-            except OSError as e:
+                segment = self._journal.open_segment(self._backoff.up)
+            except OSError as e:  # no file: the records wait in memory, not lost
                 self._journal.failed(e)
-                return
+                segment = Segment.without_file()
+            self._current = segment
             segment.spooled = not segment.in_memory
         segment.count += 1
         self._pending.append(line)
@@ -90,7 +91,7 @@ class Intake:
             self._loop.call_soon(self.drain)
         if not segment.in_memory:
             counters.records_spooled += 1
-        elif counters.queue_depth < self._limit:
+        elif counters.queue_depth < self._limit or not segment.has_file:
             segment.records.append(record)
             counters.queue_depth += 1
             if len(segment.records) >= self._flush_rows:
@@ -134,6 +135,8 @@ class Intake:
             return
         data = b"".join(self._pending)
         self._pending.clear()
+        if not self._current.has_file:  # its records are in memory: nowhere to write them
+            return
         try:
             self._journal.append(self._current, data)
         except OSError as e:
@@ -147,7 +150,10 @@ class Intake:
         return segment
 
     def spool(self, segment: Segment, sync: bool = True) -> None:
-        """The segment's records live on disk only from now on."""
+        """The segment's records live on disk only from now on (unless it has no file:
+        then they stay in memory)."""
+        if not segment.has_file:
+            return
         if segment.in_memory:
             self._counters.queue_depth -= len(segment.records)
             segment.drop_memory()

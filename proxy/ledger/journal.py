@@ -34,12 +34,16 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Segment:
-    """One journal file and, while it fits the queue limit, its records in memory."""
+    """One journal file and, while it fits the queue limit, its records in memory.
+
+    A segment without a file (`path` None: its file could not be created, a full disk or
+    no file descriptor left) keeps its records in memory whatever the queue limit: they
+    reach the database from there, and are the only copy until they do."""
 
     __slots__ = ("count", "dispatched", "failed", "fd", "in_memory", "path", "pending",
                  "records", "spooled")
 
-    def __init__(self, path: Path, fd: int, in_memory: bool) -> None:
+    def __init__(self, path: Path | None, fd: int, in_memory: bool) -> None:
         self.path = path
         self.fd = fd  # open (and flock-ed) until the segment is written or handed on
         self.count = 0
@@ -52,7 +56,16 @@ class Segment:
         self.pending = 0
         self.failed = False
 
+    @classmethod
+    def without_file(cls) -> Segment:
+        return cls(None, -1, True)
+
+    @property
+    def has_file(self) -> bool:
+        return self.path is not None
+
     def drop_memory(self) -> None:
+        assert self.path is not None, "the records of a segment without a file are its only copy"
         self.in_memory = False
         self.records = []
 
@@ -98,6 +111,8 @@ class Journal:
 
     @staticmethod
     def sync(segment: Segment) -> None:
+        if segment.fd < 0:
+            return
         try:
             os.fsync(segment.fd)
         except OSError:  # pragma: no cover - best effort before handing the file on
@@ -106,6 +121,8 @@ class Journal:
     @staticmethod
     def done(segment: Segment) -> None:
         """Every record of the segment is in the database: delete it (still under lock)."""
+        if segment.path is None:
+            return
         try:
             segment.path.unlink()
         except FileNotFoundError:  # pragma: no cover
@@ -124,6 +141,7 @@ class Journal:
         """The segment's records in order, `batch` at a time. A line that does not decode
         (a write cut short by a kill) is quarantined, never fatal."""
         chunk: list[UsageRecord] = []
+        assert segment.path is not None, "a segment without a file is read from memory"
         with open(segment.path, "rb") as f:
             for line in f:
                 if not line.strip():
@@ -188,6 +206,20 @@ class Journal:
             self.append(segment, data)
         finally:
             self.release(segment)
+
+    def keep_late(self, records: list[UsageRecord]) -> None:
+        """Records held only in memory (their segment had no file) at close, the database
+        away: a last try to leave them on disk for the next start; else they are lost, and
+        the log says how many."""
+        if not records:
+            return
+        try:
+            self.ensure_dir()
+            self.write_late(b"".join(_encode(r) + b"\n" for r in records))
+        except OSError as e:
+            self.failed(e)
+            log.error("ledger: %d record(s) reached neither the database nor the disk (%s); "
+                      "they are lost", len(records), e)
 
     def quarantine(self, record: UsageRecord, reason: str, salvaged: bool = False) -> None:
         """Set a refused record aside. `salvaged`: a copy with its metadata replaced is in
