@@ -22,7 +22,7 @@ from typing import Any, Self
 import aiohttp
 import asyncpg
 import pytest
-from polling import poll
+from polling import poll, wait_for
 from aiohttp import web
 from conftest import PG_ADMIN_URL, REDIS_URL
 
@@ -247,7 +247,8 @@ async def test_deleted_key_is_refused_by_every_worker_within_1s(workers: Workers
                 log.append((sent, status))
 
         floods = [asyncio.create_task(flood()) for _ in range(16)]
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: sum(s == 200 for _, s in log) >= 16,
+                       what="the key was not served before its delete")
         resp = await http.delete(f"{workers.url}/v1/api-keys/{made['id']}", headers=admin_headers())
         assert resp.status == 200
         deleted = time.monotonic()
