@@ -180,7 +180,7 @@ class Bench:
             body = self.body(target, mode)
             row = Row(target, mode)
             self.rows.append(row)
-            problem = (_probe_dialect(url, body.read_bytes(), key, mode) if mode in DIALECT_MODES
+            problem = (probe_dialect(url, body.read_bytes(), key, mode) if mode in DIALECT_MODES
                        else stack.probe(url, body.read_bytes(), key, stream=mode == "stream"))
             if problem:
                 row.problem = f"probe failed: {problem}"
@@ -421,7 +421,7 @@ class Bench:
         return out
 
 
-def _probe_dialect(url: str, body: bytes, key: str | None, mode: str) -> str | None:
+def probe_dialect(url: str, body: bytes, key: str | None, mode: str) -> str | None:
     """One Messages or Responses request by hand: None when the answer has its shape."""
     try:
         status, _, data = stack.http("POST", url, body, key, timeout=30)

@@ -18,7 +18,10 @@ gateway run's ratio is its RPS over the mean of the two bare runs around it, so 
 slower than a round cancels; the report gives the median of the rounds and their spread,
 and the CPU µs a request of each side (from /proc, as bench.py). Same setup as the table:
 nginx answering fixed bodies on the load core with wrk, Redis and PostgreSQL kept there too,
-the gateway with everything on.
+the gateway with everything on. In the `messages` and `responses` modes the gateway answers
+`/v1/messages` or `/v1/responses` (translated to the same chat upstream) and the bare
+forwarder, which speaks only chat, answers a chat request: the ratio is the dialect's cost
+over plain forwarding.
 
 `--against TREE` puts the gateway of another checkout (its own database, Redis namespace
 and key, the same config) where the bare forwarder was: the ratio is then this tree's
@@ -37,28 +40,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 import stack
-from bench import Bench, Run
+from bench import DIALECT_MODES, Bench, Run, probe_dialect
 
 
 def alternate(bench: Bench, mode: str, targets: dict[str, tuple[str, str | None, stack.Proc]],
               rounds: int, seconds: int) -> tuple[list[Run], list[Run]]:
     """bare, gateway, bare, ..., bare: `rounds` gateway runs, each between two bare runs.
     ("bare" is the reference: the bare forwarder, or with --against the other gateway.)"""
-    urls = {}
+    urls, bodies = {}, {}
     for name, (base, key, proc) in targets.items():
         bare = name == "bare" and key is None
-        path = "/sse/v1/chat/completions" if mode == "stream" and bare else "/v1/chat/completions"
+        # Messages and Responses are the gateway's alone: the bare forwarder answers chat.
+        own = "chat" if bare and mode in DIALECT_MODES else mode
+        path = ("/sse/v1/chat/completions" if own == "stream" and bare
+                else DIALECT_MODES.get(own, "/v1/chat/completions"))
         urls[name] = base + path
-        body = bench.body("bare" if bare else "gateway", mode)
-        problem = stack.probe(urls[name], body.read_bytes(), key, stream=mode == "stream")
+        body = bodies[name] = bench.body("bare" if bare else "gateway", own)
+        problem = (probe_dialect(urls[name], body.read_bytes(), key, own)
+                   if own in DIALECT_MODES
+                   else stack.probe(urls[name], body.read_bytes(), key, stream=own == "stream"))
         if problem:
             raise stack.BenchError(f"{name}/{mode} probe failed: {problem}")
         bench.wrk(urls[name], body, key, bench.args.connections, 2, proc)  # warm-up
 
     def run(name: str) -> Run:
         _, key, proc = targets[name]
-        body = bench.body("bare" if key is None else "gateway", mode)
-        return bench.wrk(urls[name], body, key, bench.args.connections, seconds, proc)
+        return bench.wrk(urls[name], bodies[name], key, bench.args.connections, seconds, proc)
 
     bare, gateway = [run("bare")], []
     for _ in range(rounds):
