@@ -6,10 +6,11 @@ three `getpid()` system calls, which `current_task()` and `get_running_loop()` m
 find the running loop (three of the four a streamed request made: `loadtest/count.py
 --tool strace`). Every request had one such timer for its upstream exchange
 (`providers/h1/connection.py`) and every stream one more for its first byte
-(`api/relay.py`). Here each deadline is an entry in one set (`Deadlines`), scanned every
-`RESOLUTION_S` by one timer while any is armed: arming and disarming cost a set operation,
-and a deadline fires up to `RESOLUTION_S` late, which timeouts counted in seconds do not
-notice.
+(`api/relay.py`). Here each deadline is an entry in a set (`Deadlines`: the gateway has one
+for first-byte deadlines, each provider's connection pool one for its exchanges), scanned
+every `RESOLUTION_S` by one timer while any is armed: arming and disarming cost a set
+operation, and a deadline fires up to `RESOLUTION_S` late, which timeouts counted in
+seconds do not notice.
 
 `Deadline` is `asyncio.timeout` on it, with the same semantics: when the deadline passes
 the task is cancelled, and the `CancelledError` that caused becomes `TimeoutError` at the
@@ -66,11 +67,13 @@ class Deadlines:
         self._handle = None
         now = self.loop.time()
         due = [item for item in self._armed if item.when <= now]
-        for item in due:
-            self._armed.discard(item)
-            item.expire()
-        if self._armed:
-            self._handle = self.loop.call_later(self._resolution_s, self._scan)
+        try:
+            for item in due:
+                self._armed.discard(item)
+                item.expire()
+        finally:  # one failing `expire` must not stop the others' deadlines
+            if self._armed:
+                self._handle = self.loop.call_later(self._resolution_s, self._scan)
 
 
 class Deadline:
@@ -104,10 +107,12 @@ class Deadline:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         self._owner.disarm(self)
-        # As asyncio.Timeout: only the cancellation this deadline asked for becomes a timeout.
-        if (self._expired and exc_type is asyncio.CancelledError
-                and self._task is not None and self._task.uncancel() <= self._cancelling):
-            raise TimeoutError from exc
+        # As asyncio.Timeout: the cancellation this deadline asked for is taken back whatever
+        # the block made of it, and becomes a timeout when it is what ended the block.
+        if self._expired and self._task is not None:
+            left = self._task.uncancel()
+            if exc_type is asyncio.CancelledError and left <= self._cancelling:
+                raise TimeoutError from exc
 
     def expire(self) -> None:
         """The deadline passed: cancel the task (once)."""

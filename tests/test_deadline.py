@@ -4,6 +4,7 @@ scan stops when nothing is armed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -60,15 +61,58 @@ async def test_an_outer_cancel_and_the_deadline_together_stay_a_cancellation() -
     started = asyncio.get_running_loop().create_future()
 
     async def inside() -> None:
-        async with d.after(0):
-            started.set_result(None)
+        async with d.after(10) as deadline:
+            started.set_result(deadline)
             await asyncio.get_running_loop().create_future()
 
     task = asyncio.create_task(inside())
-    await started
-    task.cancel()  # whichever comes first, one of the two cancels is not ours
+    deadline = await started
+    deadline.expire()  # the deadline's cancel, then one from elsewhere in the same turn
+    assert deadline.expired
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert task.cancelling() == 1  # ours was taken back; the other one stands
+
+
+async def test_a_block_that_turns_the_timeout_into_another_error_leaves_no_cancel_behind(
+) -> None:
+    d = deadlines()
+    with pytest.raises(LookupError):
+        async with d.after(0.01):
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                raise LookupError("the block's own error") from None
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0)  # not cancelled
+
+
+async def test_one_failing_expiry_does_not_stop_the_scan() -> None:
+    d = deadlines()
+    loop = asyncio.get_running_loop()
+
+    class Broken:
+        when = 0.0
+
+        def expire(self) -> None:
+            raise RuntimeError("broken")
+
+    loop.set_exception_handler(lambda loop, context: None)  # the scan's error, on purpose
+    try:
+        d.arm(Broken())
+        fired = False
+        with contextlib.suppress(TimeoutError):  # the guard's: the deadline never fired
+            async with asyncio.timeout(2):
+                try:
+                    async with d.after(0.05):
+                        await loop.create_future()
+                except TimeoutError:
+                    fired = True
+        assert fired, "the scan stopped at the failing expiry"
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_many_deadlines_fire_each_at_its_own_time() -> None:

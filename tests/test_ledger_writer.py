@@ -4,6 +4,7 @@ poisoned records, the queue limit, close(), and a worker killed with SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ from ledger_support import (
 )
 
 from proxy.config import LedgerConfig
+from proxy.ledger import intake
 from proxy.ledger.postgres import COPY_SLICE, PostgresSink, in_slices, postgres_ledger
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
@@ -232,9 +234,7 @@ async def test_records_held_in_memory_go_to_disk_at_close_when_the_database_is_a
     ledger, spool = await thirty_records_without_a_file(tmp_path)
     spool.unlink()  # the disk is back before the worker stops
     await ledger.close()
-    lines = [line for f in spool_files(spool) for line in f.read_bytes().splitlines()]
-    assert sorted(json.loads(line)["request_id"] for line in lines) == sorted(
-        r.request_id for r in known_records(BASE, n=30))
+    assert spooled_ids(spool) == sorted(r.request_id for r in known_records(BASE, n=30))
     assert "they are lost" not in caplog.text
 
 
@@ -243,6 +243,57 @@ async def test_records_that_reach_neither_the_database_nor_the_disk_are_reported
     ledger, _ = await thirty_records_without_a_file(tmp_path)
     await ledger.close()
     assert "30 record(s) reached neither the database nor the disk" in caplog.text
+
+
+async def test_a_segment_without_a_file_gets_one_with_all_its_records_when_the_disk_is_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(intake, "FILE_RETRY_S", 0.0)  # ask again at the next record
+    ledger, spool = await thirty_records_without_a_file(tmp_path)
+    spool.unlink()  # the disk is back
+    late = known_records(BASE + timedelta(days=1), n=1)
+    ledger.enqueue(late[0])
+    await asyncio.sleep(0)  # the journal is written at the end of the loop iteration
+    assert spooled_ids(spool) == sorted(r.request_id for r in known_records(BASE, n=30) + late)
+    await ledger.close()  # the database still away: the file stays for the next start
+    assert len(spooled_ids(spool)) == 31
+
+
+async def test_a_write_the_disk_refuses_leaves_the_records_in_memory_not_half_on_disk(
+        tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    away = f"postgresql://127.0.0.1:{closed_port()}/ledger"
+    ledger = make("postgres", away, tmp_path, spool, flush_rows=100_000,
+                  flush_interval_ms=60_000)
+    await ledger.start()
+    records = known_records(BASE, n=40)
+    for r in records[:20]:
+        ledger.enqueue(r)
+    await asyncio.sleep(0)
+    (segment,) = spool_files(spool)
+    full = os.open("/dev/full", os.O_WRONLY)  # every write to it fails with ENOSPC
+    os.dup2(full, open_fd(segment))  # the disk is full from now on, for that file
+    os.close(full)
+    for r in records[20:]:
+        ledger.enqueue(r)
+    await asyncio.sleep(0)
+    assert ledger.stats().journal_errors >= 1
+    assert spool_files(spool) == []  # the file that missed lines is gone: memory has all 40
+    await ledger.close()  # the database away: they go to a file of their own
+    assert spooled_ids(spool) == sorted(r.request_id for r in records)
+
+
+def spooled_ids(spool: Path) -> list[str]:
+    return sorted(json.loads(line)["request_id"]
+                  for f in spool_files(spool) for line in f.read_bytes().splitlines())
+
+
+def open_fd(path: Path) -> int:
+    """This process's file descriptor open on `path`."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                return int(name)
+    raise AssertionError(f"{path} is not open")
 
 
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
@@ -267,6 +318,7 @@ from ledger_support import known_records
 from datetime import datetime, UTC
 from pathlib import Path
 from proxy.config import LedgerConfig
+from proxy.ledger import intake
 from proxy.ledger.postgres import postgres_ledger
 from proxy.ledger.sqlite import sqlite_ledger
 

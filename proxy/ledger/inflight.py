@@ -70,7 +70,7 @@ class Admitted(msgspec.Struct, array_like=True, tag="A"):
     period: str
     tokens: int  # taken from the tpm bucket
     tpm: int
-    leased: bool
+    leased: bool  # bool(lease_id) on lines written since draws have ids: kept for older lines
     user_id: str | None = None
     trace_id: str | None = None
     tags: list[str] = []

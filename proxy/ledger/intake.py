@@ -5,13 +5,20 @@ journal (journal.py; the bytes reach the file at the end of the event-loop itera
 write for all the records of that iteration) and keeps it in memory while the queue is
 under `queue_limit`. Past the limit the current segment stops keeping records in memory and
 is read back from its file when its turn comes, so memory stays bounded whatever the
-database does. The flusher takes the current segment (`take`) when it is time to write it.
+database does, while the disk takes the journal. When it does not (the segment's file cannot
+be created, or a write to a segment whose records are in memory fails) the segment goes on
+without a file: its records stay in memory whatever the limit, as the only copy, and it
+asks for a file again every `FILE_RETRY_S` (which then gets them all). A failed write to a
+segment already past the limit loses that write's lines. The flusher takes the current
+segment (`take`) when it is time to write it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Final
 
 import msgspec
 
@@ -25,12 +32,15 @@ log = logging.getLogger("proxy.ledger")
 
 _encode = msgspec.json.Encoder().encode
 
+FILE_RETRY_S: Final = 1.0  # how often a segment without a file tries to get one
+
 
 class Intake:
     """The current segment, this loop iteration's journal lines, and the queue limit."""
 
     __slots__ = ("_backoff", "_closed", "_counters", "_current", "_drain_scheduled",
-                 "_flush_rows", "_journal", "_limit", "_loop", "_pending", "_wake")
+                 "_file_retry_at", "_flush_rows", "_journal", "_limit", "_loop", "_pending",
+                 "_wake")
 
     def __init__(self, journal: Journal, counters: WriterCounters, backoff: Backoff,
                  wake: asyncio.Event, *, queue_limit: int, flush_rows: int) -> None:
@@ -45,6 +55,7 @@ class Intake:
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._file_retry_at = 0.0  # a segment without a file asks for one again after this
 
     @property
     def current(self) -> Segment | None:
@@ -82,8 +93,13 @@ class Intake:
             except OSError as e:  # no file: the records wait in memory, not lost
                 self._journal.failed(e)
                 segment = Segment.without_file()
+                self._file_retry_at = time.monotonic() + FILE_RETRY_S
             self._current = segment
             segment.spooled = not segment.in_memory
+        elif segment.path is None and time.monotonic() >= self._file_retry_at:
+            self._pending.clear()  # their records are in the segment: its file gets them all
+            if not self._journal.give_file(segment):
+                self._file_retry_at = time.monotonic() + FILE_RETRY_S
         segment.count += 1
         self._pending.append(line)
         if not self._drain_scheduled:
@@ -119,12 +135,8 @@ class Intake:
         return copy, line
 
     def _write_late(self, line: bytes) -> None:
-        try:
-            self._journal.ensure_dir()
-            self._journal.write_late(line)
+        if self._journal.write_late(line):
             self._counters.records_spooled += 1
-        except OSError as e:
-            self._journal.failed(e)
 
     # --- the segment -----------------------------------------------------------------------
 
@@ -141,6 +153,9 @@ class Intake:
             self._journal.append(self._current, data)
         except OSError as e:
             self._journal.failed(e)
+            if self._current.in_memory:  # its file misses these lines: memory is the copy
+                self._journal.drop_file(self._current)
+                self._file_retry_at = time.monotonic() + FILE_RETRY_S
 
     def take(self) -> Segment | None:
         """The current segment, its lines written, handed to the flusher: a new record

@@ -198,28 +198,60 @@ class Journal:
         segment.spooled = True
         return segment
 
-    def write_late(self, data: bytes) -> None:
-        """A record enqueued after close(): straight to a segment of its own, left for the
-        next start to replay."""
-        segment = self.open_segment(in_memory=False)
+    def write_late(self, data: bytes) -> bool:
+        """Lines with no segment of the writer's to go to (a record enqueued after close(),
+        or held only in memory at close): a segment file of their own, left for the next
+        start to replay. False (the failure counted and logged) when the disk refused."""
         try:
-            self.append(segment, data)
-        finally:
-            self.release(segment)
+            self.ensure_dir()
+            segment = self.open_segment(in_memory=False)
+            try:
+                self.append(segment, data)
+            finally:
+                self.release(segment)
+        except OSError as e:
+            self.failed(e)
+            return False
+        return True
 
     def keep_late(self, records: list[UsageRecord]) -> None:
         """Records held only in memory (their segment had no file) at close, the database
         away: a last try to leave them on disk for the next start; else they are lost, and
         the log says how many."""
-        if not records:
-            return
+        if records and not self.write_late(b"".join(_encode(r) + b"\n" for r in records)):
+            log.error("ledger: %d record(s) reached neither the database nor the disk; they "
+                      "are lost", len(records))
+
+    def give_file(self, segment: Segment) -> bool:
+        """A segment without a file gets one, holding its records so far: False when the
+        disk still refuses (counted, not logged again)."""
+        assert segment.path is None
         try:
             self.ensure_dir()
-            self.write_late(b"".join(_encode(r) + b"\n" for r in records))
+            fresh = self.open_segment(in_memory=True)
+        except OSError:
+            self.errors += 1
+            return False
+        segment.path, segment.fd = fresh.path, fresh.fd
+        try:
+            self.append(segment, b"".join(_encode(r) + b"\n" for r in segment.records))
         except OSError as e:
             self.failed(e)
-            log.error("ledger: %d record(s) reached neither the database nor the disk (%s); "
-                      "they are lost", len(records), e)
+            self.drop_file(segment)
+            return False
+        return True
+
+    def drop_file(self, segment: Segment) -> None:
+        """The segment's file missed lines (a write failed); its records are all in memory,
+        which is the copy from now on: the partial file goes."""
+        assert segment.in_memory and segment.path is not None
+        path, fd = segment.path, segment.fd
+        segment.path, segment.fd = None, -1
+        try:
+            path.unlink()
+        except OSError:
+            pass  # a later start replays it; the database skips what it has already
+        os.close(fd)
 
     def quarantine(self, record: UsageRecord, reason: str, salvaged: bool = False) -> None:
         """Set a refused record aside. `salvaged`: a copy with its metadata replaced is in
