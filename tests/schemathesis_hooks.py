@@ -92,6 +92,10 @@ def _refused_param(response: Response) -> object:
         return None
 
 
+def _sent_idempotency_key(case: Case[Any]) -> bool:
+    return any(name.lower() == "idempotency-key" for name in case.headers or ())
+
+
 @schemathesis.hook
 def filter_failure(ctx: HookContext, failure: Failure, case: Case[Any], response: Response) -> bool:
     """False (drop the report) only for a 400 that enforces one of the rules above, or a
@@ -100,7 +104,9 @@ def filter_failure(ctx: HookContext, failure: Failure, case: Case[Any], response
         return True
     if response.status_code in (409, 422):
         if case.operation.path.startswith("/messages"):
-            return False  # Anthropic's error shape has no code: only idempotency answers these
+            # Anthropic's error shape has no code: a 409 or 422 there is an idempotency
+            # answer only when the request carried an Idempotency-Key.
+            return not _sent_idempotency_key(case)
         return _refused_code(response) not in _IDEMPOTENCY_STATE
     if response.status_code != 400:
         return True
