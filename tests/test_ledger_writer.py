@@ -28,13 +28,18 @@ from ledger_support import (
     wait_for,
 )
 
-from proxy.config import LedgerConfig
+from proxy.config import LedgerConfig, LimitsConfig
 from proxy.ledger import intake
+from proxy.ledger.inflight import AdmissionJournal, Admitted
+from proxy.ledger.inflight_recovery import recover
+from proxy.ledger.journal import Journal
 from proxy.ledger.postgres import COPY_SLICE, PostgresSink, in_slices, postgres_ledger
 from proxy.ledger.record import UsageRecord
 from proxy.ledger.report import UsageQuery
 from proxy.ledger.sqlite import sqlite_ledger
 from proxy.ledger.writer import LedgerWriter, WriterOptions
+from proxy.limits.durable import SpendSource
+from proxy.limits.memory import MemoryLimits
 from proxy.migrate import migrate
 
 BASE = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
@@ -296,6 +301,40 @@ def open_fd(path: Path) -> int:
     raise AssertionError(f"{path} is not open")
 
 
+async def test_a_dead_workers_own_record_wins_over_the_one_a_live_sibling_recovers(
+        fresh_pg: str, tmp_path: Path) -> None:
+    """A worker handed a request's record to its ledger and died before its admission
+    journal said so. A live sibling's scan recovers the admission (a `worker_lost` record at
+    the prompt's estimate) after its own start-up claim of spool files: the dead worker's
+    record must still be the one the database keeps."""
+    spool = tmp_path / "spool"
+    live = make("postgres", fresh_pg, tmp_path, spool, flush_rows=100_000,
+                flush_interval_ms=60_000)
+    await live.start()
+    real = known_records(BASE, n=1)[0]
+    real.status, real.error_code = 200, None
+    dead = Journal(spool)  # the dead worker's ledger: its segment, its lock gone with it
+    segment = dead.open_segment(in_memory=False)
+    dead.append(segment, msgspec.json.encode(real) + b"\n")
+    dead.release(segment)
+    admissions = AdmissionJournal(tmp_path / "inflight", 900.0)
+    admissions.open()
+    admissions.admitted(Admitted(
+        1, real.request_id, real.ts, real.key_id, real.model, real.model, real.provider,
+        "global", False, real.prompt_tokens, "r:dead:1", 0, "2024-06", 0, 0, False))
+    admissions.close()  # an admission left open: the file stays, unlocked, as a dead one's
+    limits = MemoryLimits(LimitsConfig(), SpendSource(None, lambda: None))
+    assert await recover(tmp_path / "inflight", live, limits, lambda model, tokens: 1) == 1
+    await live.close()
+    conn = await asyncpg.connect(fresh_pg)
+    try:
+        rows = await conn.fetch("SELECT status, cost_nusd FROM usage_records "
+                                "WHERE request_id = $1", real.request_id)
+    finally:
+        await conn.close()
+    assert [(r["status"], r["cost_nusd"]) for r in rows] == [(200, real.cost_nusd)]
+
+
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
 async def test_close_flushes_everything(engine: str, fresh_pg: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
@@ -318,7 +357,6 @@ from ledger_support import known_records
 from datetime import datetime, UTC
 from pathlib import Path
 from proxy.config import LedgerConfig
-from proxy.ledger import intake
 from proxy.ledger.postgres import postgres_ledger
 from proxy.ledger.sqlite import sqlite_ledger
 

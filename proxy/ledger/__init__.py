@@ -34,6 +34,10 @@ class Ledger(Protocol):
     async def close(self) -> None:
         """Flush everything queued (SIGTERM path)."""
 
+    def claim_orphans(self) -> None:
+        """Take now the spool files of stopped workers (done at start and every 30 s): their
+        records are written before any enqueued after this call."""
+
     async def report(self, query: UsageQuery) -> UsageReport:
         """A usage report; totals equal the sum of the records, to the nano-USD."""
 
@@ -59,6 +63,9 @@ class MemoryLedger:
 
     async def close(self) -> None:
         pass
+
+    def claim_orphans(self) -> None:
+        pass  # nothing spools
 
     async def report(self, query: UsageQuery) -> UsageReport:
         return aggregate(self.records, query)

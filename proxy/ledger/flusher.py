@@ -57,7 +57,7 @@ class Flusher:
 
     def start(self) -> None:
         """Claim the spool files that dead writers left and start the task."""
-        self._claim_orphans()
+        self.claim_orphans()
         if self._lanes.count > 1:
             self._lanes.start()
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
@@ -113,7 +113,7 @@ class Flusher:
         if self._backoff.waiting(now):
             return
         if now >= self._next_orphan_scan:
-            self._claim_orphans()
+            self.claim_orphans()
         was_down = not self._backoff.up
         try:
             if not was_down and self._lanes.running:
@@ -135,7 +135,7 @@ class Flusher:
             return
         if not self._backoff.up:
             self._backoff.recovered()
-            self._claim_orphans()
+            self.claim_orphans()
             await self._write_backlog_safely()
 
     async def _write_backlog_safely(self) -> None:
@@ -237,7 +237,9 @@ class Flusher:
         if current is not None:
             self._intake.spool(current)
 
-    def _claim_orphans(self) -> None:
+    def claim_orphans(self) -> None:
+        """Take the spool files stopped writers left into the backlog, to be written before
+        anything enqueued from now on."""
         self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_S
         held = {s.path for s in self._backlog if s.path is not None}
         current = self._intake.current

@@ -83,6 +83,11 @@ async def recover(directory: Path, ledger: Ledger, limits: Limits, price: Pricin
 
 async def _settle(orphans: Orphans, ledger: Ledger, limits: Limits, price: Pricing) -> int:
     died = _last_write(orphans)
+    # The dead worker may have handed a request's record to its ledger and died before its
+    # done mark: that record, in the worker's spool, must reach the database before this
+    # `worker_lost` one, which the database then skips (request ids are unique). At a start
+    # the ledger has claimed the spool already; a live sibling's scan has not.
+    ledger.claim_orphans()
     for owner, entry in orphans.admissions:
         cost = _priced(price, entry)
         try:

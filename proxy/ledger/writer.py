@@ -98,6 +98,9 @@ class LedgerWriter:
         self._intake.open(asyncio.get_running_loop())
         self._flusher.start()
 
+    def claim_orphans(self) -> None:
+        self._flusher.claim_orphans()
+
     async def close(self) -> None:
         """Flush everything (SIGTERM path). What the database does not take stays on disk."""
         if self._closed:
