@@ -26,10 +26,16 @@ from ..gateway import Gateway
 from ..idempotency import Answer, Once, replay_answer
 from ..providers.base import ChatCall, ChatStream, Completion
 from ..wire import (
+    CHAT_MESSAGES,
     MAX_TOKENS,
+    OPTIONAL_BOOL,
+    OPTIONAL_INT,
+    OPTIONAL_META,
+    OPTIONAL_STREAM_OPTIONS,
+    STR,
+    STR_LIST,
     Message,
     RequestyMeta,
-    StreamOptions,
     decode_body,
     field,
     required,
@@ -61,22 +67,22 @@ class ChatRequest:
 
     def __init__(self, fields: dict[str, Raw], default_model: str,
                  headers: dict[str, str] | None = None) -> None:
-        self.model_id: str = field(fields, "model", str) or default_model
-        self.fallbacks: list[str] | None = field(fields, "models", list[str])
-        self.messages: list[Message] = required(fields, "messages", list[Message])
+        self.model_id: str = field(fields, "model", STR) or default_model
+        self.fallbacks: list[str] | None = field(fields, "models", STR_LIST)
+        self.messages: list[Message] = required(fields, "messages", CHAT_MESSAGES)
         if not self.messages:
             raise InvalidRequest("`messages` must contain at least one message.", param="messages")
-        self.stream: bool = field(fields, "stream", bool | None) or False
-        opts = field(fields, "stream_options", StreamOptions | None)
+        self.stream: bool = field(fields, "stream", OPTIONAL_BOOL) or False
+        opts = field(fields, "stream_options", OPTIONAL_STREAM_OPTIONS)
         self.include_usage = bool(opts and opts.include_usage)
         cap = "max_completion_tokens"
-        self.max_tokens: int | None = field(fields, cap, int | None)
+        self.max_tokens: int | None = field(fields, cap, OPTIONAL_INT)
         if self.max_tokens is None:
             cap = "max_tokens"
-            self.max_tokens = field(fields, cap, int | None)
+            self.max_tokens = field(fields, cap, OPTIONAL_INT)
         if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_TOKENS:
             raise InvalidRequest(f"`{cap}` must be between 1 and {MAX_TOKENS}.", param=cap)
-        self.meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
+        self.meta: RequestyMeta = field(fields, "requesty", OPTIONAL_META) or RequestyMeta()
         self.headers = headers or {}  # X-Requesty-*, validated by the caller
         if any(name in fields for name in _GATEWAY_FIELDS):
             fields = {k: v for k, v in fields.items() if k not in _GATEWAY_FIELDS}

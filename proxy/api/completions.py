@@ -20,7 +20,20 @@ from ..gateway import Gateway
 from ..providers.base import ChatCall, ChatStream, Completion
 from ..providers.openai import OpenAIProvider
 from ..providers.sse import frame
-from ..wire import MAX_TOKENS, RequestyMeta, StreamOptions, decode_body, field, required
+from ..wire import (
+    MAX_TOKENS,
+    OPTIONAL_BOOL,
+    OPTIONAL_INT,
+    OPTIONAL_META,
+    OPTIONAL_STR,
+    OPTIONAL_STREAM_OPTIONS,
+    STR,
+    STR_LIST,
+    RequestyMeta,
+    decode_body,
+    field,
+    required,
+)
 from .common import requesty_headers
 from .dialect import Dialect
 from .pipeline import handler
@@ -38,24 +51,24 @@ class CompletionsCall:
 
     def __init__(self, request: web.Request, body: bytes, default_model: str) -> None:
         fields = decode_body(body)
-        self.model_id: str = field(fields, "model", str) or default_model
-        self.fallbacks: list[str] | None = field(fields, "models", list[str])
+        self.model_id: str = field(fields, "model", STR) or default_model
+        self.fallbacks: list[str] | None = field(fields, "models", STR_LIST)
         prompt = required(fields, "prompt", str | list[Any])
-        self.stream: bool = field(fields, "stream", bool | None) or False
-        opts = field(fields, "stream_options", StreamOptions | None)
+        self.stream: bool = field(fields, "stream", OPTIONAL_BOOL) or False
+        opts = field(fields, "stream_options", OPTIONAL_STREAM_OPTIONS)
         self.include_usage = bool(opts and opts.include_usage)
-        self.max_tokens: int | None = field(fields, "max_tokens", int | None)
+        self.max_tokens: int | None = field(fields, "max_tokens", OPTIONAL_INT)
         if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_TOKENS:
             raise InvalidRequest(f"`max_tokens` must be between 1 and {MAX_TOKENS}.",
                                  param="max_tokens")
         if self.max_tokens is None:
             self.max_tokens = DEFAULT_MAX_TOKENS
-        self.meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
+        self.meta: RequestyMeta = field(fields, "requesty", OPTIONAL_META) or RequestyMeta()
         self.headers = requesty_headers(request)
         if any(name in fields for name in _GATEWAY_FIELDS):
             fields = {k: v for k, v in fields.items() if k not in _GATEWAY_FIELDS}
         self.fields: dict[str, Raw] = fields
-        suffix = field(fields, "suffix", str | None) or ""
+        suffix = field(fields, "suffix", OPTIONAL_STR) or ""
         self._estimate = estimate(prompt, suffix)
 
     def prompt_tokens(self) -> int:

@@ -16,7 +16,15 @@ from ..errors import ApiError
 from ..gateway import GATEWAY
 from ..idempotency import replay_json
 from ..ledger.record import UsageRecord
-from ..wire import EmbeddingInput, RequestyMeta, decode_body, embedding_texts, field, required
+from ..wire import (
+    OPTIONAL_META,
+    EmbeddingInput,
+    RequestyMeta,
+    decode_body,
+    embedding_texts,
+    field,
+    required,
+)
 from .common import CLIENT_REQUEST_ID, REQUEST_ID, echo_request_id, read_body, requesty_headers
 from .inflight import INFLIGHT
 from .relay import STATUS_CLIENT_GONE, usage_with_cost
@@ -32,7 +40,7 @@ async def embeddings(request: web.Request) -> web.Response:
     fields = decode_body(body)
     model_id: str = required(fields, "model", str)
     texts = embedding_texts(required(fields, "input", EmbeddingInput))
-    meta: RequestyMeta = field(fields, "requesty", RequestyMeta | None) or RequestyMeta()
+    meta: RequestyMeta = field(fields, "requesty", OPTIONAL_META) or RequestyMeta()
     headers = requesty_headers(request)  # bounded at the edge: a 400 before routing
     fields.pop("requesty", None)
     model = gw.router.resolve(model_id, kind="embedding").models[0]

@@ -29,7 +29,19 @@ from ..providers.anthropic import AnthropicProvider
 from ..providers.base import ChatStream, Completion
 from ..providers.h1 import Endpoint
 from ..providers.wire import WireCompletion
-from ..wire import MAX_TOKENS, RequestyMeta, decode_body, encode_raw, field, required
+from ..wire import (
+    ANY,
+    MAX_TOKENS,
+    OPTIONAL_BOOL,
+    OPTIONAL_STR,
+    OPTIONAL_STR_LIST,
+    RequestyMeta,
+    Typed,
+    decode_body,
+    encode_raw,
+    field,
+    required,
+)
 from .chat import ChatRequest
 from .common import read_body, requesty_headers
 from .dialect import Dialect
@@ -46,6 +58,9 @@ _ANTHROPIC_HEADERS: Final = ("anthropic-version", "anthropic-beta")
 class _Meta(msgspec.Struct):
     user_id: Any = None
 
+
+_OPTIONAL_META: Final = Typed(_Meta | None)
+_MESSAGES: Final = Typed(list[dict[str, Any]])
 
 class MessagesCall:
     """A Messages request: the raw body for passthrough, its translation made on demand."""
@@ -68,20 +83,20 @@ class MessagesCall:
 
     def __init__(self, request: web.Request, body: bytes, default_model: str) -> None:
         fields = decode_body(body)
-        self.model_id: str = field(fields, "model", str | None) or default_model
+        self.model_id: str = field(fields, "model", OPTIONAL_STR) or default_model
         self.fallbacks: list[str] | None = None
         max_tokens: int = required(fields, "max_tokens", int)
         if not 1 <= max_tokens <= MAX_TOKENS:
             raise InvalidRequest(f"`max_tokens` must be between 1 and {MAX_TOKENS}.",
                                  param="max_tokens")
         self.max_tokens: int | None = max_tokens  # required by Anthropic, never None here
-        messages = required(fields, "messages", list[dict[str, Any]])
+        messages = required(fields, "messages", _MESSAGES)
         if not messages:
             raise InvalidRequest("`messages` must contain at least one message.",
                                  param="messages")
-        self.stream: bool = field(fields, "stream", bool | None) or False
+        self.stream: bool = field(fields, "stream", OPTIONAL_BOOL) or False
         self.include_usage = False
-        meta = field(fields, "metadata", _Meta | None)
+        meta = field(fields, "metadata", _OPTIONAL_META)
         user_id = meta.user_id if meta is not None else None
         self.meta: RequestyMeta = (
             convert_at({"user_id": user_id}, RequestyMeta, "metadata")
@@ -91,8 +106,8 @@ class MessagesCall:
         self.upstream_headers = anthropic_headers(request)
         self.fields = fields
         self.body = body
-        self._estimate = estimate(field(fields, "system", Any), messages,
-                                  field(fields, "tools", Any))
+        self._estimate = estimate(field(fields, "system", ANY), messages,
+                                  field(fields, "tools", ANY))
         self._chat: ChatRequest | None = None
         self._default_model = default_model
 
@@ -109,7 +124,7 @@ class MessagesCall:
         return self._chat
 
     def stop_sequences(self) -> list[str] | None:
-        value = field(self.fields, "stop_sequences", list[str] | None)
+        value = field(self.fields, "stop_sequences", OPTIONAL_STR_LIST)
         return value if isinstance(value, list) else None
 
     def upstream_body(self, model: Model) -> bytes:
@@ -218,7 +233,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, gw.settings.max_body_bytes)
     fields = decode_body(body)
     model_id: str = field(fields, "model", str | None) or gw.settings.default_model
-    messages_ = required(fields, "messages", list[dict[str, Any]])
+    messages_ = required(fields, "messages", _MESSAGES)
     route = gw.router.resolve(model_id)
     model = route.models[0]
     provider = gw.provider(model.provider)

@@ -30,7 +30,18 @@ from ..metadata import Extra, Identifier
 from ..providers.base import ChatStream, Completion
 from ..providers.openai import OpenAIProvider
 from ..providers.wire import WireCompletion
-from ..wire import MAX_TOKENS, RequestyMeta, decode_body, encode_raw, field
+from ..wire import (
+    ANY,
+    MAX_TOKENS,
+    OPTIONAL_BOOL,
+    OPTIONAL_INT,
+    OPTIONAL_STR,
+    RequestyMeta,
+    Typed,
+    decode_body,
+    encode_raw,
+    field,
+)
 from .chat import ChatRequest
 from .common import requesty_headers
 from .dialect import Dialect
@@ -41,6 +52,8 @@ from .translate import TranslatedStream
 ROUTE: Final = "responses"
 _encode = msgspec.json.encode
 _STORE_FALSE: Final = msgspec.Raw(b"false")
+_OPTIONAL_USER: Final = Typed(Identifier | None)
+_OPTIONAL_EXTRA: Final = Typed(Extra | None)
 
 
 class ResponsesCall:
@@ -64,24 +77,24 @@ class ResponsesCall:
 
     def __init__(self, request: web.Request, body: bytes, default_model: str) -> None:
         fields = decode_body(body)
-        self.model_id: str = field(fields, "model", str | None) or default_model
+        self.model_id: str = field(fields, "model", OPTIONAL_STR) or default_model
         self.fallbacks: list[str] | None = None
-        self.stream: bool = field(fields, "stream", bool | None) or False
+        self.stream: bool = field(fields, "stream", OPTIONAL_BOOL) or False
         self.include_usage = False
-        self.max_tokens: int | None = field(fields, "max_output_tokens", int | None)
+        self.max_tokens: int | None = field(fields, "max_output_tokens", OPTIONAL_INT)
         if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_TOKENS:
             raise InvalidRequest(f"`max_output_tokens` must be between 1 and {MAX_TOKENS}.",
                                  param="max_output_tokens")
         if "input" not in fields:
             raise InvalidRequest("`input` is required.", param="input")
-        user: str | None = field(fields, "user", Identifier | None)
-        extra: dict[str, str] = field(fields, "metadata", Extra | None) or {}
+        user: str | None = field(fields, "user", _OPTIONAL_USER)
+        extra: dict[str, str] = field(fields, "metadata", _OPTIONAL_EXTRA) or {}
         self.meta = RequestyMeta(user_id=user, extra=extra) if user or extra else RequestyMeta()
         self.headers = requesty_headers(request)
         self.fields = fields
         self.body = body
-        self._estimate = estimate(field(fields, "instructions", str | None),
-                                  field(fields, "input", Any), field(fields, "tools", Any))
+        self._estimate = estimate(field(fields, "instructions", OPTIONAL_STR),
+                                  field(fields, "input", ANY), field(fields, "tools", ANY))
         self._parsed: ResponsesRequest | None = None
         self._chat: ChatRequest | None = None
         self._default_model = default_model
