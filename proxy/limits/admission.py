@@ -3,35 +3,13 @@ ids its reservation is made under."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from typing import Final
 
-
-class _ReservationIds:
-    """A random prefix per process and a counter: unique across workers, instances and
-    restarts, without `os.urandom`'s syscall per request. A forked worker draws its own
-    prefix (`os.register_at_fork`): ids are a property of the process, not of an object."""
-
-    __slots__ = ("_counter", "_prefix")
-
-    def __init__(self) -> None:
-        self._prefix = ""
-        self._counter = itertools.count(1)
-        self.draw()
-
-    def draw(self) -> None:
-        self._prefix = "r:" + os.urandom(6).hex() + ":"
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        """A fresh id: no two admissions share a reservation (and so a limit test)."""
-        return f"{self._prefix}{next(self._counter):x}"
+from ..ids import ProcessIds
 
 
-_IDS: Final = _ReservationIds()
-os.register_at_fork(after_in_child=_IDS.draw)
-reservation_id: Final = _IDS.next
+# No two admissions share a reservation (and so a limit test).
+reservation_id: Final = ProcessIds("r:{random}:", 6).next
 
 
 class Admission:

@@ -8,10 +8,10 @@ stream sends in `response.created`, `response.in_progress` and `response.complet
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Final
 
 from ...errors import UpstreamError
+from ...ids import ProcessIds
 from ..chat import ChatChoice, Tokens, completion
 from .request import ResponsesRequest
 
@@ -19,8 +19,11 @@ from .request import ResponsesRequest
 _INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
+_IDS: Final = ProcessIds("{random}", 10)
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{_IDS.next()}"
 
 
 def status_of(choice: ChatChoice | None) -> tuple[str, dict[str, str] | None]:
