@@ -192,7 +192,6 @@ def malformed_response(provider: str) -> UpstreamError:
     )
 
 
-
 def malformed_event(provider: str) -> UpstreamError:
     """A stream event a provider sent that the gateway cannot read."""
     return UpstreamError(f"Upstream provider `{provider}` sent a malformed event.",
@@ -203,6 +202,7 @@ def stream_cut(provider: str) -> UpstreamError:
     """A provider's stream that ended before its end (no finish, no `[DONE]`)."""
     return UpstreamError(f"The stream from upstream provider `{provider}` ended early.",
                          reason="cut")
+
 
 class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str, *, reason: str = "timeout") -> None:

@@ -26,37 +26,40 @@ WATCH_INTERVAL_S: Final = 0.25
 
 
 class ClientWatch:
-    __slots__ = ("_interval", "loop", "watched")
+    __slots__ = ("_interval", "_loop", "_watched")
 
     def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         self._interval = interval_s
-        self.loop: asyncio.AbstractEventLoop | None = None  # known once `run` starts
+        # Known once `run` starts: `current_task()` without it asks `getpid()` (a system call).
+        self._loop: asyncio.AbstractEventLoop | None = None
         # ticket -> (handler task, its request): the request's transport is read by the scan,
         # not here (a property call a request; the scan reads it four times a second).
-        # `InFlight` adds and removes its requests here itself: no call a request.
-        self.watched: dict[int, tuple[asyncio.Task[Any], web.BaseRequest]] = {}
+        self._watched: dict[int, tuple[asyncio.Task[Any], web.BaseRequest]] = {}
 
     def __len__(self) -> int:
-        return len(self.watched)
+        return len(self._watched)
 
     def watch(self, ticket: int, request: web.Request) -> None:
         """Watch the current task's client under `ticket` (unique among those watched) until
-        the ticket is popped from `watched` (`InFlight.begin` does the same inline)."""
-        task = asyncio.current_task(self.loop)
+        `unwatch(ticket)`: keyed by the caller's ticket, the end needs no task lookup."""
+        task = asyncio.current_task(self._loop)
         if task is not None:
-            self.watched[ticket] = (task, request)
+            self._watched[ticket] = (task, request)
+
+    def unwatch(self, ticket: int) -> None:
+        self._watched.pop(ticket, None)
 
     def scan(self) -> int:
         """Cancel the handlers whose client is gone; returns how many."""
-        gone = [ticket for ticket, (_, request) in self.watched.items()
+        gone = [ticket for ticket, (_, request) in self._watched.items()
                 if _gone(request.transport)]
         for ticket in gone:
-            task, _ = self.watched.pop(ticket)
+            task, _ = self._watched.pop(ticket)
             task.cancel("the client disconnected")
         return len(gone)
 
     async def run(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._interval)
             self.scan()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from asyncio import current_task
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Final
@@ -57,11 +56,7 @@ class InFlight:
         ids and X-Requesty-* headers as the handler read them (no second read here)."""
         journal = self._journal
         seq = next(self._tickets if journal is None else journal.seqs)
-        # `ClientWatch.watch`, inline (this runs once a request); with the loop given, as
-        # without it asyncio asks `getpid()` (a system call) to find the running one.
-        task = current_task(self.watch.loop)
-        if task is not None:
-            self.watch.watched[seq] = (task, request)
+        self.watch.watch(seq, request)
         if journal is None:
             return seq
         journal.admitted(Admitted(  # and the lease, when it is the first draw from it
@@ -75,7 +70,7 @@ class InFlight:
 
     def end(self, ticket: int) -> None:
         """The request's record is with the ledger (and its spend settled)."""
-        self.watch.watched.pop(ticket, None)  # `ClientWatch.unwatch`, inline
+        self.watch.unwatch(ticket)
         if self._journal is not None:
             self._journal.recorded(ticket)
 

@@ -3,8 +3,8 @@
 For each step in order it calls `attempt(model)`; the attempt raises
 `errors.UpstreamError` when the model failed. Then:
 
-- an error another model cannot fix (`not error.falls_back`: 400, 401, 403, 404, 413, 422
-  from the provider: the request itself is at fault) is raised at once, as it is;
+- an error another model cannot fix (`not error.falls_back`: 400, 404, 413, 422 from the
+  provider: the request itself is at fault) is raised at once, as it is;
 - a provider refusing the gateway's own credentials (`provider_auth_failed`) is not
   retried on that model, but the next step is tried: another provider has its own key;
 - any other error (429, 5xx, 529, connect errors, timeouts) is retried on the same model
