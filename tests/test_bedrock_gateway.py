@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,7 @@ async def test_a_wrong_aws_secret_is_502_provider_auth_failed_and_leaks_nothing(
     tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # every line an operator could read, not only warnings
     secret = "wrong/secret/0123456789abcdefghijklmnopq"
     aws_env(monkeypatch, secret=secret)
     async with FakeBedrock() as bedrock, FakeAnthropic() as anthropic:

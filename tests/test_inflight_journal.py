@@ -204,7 +204,9 @@ def test_a_leased_line_from_before_draws_had_ids_is_settled_against_its_lease() 
     recovery settles it against that lease, under an id of its own."""
     leased = entry(1)
     leased.reservation_id, leased.leased = "r:lease", True
-    older = msgspec.json.encode(leased)[: -len(b',""]')] + b"]"
+    line = msgspec.json.encode(leased)
+    assert line.endswith(b',""]')  # `lease_id` is the last field, and empty
+    older = line[: -len(b',""]')] + b"]"
     admission = admission_of(msgspec.json.decode(older, type=Admitted))
     assert admission.lease_id == "r:lease" and admission.reservation_id not in ("", "r:lease")
     leased.lease_id, leased.reservation_id = "r:lease", "r:draw"

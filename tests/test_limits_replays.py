@@ -21,7 +21,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis
-from ledger_support import wait_for
+from yarl import URL
+from polling import wait_for
 from test_limits_semantics import WC, Clock, Ledger, keys_store
 
 from proxy.auth import Principal
@@ -114,7 +115,8 @@ class Setup:
 async def setup(tmp_path: Path, redis_url: str, redis_namespace: str
                 ) -> AsyncIterator[Setup]:
     direct = redis.Redis.from_url(redis_url)
-    port = direct.connection_pool.connection_kwargs["port"]
+    port = URL(redis_url).port
+    assert port is not None
     async with ReplyLosingRelay(port) as relay:
         clock = Clock()
         ledger = Ledger()
