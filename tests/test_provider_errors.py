@@ -53,6 +53,28 @@ async def test_provider_auth_failure_is_502_provider_auth_failed_without_its_tex
     assert leaks(caplog.text) == [] and leaks(capsys.readouterr().out) == []
 
 
+async def test_a_provider_refusing_its_credentials_falls_back_to_another_and_leaks_nothing(
+    gateway: Gateway, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The first provider answers 401 with the gateway's key in its text: the request is not
+    at fault, so the next model (another provider, its own key) answers it."""
+    caplog.set_level(logging.DEBUG)
+    fake_openai.script(Fail(401, REFLECTION))
+    fake_anthropic.script(Reply(text="from the fallback"))
+    resp = await chat(http, gateway, {"model": "fake/gpt", "models": ["fake/claude"],
+                                      "messages": USER})
+    raw = await resp.text()
+    assert resp.status == 200, raw
+    assert json.loads(raw)["choices"][0]["message"]["content"] == "from the fallback"
+    assert resp.headers["x-model"] == "fake/claude"
+    assert fake_openai.hits == 1 and fake_anthropic.hits == 1  # no retry of the refusal
+    headers = " ".join(f"{k}: {v}" for k, v in resp.headers.items())
+    for where in (raw, headers, caplog.text, capsys.readouterr().out):
+        assert leaks(where) == []
+
+
 async def test_provider_400_passes_with_its_message_and_keys_and_addresses_redacted(
     gateway: Gateway, fake_openai: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
